@@ -1,0 +1,249 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vimg.h: the whole public API of libvimg, a library for virtual disk
+ * images (raw, QCOW2; QCOW v1 and VHDX to come).
+ *
+ * Conventions
+ * - Functions that can fail return 0 (or a non-negative count) on success
+ *   and a negative errno on failure.  The reason is recorded as one line of
+ *   text for vimg_last_error(), which is per thread: it stays valid until
+ *   the same thread makes its next libvimg call.
+ * - Handles are opaque.  Whoever opens, closes; close functions accept NULL.
+ *
+ * Thread safety
+ * - One vimg_image may be used from many threads at once: vimg_pread,
+ *   vimg_pwrite, vimg_flush and vimg_block_status may run concurrently on
+ *   the same handle.  Reads of allocated data do not hold a lock while they
+ *   do data I/O; metadata caches are guarded inside each format driver.
+ * - vimg_close must not race with any other call on the same handle.
+ */
+#ifndef VIMG_H
+#define VIMG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define VIMG_API __attribute__((visibility("default")))
+#else
+#define VIMG_API
+#endif
+
+#define VIMG_VERSION_MAJOR 0
+#define VIMG_VERSION_MINOR 1
+#define VIMG_VERSION_PATCH 0
+#define VIMG_VERSION_NUMBER                                                    \
+    (VIMG_VERSION_MAJOR * 10000 + VIMG_VERSION_MINOR * 100 + VIMG_VERSION_PATCH)
+#define VIMG_VERSION_STRING "0.1.0"
+
+/* The version of the library at run time, e.g. "0.1.0". */
+VIMG_API const char *vimg_version(void);
+
+/* This thread's last error message; never NULL ("" when none). */
+VIMG_API const char *vimg_last_error(void);
+
+typedef struct vimg_image vimg_image;
+
+/* Flags for vimg_open(). */
+#define VIMG_OPEN_RDWR 0x1u       /* open for writing (default: read-only) */
+#define VIMG_OPEN_NO_BACKING 0x2u /* do not open the backing chain */
+
+/*
+ * Open PATH.  FORMAT is "raw", "qcow2", or NULL to probe the contents.
+ * Unless VIMG_OPEN_NO_BACKING is given, the whole backing chain is opened
+ * too: a relative backing name resolves against the directory of the image
+ * that names it, and a stored backing format is honoured (else probed).
+ * On success store a new handle in *out; free it with vimg_close().
+ */
+VIMG_API int vimg_open(vimg_image **out, const char *path, const char *format,
+                       unsigned flags);
+
+/*
+ * Open an image held in memory (LEN bytes at DATA, copied), read-only and
+ * without a backing chain.  NAME is used in messages.  Used by tests and
+ * fuzzers.
+ */
+VIMG_API int vimg_open_memory(vimg_image **out, const void *data, size_t len,
+                              const char *format, const char *name);
+
+/* Close IMG and its backing chain.  NULL is a no-op. */
+VIMG_API void vimg_close(vimg_image *img);
+
+/*
+ * Read COUNT bytes at virtual offset OFFSET into BUF.  The whole range must
+ * lie inside the virtual disk.  Unallocated areas read from the backing
+ * chain, or as zeroes.  Returns 0 or a negative errno.
+ */
+VIMG_API int vimg_pread(vimg_image *img, void *buf, size_t count,
+                        uint64_t offset);
+
+/*
+ * Write COUNT bytes at virtual offset OFFSET.  Needs VIMG_OPEN_RDWR
+ * (-EROFS otherwise).  Returns 0 or a negative errno; -ENOTSUP for formats
+ * whose write path is not there yet.
+ */
+VIMG_API int vimg_pwrite(vimg_image *img, const void *buf, size_t count,
+                         uint64_t offset);
+
+/* Make everything written so far durable. */
+VIMG_API int vimg_flush(vimg_image *img);
+
+/* The virtual disk size in bytes. */
+VIMG_API uint64_t vimg_size(const vimg_image *img);
+
+/* The format name ("raw", "qcow2"); valid until vimg_close(). */
+VIMG_API const char *vimg_format(const vimg_image *img);
+
+/* The file name IMG was opened with; valid until vimg_close(). */
+VIMG_API const char *vimg_filename(const vimg_image *img);
+
+/*
+ * The backing image of IMG, or NULL when it has none or the chain was not
+ * opened.  Borrowed: valid until vimg_close(IMG).
+ */
+VIMG_API vimg_image *vimg_backing(const vimg_image *img);
+
+/* Extent flags, as qemu-img map reports them. */
+#define VIMG_EXTENT_DATA 0x1u      /* reads come from stored data */
+#define VIMG_EXTENT_ZERO 0x2u      /* reads return zeroes */
+#define VIMG_EXTENT_PRESENT 0x4u   /* allocated in the layer at `depth` */
+#define VIMG_EXTENT_OFFSET 0x8u    /* file_offset/file_name are valid */
+#define VIMG_EXTENT_COMPRESSED 0x10u /* data stored compressed */
+
+struct vimg_extent {
+    uint64_t length;      /* bytes from the queried offset, > 0 */
+    unsigned flags;       /* VIMG_EXTENT_* */
+    unsigned depth;       /* 0 = IMG itself, 1 = its backing, ... */
+    uint64_t file_offset; /* where the bytes live, if VIMG_EXTENT_OFFSET */
+    const char *file_name; /* which file, valid until vimg_close() */
+};
+
+/*
+ * Describe the virtual range starting at OFFSET (at most COUNT bytes) as
+ * the whole chain supplies it: walk down from IMG until a layer has data or
+ * zeroes for OFFSET.  The answer covers out->length bytes (1..COUNT) that
+ * all have the same status.  Returns 0 or a negative errno.
+ */
+VIMG_API int vimg_block_status(vimg_image *img, uint64_t offset,
+                               uint64_t count, struct vimg_extent *out);
+
+/* One internal snapshot, as `info` lists it. */
+struct vimg_snapshot_info {
+    char *id;
+    char *name;
+    uint64_t vm_state_size;
+    uint64_t disk_size;   /* virtual size at the snapshot, if has_disk_size */
+    bool has_disk_size;
+    uint32_t date_sec;
+    uint32_t date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t icount;      /* valid if has_icount */
+    bool has_icount;
+};
+
+/* One persistent dirty bitmap. */
+struct vimg_bitmap_info {
+    char *name;
+    uint32_t granularity;
+    bool in_use;
+    bool auto_;
+};
+
+/* What `vimg info` shows.  Free with vimg_info_free(). */
+struct vimg_info {
+    const char *format;      /* "raw", "qcow2" */
+    uint64_t virtual_size;
+    uint32_t cluster_size;   /* 0 when the format has none */
+    char *backing_file;      /* as stored in the image, or NULL */
+    char *full_backing_file; /* resolved against the image's directory */
+    char *backing_format;    /* as stored, or NULL */
+    bool dirty;              /* qcow2 dirty bit (lazy refcounts) */
+    bool encrypted;
+
+    /* QCOW2 ("format-specific"); valid when format is "qcow2". */
+    uint32_t qcow2_version;  /* 2 or 3 */
+    bool lazy_refcounts;
+    unsigned refcount_bits;
+    bool corrupt;
+    bool extended_l2;
+    const char *compression_type; /* "zlib" or "zstd" */
+    char *data_file;         /* external data file name, or NULL */
+    bool data_file_raw;
+
+    size_t nb_snapshots;
+    struct vimg_snapshot_info *snapshots;
+    size_t nb_bitmaps;
+    struct vimg_bitmap_info *bitmaps;
+};
+
+VIMG_API int vimg_get_info(vimg_image *img, struct vimg_info **out);
+VIMG_API void vimg_info_free(struct vimg_info *info);
+
+/* Progress of a long operation: DONE of TOTAL units (bytes). */
+typedef void (*vimg_progress_fn)(void *opaque, uint64_t done, uint64_t total);
+
+#define VIMG_CONVERT_OPTS_VERSION 1
+struct vimg_convert_opts {
+    unsigned version;        /* VIMG_CONVERT_OPTS_VERSION */
+    const char *out_format;  /* "raw" */
+    /* Runs of zeroes at least this long, aligned to it, are left as holes
+     * (qemu-img convert -S); 0 writes every byte, zeroes included. */
+    uint64_t sparse_size;
+    unsigned threads;        /* worker threads; 0: one per CPU (max 8) */
+    bool is_existing_target; /* write into an existing file (-n) */
+    vimg_progress_fn progress;
+    void *progress_opaque;
+};
+#define VIMG_CONVERT_OPTS_INIT                                                 \
+    { VIMG_CONVERT_OPTS_VERSION, "raw", 4096, 0, false, NULL, NULL }
+
+/*
+ * Copy the guest content of NB_SRCS images, one after the other, into a
+ * new image at OUT_PATH.  Zero and unallocated ranges are not written.
+ * Reads and writes run in parallel worker threads.
+ */
+VIMG_API int vimg_convert(vimg_image *const *srcs, size_t nb_srcs,
+                          const char *out_path,
+                          const struct vimg_convert_opts *opts);
+
+enum vimg_compare_verdict {
+    VIMG_COMPARE_IDENTICAL = 0,
+    VIMG_COMPARE_CONTENT_MISMATCH, /* at `offset` (512-byte aligned) */
+    VIMG_COMPARE_SIZE_MISMATCH,    /* strict mode only */
+    VIMG_COMPARE_STATUS_MISMATCH,  /* strict mode: allocation differs */
+};
+
+#define VIMG_COMPARE_OPTS_VERSION 1
+struct vimg_compare_opts {
+    unsigned version; /* VIMG_COMPARE_OPTS_VERSION */
+    bool is_strict;   /* sizes and allocation must match too */
+    vimg_progress_fn progress;
+    void *progress_opaque;
+};
+#define VIMG_COMPARE_OPTS_INIT { VIMG_COMPARE_OPTS_VERSION, false, NULL, NULL }
+
+struct vimg_compare_result {
+    enum vimg_compare_verdict verdict;
+    uint64_t offset;     /* first difference */
+    bool is_size_different; /* sizes differ (non-strict: tail was zero) */
+};
+
+/*
+ * Compare the guest content of A and B as `qemu-img compare` does: ranges
+ * that are zero in one and absent in the other are equal; without strict
+ * mode the longer image's tail must read as zeroes.  Returns 0 with the
+ * verdict in *out, or a negative errno when reading fails.
+ */
+VIMG_API int vimg_compare(vimg_image *a, vimg_image *b,
+                          const struct vimg_compare_opts *opts,
+                          struct vimg_compare_result *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* VIMG_H */

@@ -1,0 +1,51 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * format.h: the format driver interface.  One small ops table per format;
+ * NULL means unsupported and the image layer answers -ENOTSUP.
+ */
+#ifndef VIMG_FORMAT_H
+#define VIMG_FORMAT_H
+
+#include "vimg-internal.h"
+
+/*
+ * A driver's block status describes only its own layer.  flags is a mix of
+ * VIMG_EXTENT_DATA, _ZERO, _OFFSET and _COMPRESSED; neither DATA nor ZERO
+ * means "not allocated here, ask the backing file".
+ */
+struct vimg_layer_status {
+    uint64_t length;
+    unsigned flags;
+    uint64_t file_offset;
+    const char *file_name;
+};
+
+struct vimg_format {
+    const char *name;
+    /* 0..100: how sure the driver is that BUF (the file's first LEN bytes,
+     * LEN may be short) is its format. */
+    int (*probe)(const uint8_t *buf, size_t len);
+    /* Parse img->io; set img->size, img->priv, and backing_name/_fmt. */
+    int (*open)(struct vimg_image *img, unsigned flags);
+    void (*close)(struct vimg_image *img);
+    int (*pread)(struct vimg_image *img, void *buf, size_t count,
+                 uint64_t offset);
+    int (*pwrite)(struct vimg_image *img, const void *buf, size_t count,
+                  uint64_t offset);
+    int (*flush)(struct vimg_image *img);
+    /* OFFSET < img->size, 0 < COUNT <= img->size - OFFSET. */
+    int (*block_status)(struct vimg_image *img, uint64_t offset,
+                        uint64_t count, struct vimg_layer_status *out);
+    /* Fill the format-specific part of INFO. */
+    int (*info)(struct vimg_image *img, struct vimg_info *info);
+};
+
+/* registry.c */
+const struct vimg_format *vimg_format_find(const char *name);
+/* The best-scoring driver for the first bytes of IO. */
+int vimg_format_probe(struct vimg_io *io, const struct vimg_format **out);
+
+extern const struct vimg_format vimg_format_raw;
+extern const struct vimg_format vimg_format_qcow2;
+
+#endif

@@ -1,0 +1,304 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2-cluster.c: guest-to-host mapping through the L1 and L2 tables
+ * (qcow2.txt, "Cluster mapping" and "Extended L2 Entries"), and the read
+ * path.  The driver lock is held only while looking at the L2 cache; data
+ * is read and decompressed without it, so readers run in parallel.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec/codec.h"
+#include "formats/qcow2/qcow2.h"
+#include "vimg-endian.h"
+
+/* With an external data file, offset 0 is a valid host cluster when the
+ * COPIED bit marks the entry as allocated (qcow2.txt, L2 table entry). */
+static bool has_host_cluster(const struct qcow2_state *s, uint64_t entry)
+{
+    return (entry & QCOW2_L2E_OFFSET_MASK) != 0 ||
+           (s->has_data_file && (entry & QCOW2_OFLAG_COPIED));
+}
+
+enum qcow2_subcluster_type qcow2_l2_entry_type(const struct qcow2_state *s,
+                                               uint64_t entry,
+                                               uint64_t bitmap, unsigned sc)
+{
+    if (entry & QCOW2_OFLAG_COMPRESSED) {
+        return QCOW2_SC_COMPRESSED;
+    }
+    const bool has_host = has_host_cluster(s, entry);
+    if (!s->has_subclusters) {
+        if (entry & QCOW2_OFLAG_ZERO) {
+            return has_host ? QCOW2_SC_ZERO_ALLOC : QCOW2_SC_ZERO_PLAIN;
+        }
+        return has_host ? QCOW2_SC_NORMAL : QCOW2_SC_UNALLOCATED;
+    }
+    const bool is_alloc = (bitmap >> sc) & 1;
+    const bool is_zero = (bitmap >> (32 + sc)) & 1;
+    if (is_alloc && is_zero) {
+        return QCOW2_SC_INVALID;
+    }
+    if (!has_host) {
+        if (is_alloc) {
+            return QCOW2_SC_INVALID;
+        }
+        return is_zero ? QCOW2_SC_ZERO_PLAIN : QCOW2_SC_UNALLOCATED;
+    }
+    if (is_alloc) {
+        return QCOW2_SC_NORMAL;
+    }
+    return is_zero ? QCOW2_SC_ZERO_ALLOC : QCOW2_SC_UNALLOCATED_ALLOC;
+}
+
+static int load_l2(void *opaque, uint64_t file_offset, uint8_t *buf,
+                   size_t len)
+{
+    struct vimg_image *img = opaque;
+
+    return vimg_io_pread(img->io, buf, len, file_offset);
+}
+
+static bool type_has_host(enum qcow2_subcluster_type t)
+{
+    return t == QCOW2_SC_NORMAL || t == QCOW2_SC_ZERO_ALLOC ||
+           t == QCOW2_SC_UNALLOCATED_ALLOC;
+}
+
+int qcow2_get_mapping(struct vimg_image *img, uint64_t offset, uint64_t bytes,
+                      struct qcow2_mapping *out)
+{
+    struct qcow2_state *s = img->priv;
+    const uint64_t cluster_mask = s->cluster_size - 1;
+    const uint64_t cluster_index = offset >> s->cluster_bits;
+    const uint64_t l1_index = cluster_index >> s->l2_bits;
+    const size_t l2_index =
+        (size_t)(cluster_index & ((1ull << s->l2_bits) - 1));
+    const uint64_t l2_cover_end = (l1_index + 1)
+                                  << (s->l2_bits + s->cluster_bits);
+    int ret = 0;
+
+    memset(out, 0, sizeof(*out));
+    bytes = VIMG_MIN(bytes, l2_cover_end - offset);
+    if (l1_index >= s->h.l1_size) {
+        out->type = QCOW2_SC_UNALLOCATED;
+        out->length = bytes;
+        return 0;
+    }
+    const uint64_t l1e = s->l1[l1_index];
+    const uint64_t l2_offset = l1e & QCOW2_L1E_OFFSET_MASK;
+    if (l2_offset == 0) {
+        out->type = QCOW2_SC_UNALLOCATED;
+        out->length = bytes;
+        return 0;
+    }
+    if (l2_offset & cluster_mask) {
+        return vimg_error(-EIO,
+                          "qcow2: corrupt image: L2 table offset 0x%llx "
+                          "(L1 index %llu) is not cluster aligned",
+                          (unsigned long long)l2_offset,
+                          (unsigned long long)l1_index);
+    }
+    if (l2_offset >= s->file_size ||
+        s->file_size - l2_offset < s->cluster_size) {
+        return vimg_error(-EIO,
+                          "qcow2: corrupt image: L2 table at 0x%llx (L1 "
+                          "index %llu) is past the end of the file (0x%llx)",
+                          (unsigned long long)l2_offset,
+                          (unsigned long long)l1_index,
+                          (unsigned long long)s->file_size);
+    }
+
+    pthread_mutex_lock(&s->lock);
+    const uint8_t *table;
+    ret = qcow2_cache_get(s->l2_cache, l2_offset, load_l2, img, &table);
+    if (ret < 0) {
+        goto out;
+    }
+
+    const unsigned sc_bits =
+        s->has_subclusters ? s->subcluster_bits : s->cluster_bits;
+    const uint64_t end = offset + bytes;
+    uint64_t pos = offset;
+    uint64_t expect_host = 0;
+    size_t i = l2_index;
+    enum qcow2_subcluster_type first = QCOW2_SC_INVALID;
+    while (pos < end) {
+        const uint8_t *e = table + i * s->l2_entry_bytes;
+        const uint64_t entry = load_be64(e);
+        const uint64_t bitmap = s->has_subclusters ? load_be64(e + 8) : 0;
+        const unsigned sc = (unsigned)((pos & cluster_mask) >> sc_bits);
+        const enum qcow2_subcluster_type t =
+            qcow2_l2_entry_type(s, entry, bitmap, sc);
+
+        if (t == QCOW2_SC_INVALID) {
+            ret = vimg_error(-EIO,
+                             "qcow2: corrupt image: invalid subcluster "
+                             "bitmap 0x%016llx in L2 table 0x%llx entry %zu",
+                             (unsigned long long)bitmap,
+                             (unsigned long long)l2_offset, i);
+            goto out;
+        }
+        if (t == QCOW2_SC_COMPRESSED) {
+            if (pos != offset) {
+                break; /* a compressed cluster is always its own extent */
+            }
+            const uint64_t coff = entry & s->csize_mask;
+            const uint64_t nb_sectors =
+                ((entry >> s->csize_shift) &
+                 ((1ull << (s->cluster_bits - 8)) - 1)) + 1;
+            out->type = t;
+            out->comp_offset = coff;
+            out->comp_bytes = nb_sectors * 512 - (coff & 511);
+            pos = VIMG_MIN(end, (pos | cluster_mask) + 1);
+            if (coff >= s->file_size) {
+                ret = vimg_error(-EIO,
+                                 "qcow2: corrupt image: compressed cluster "
+                                 "at 0x%llx (guest offset 0x%llx) is past "
+                                 "the end of the file",
+                                 (unsigned long long)coff,
+                                 (unsigned long long)offset);
+                goto out;
+            }
+            break;
+        }
+        uint64_t host = 0;
+        if (type_has_host(t)) {
+            const uint64_t cluster_host = entry & QCOW2_L2E_OFFSET_MASK;
+            if (cluster_host & cluster_mask) {
+                ret = vimg_error(-EIO,
+                                 "qcow2: corrupt image: cluster offset "
+                                 "0x%llx (L2 table 0x%llx entry %zu) is not "
+                                 "cluster aligned",
+                                 (unsigned long long)cluster_host,
+                                 (unsigned long long)l2_offset, i);
+                goto out;
+            }
+            if (t == QCOW2_SC_NORMAL && s->data_io == img->io &&
+                cluster_host >= s->file_size) {
+                ret = vimg_error(-EIO,
+                                 "qcow2: corrupt image: data cluster at "
+                                 "0x%llx (guest offset 0x%llx) is past the "
+                                 "end of the file (0x%llx)",
+                                 (unsigned long long)cluster_host,
+                                 (unsigned long long)pos,
+                                 (unsigned long long)s->file_size);
+                goto out;
+            }
+            host = cluster_host + (pos & cluster_mask);
+        }
+        if (pos == offset) {
+            first = t;
+            out->type = t;
+            out->host_offset = host;
+        } else if (t != first || (type_has_host(t) && host != expect_host)) {
+            break;
+        }
+        /* advance to the next subcluster (or cluster) */
+        const uint64_t next = VIMG_MIN(end, ((pos >> sc_bits) + 1) << sc_bits);
+        expect_host = host + (next - pos);
+        pos = next;
+        if ((pos & cluster_mask) == 0) {
+            i++;
+        }
+    }
+    out->length = pos - offset;
+out:
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+int qcow2_decompress_cluster(struct vimg_image *img, uint64_t comp_offset,
+                             uint64_t comp_bytes, uint8_t *out)
+{
+    struct qcow2_state *s = img->priv;
+    /* A compressed cluster never needs more than a cluster plus the
+     * sector it starts in; anything longer is corrupt. */
+    if (comp_bytes > s->cluster_size + 512) {
+        comp_bytes = s->cluster_size + 512;
+    }
+    uint8_t *in = malloc((size_t)comp_bytes);
+    if (!in) {
+        return vimg_error(-ENOMEM, "out of memory");
+    }
+    int ret = vimg_io_pread(img->io, in, (size_t)comp_bytes, comp_offset);
+    if (ret == 0) {
+        if (s->h.compression_type == QCOW2_COMPRESSION_ZSTD) {
+            ret = vimg_zstd_decompress(in, (size_t)comp_bytes, out,
+                                       (size_t)s->cluster_size);
+        } else {
+            ret = vimg_inflate_raw(in, (size_t)comp_bytes, out,
+                                   (size_t)s->cluster_size);
+        }
+        if (ret < 0) {
+            vimg_error_prefix("qcow2: compressed cluster at 0x%llx",
+                              (unsigned long long)comp_offset);
+        }
+    }
+    free(in);
+    return ret;
+}
+
+int qcow2_pread(struct vimg_image *img, void *buf, size_t count,
+                uint64_t offset)
+{
+    struct qcow2_state *s = img->priv;
+    uint8_t *p = buf;
+    uint8_t *cluster_buf = NULL;
+    int ret = 0;
+
+    while (count > 0) {
+        struct qcow2_mapping m;
+        ret = qcow2_get_mapping(img, offset, count, &m);
+        if (ret < 0) {
+            break;
+        }
+        const size_t n = (size_t)m.length;
+        switch (m.type) {
+        case QCOW2_SC_UNALLOCATED:
+        case QCOW2_SC_UNALLOCATED_ALLOC:
+            ret = vimg_read_backing(img, p, n, offset);
+            break;
+        case QCOW2_SC_ZERO_PLAIN:
+        case QCOW2_SC_ZERO_ALLOC:
+            memset(p, 0, n);
+            break;
+        case QCOW2_SC_NORMAL:
+            ret = vimg_io_pread(s->data_io, p, n, m.host_offset);
+            break;
+        case QCOW2_SC_COMPRESSED: {
+            const uint64_t in_cluster = offset & (s->cluster_size - 1);
+            if (in_cluster == 0 && n == s->cluster_size) {
+                ret = qcow2_decompress_cluster(img, m.comp_offset,
+                                               m.comp_bytes, p);
+                break;
+            }
+            if (!cluster_buf) {
+                cluster_buf = malloc((size_t)s->cluster_size);
+                if (!cluster_buf) {
+                    ret = vimg_error(-ENOMEM, "out of memory");
+                    break;
+                }
+            }
+            ret = qcow2_decompress_cluster(img, m.comp_offset, m.comp_bytes,
+                                           cluster_buf);
+            if (ret == 0) {
+                memcpy(p, cluster_buf + in_cluster, n);
+            }
+            break;
+        }
+        default:
+            ret = vimg_error(-EIO, "qcow2: corrupt image at 0x%llx",
+                             (unsigned long long)offset);
+            break;
+        }
+        if (ret < 0) {
+            break;
+        }
+        p += n;
+        offset += n;
+        count -= n;
+    }
+    free(cluster_buf);
+    return ret;
+}

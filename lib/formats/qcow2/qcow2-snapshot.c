@@ -1,0 +1,177 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2-snapshot.c: the snapshot table (qcow2.txt, "Snapshots"): decode
+ * and encode, keeping unknown extra data so a rewrite preserves it.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats/qcow2/qcow2.h"
+#include "vimg-endian.h"
+
+/* Snapshot table entry: fixed part (qcow2.txt) */
+enum {
+    SN_L1_OFFSET = 0,
+    SN_L1_SIZE = 8,
+    SN_ID_SIZE = 12,
+    SN_NAME_SIZE = 14,
+    SN_DATE_SEC = 16,
+    SN_DATE_NSEC = 20,
+    SN_VM_CLOCK = 24,
+    SN_VM_STATE_SIZE = 32,
+    SN_EXTRA_SIZE = 36,
+    SN_FIXED_LEN = 40,
+    /* extra data, relative to its start */
+    SN_EXTRA_VM_STATE = 0,
+    SN_EXTRA_DISK_SIZE = 8,
+    SN_EXTRA_ICOUNT = 16,
+};
+
+static char *dup_bytes(const uint8_t *p, size_t len)
+{
+    char *s = malloc(len + 1);
+
+    if (s) {
+        memcpy(s, p, len);
+        s[len] = '\0';
+    }
+    return s;
+}
+
+void qcow2_snapshots_free(struct qcow2_snapshot *sn, size_t nb)
+{
+    if (!sn) {
+        return;
+    }
+    for (size_t i = 0; i < nb; i++) {
+        free(sn[i].extra_data);
+        free(sn[i].id);
+        free(sn[i].name);
+    }
+    free(sn);
+}
+
+int qcow2_snapshots_decode(struct qcow2_snapshot **out, uint32_t nb,
+                           const uint8_t *buf, size_t len, size_t *used_out)
+{
+    struct qcow2_snapshot *sn = calloc(nb ? nb : 1, sizeof(*sn));
+    size_t off = 0;
+    int ret = 0;
+
+    if (!sn) {
+        return vimg_error(-ENOMEM, "out of memory");
+    }
+    for (uint32_t i = 0; i < nb; i++) {
+        struct qcow2_snapshot *s = &sn[i];
+        if (len - off < SN_FIXED_LEN) {
+            ret = -ENODATA; /* the caller reads more and retries */
+            goto fail;
+        }
+        const uint8_t *e = buf + off;
+        s->l1_table_offset = load_be64(e + SN_L1_OFFSET);
+        s->l1_size = load_be32(e + SN_L1_SIZE);
+        const size_t id_size = load_be16(e + SN_ID_SIZE);
+        const size_t name_size = load_be16(e + SN_NAME_SIZE);
+        s->date_sec = load_be32(e + SN_DATE_SEC);
+        s->date_nsec = load_be32(e + SN_DATE_NSEC);
+        s->vm_clock_nsec = load_be64(e + SN_VM_CLOCK);
+        s->vm_state_size = load_be32(e + SN_VM_STATE_SIZE);
+        s->extra_data_size = load_be32(e + SN_EXTRA_SIZE);
+        if (s->extra_data_size > QCOW2_MAX_SNAPSHOT_EXTRA) {
+            ret = vimg_error(-EIO,
+                             "qcow2: corrupt snapshot table: entry %u has "
+                             "%u bytes of extra data (at most %d)",
+                             i, s->extra_data_size, QCOW2_MAX_SNAPSHOT_EXTRA);
+            goto fail;
+        }
+        const size_t entry_len = (SN_FIXED_LEN + s->extra_data_size +
+                                  id_size + name_size + 7) & ~(size_t)7;
+        if (len - off < entry_len) {
+            ret = -ENODATA;
+            goto fail;
+        }
+        const uint8_t *extra = e + SN_FIXED_LEN;
+        if (s->extra_data_size) {
+            s->extra_data = malloc(s->extra_data_size);
+            if (!s->extra_data) {
+                goto nomem;
+            }
+            memcpy(s->extra_data, extra, s->extra_data_size);
+        }
+        if (s->extra_data_size >= SN_EXTRA_VM_STATE + 8) {
+            s->vm_state_size = load_be64(extra + SN_EXTRA_VM_STATE);
+        }
+        if (s->extra_data_size >= SN_EXTRA_DISK_SIZE + 8) {
+            s->disk_size = load_be64(extra + SN_EXTRA_DISK_SIZE);
+            s->has_disk_size = true;
+        }
+        if (s->extra_data_size >= SN_EXTRA_ICOUNT + 8) {
+            s->icount = load_be64(extra + SN_EXTRA_ICOUNT);
+            s->has_icount = s->icount != UINT64_MAX;
+        }
+        s->id = dup_bytes(extra + s->extra_data_size, id_size);
+        s->name = dup_bytes(extra + s->extra_data_size + id_size, name_size);
+        if (!s->id || !s->name) {
+            goto nomem;
+        }
+        off += entry_len;
+    }
+    *out = sn;
+    if (used_out) {
+        *used_out = off;
+    }
+    return 0;
+nomem:
+    ret = vimg_error(-ENOMEM, "out of memory");
+fail:
+    qcow2_snapshots_free(sn, nb);
+    return ret;
+}
+
+size_t qcow2_snapshots_encode(const struct qcow2_snapshot *sn, size_t nb,
+                              uint8_t *buf)
+{
+    size_t off = 0;
+
+    for (size_t i = 0; i < nb; i++) {
+        const struct qcow2_snapshot *s = &sn[i];
+        const size_t id_size = strlen(s->id);
+        const size_t name_size = strlen(s->name);
+        const size_t entry_len = (SN_FIXED_LEN + s->extra_data_size +
+                                  id_size + name_size + 7) & ~(size_t)7;
+        if (buf) {
+            uint8_t *e = buf + off;
+            memset(e, 0, entry_len);
+            store_be64(e + SN_L1_OFFSET, s->l1_table_offset);
+            store_be32(e + SN_L1_SIZE, s->l1_size);
+            store_be16(e + SN_ID_SIZE, (uint16_t)id_size);
+            store_be16(e + SN_NAME_SIZE, (uint16_t)name_size);
+            store_be32(e + SN_DATE_SEC, s->date_sec);
+            store_be32(e + SN_DATE_NSEC, s->date_nsec);
+            store_be64(e + SN_VM_CLOCK, s->vm_clock_nsec);
+            store_be32(e + SN_VM_STATE_SIZE,
+                       s->vm_state_size > UINT32_MAX
+                           ? 0
+                           : (uint32_t)s->vm_state_size);
+            store_be32(e + SN_EXTRA_SIZE, s->extra_data_size);
+            uint8_t *extra = e + SN_FIXED_LEN;
+            if (s->extra_data_size) {
+                memcpy(extra, s->extra_data, s->extra_data_size);
+            }
+            if (s->extra_data_size >= SN_EXTRA_VM_STATE + 8) {
+                store_be64(extra + SN_EXTRA_VM_STATE, s->vm_state_size);
+            }
+            if (s->extra_data_size >= SN_EXTRA_DISK_SIZE + 8) {
+                store_be64(extra + SN_EXTRA_DISK_SIZE, s->disk_size);
+            }
+            if (s->extra_data_size >= SN_EXTRA_ICOUNT + 8) {
+                store_be64(extra + SN_EXTRA_ICOUNT,
+                           s->has_icount ? s->icount : UINT64_MAX);
+            }
+            memcpy(extra + s->extra_data_size, s->id, id_size);
+            memcpy(extra + s->extra_data_size + id_size, s->name, name_size);
+        }
+        off += entry_len;
+    }
+    return off;
+}

@@ -1,0 +1,487 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2.c: the QCOW2 driver: open (header, extensions, L1, snapshot table,
+ * bitmap directory, external data file), close, block status, info.  The
+ * ops table at the end is the driver's table of contents.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats/qcow2/qcow2.h"
+#include "vimg-endian.h"
+
+/* Memory for the L2 cache: as much as qemu's default maximum. */
+#define QCOW2_L2_CACHE_BYTES (32u * 1024 * 1024)
+#define QCOW2_L2_CACHE_MIN_SLOTS 16
+#define QCOW2_MAX_SNAPSHOT_TABLE (64u * 1024 * 1024)
+
+static int qcow2_probe(const uint8_t *buf, size_t len)
+{
+    return len >= 8 && load_be32(buf) == QCOW2_MAGIC &&
+                   load_be32(buf + 4) >= 2 && load_be32(buf + 4) <= 3
+               ? 100
+               : 0;
+}
+
+static void qcow2_close(struct vimg_image *img)
+{
+    struct qcow2_state *s = img->priv;
+
+    if (!s) {
+        return;
+    }
+    if (s->data_io && s->data_io != img->io) {
+        vimg_io_close(s->data_io);
+    }
+    free(s->data_path);
+    free(s->l1);
+    qcow2_cache_free(s->l2_cache);
+    qcow2_extensions_free(&s->ext);
+    qcow2_snapshots_free(s->snapshots, s->nb_snapshots);
+    qcow2_bitmaps_free(s->bitmaps, s->nb_bitmaps);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+    img->priv = NULL;
+}
+
+/* Refuse incompatible features we do not know, naming them as the image's
+ * feature name table does. */
+static int check_incompatible(struct vimg_image *img, struct qcow2_state *s)
+{
+    const uint64_t unknown =
+        s->h.incompatible_features & ~QCOW2_INCOMPAT_KNOWN;
+    char list[512] = "";
+    size_t used = 0;
+
+    if (!unknown) {
+        return 0;
+    }
+    for (unsigned bit = 0; bit < 64; bit++) {
+        if (!(unknown & (1ull << bit))) {
+            continue;
+        }
+        const char *name = qcow2_feature_name(&s->ext, 0, bit);
+        int n = name ? snprintf(list + used, sizeof(list) - used, "%s%s",
+                                used ? ", " : "", name)
+                     : snprintf(list + used, sizeof(list) - used,
+                                "%sunknown incompatible feature bit %u",
+                                used ? ", " : "", bit);
+        if (n < 0 || (size_t)n >= sizeof(list) - used) {
+            break;
+        }
+        used += (size_t)n;
+    }
+    return vimg_error(-ENOTSUP, "%s: unsupported qcow2 feature(s): %s",
+                      img->filename, list);
+}
+
+static int load_snapshots(struct vimg_image *img, struct qcow2_state *s)
+{
+    if (s->h.nb_snapshots == 0) {
+        return 0;
+    }
+    /* Entries have variable length: read a window and grow it until the
+     * whole table decodes, bounded by the file and a sanity limit. */
+    const uint64_t avail = s->file_size - s->h.snapshots_offset;
+    size_t want = 64 * 1024;
+    for (;;) {
+        const size_t n = (size_t)VIMG_MIN((uint64_t)want, avail);
+        uint8_t *buf = malloc(n);
+        if (!buf) {
+            return vimg_error(-ENOMEM, "out of memory");
+        }
+        int ret = vimg_io_pread(img->io, buf, n, s->h.snapshots_offset);
+        if (ret == 0) {
+            ret = qcow2_snapshots_decode(&s->snapshots, s->h.nb_snapshots,
+                                         buf, n, NULL);
+        }
+        free(buf);
+        if (ret == 0) {
+            s->nb_snapshots = s->h.nb_snapshots;
+            return 0;
+        }
+        if (ret != -ENODATA) {
+            return ret;
+        }
+        if (n == avail || want >= QCOW2_MAX_SNAPSHOT_TABLE) {
+            return vimg_error(-EIO,
+                              "qcow2: corrupt snapshot table at 0x%llx: it "
+                              "runs past the end of the file",
+                              (unsigned long long)s->h.snapshots_offset);
+        }
+        want *= 4;
+    }
+}
+
+static int load_bitmaps(struct vimg_image *img, struct qcow2_state *s)
+{
+    /* Without the autoclear bit, a program that does not know bitmaps
+     * wrote the image: the extension is stale and ignored (qcow2.txt). */
+    if (!s->ext.has_bitmaps ||
+        !(s->h.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
+        return 0;
+    }
+    const struct qcow2_extensions *e = &s->ext;
+    if (e->nb_bitmaps == 0 || e->nb_bitmaps > QCOW2_MAX_BITMAPS) {
+        return vimg_error(-EIO, "qcow2: corrupt bitmaps extension: %u bitmaps",
+                          e->nb_bitmaps);
+    }
+    if (e->bitmap_dir_size == 0 ||
+        e->bitmap_dir_size > QCOW2_MAX_BITMAP_DIR_BYTES ||
+        (e->bitmap_dir_offset & (s->cluster_size - 1)) ||
+        e->bitmap_dir_offset >= s->file_size ||
+        s->file_size - e->bitmap_dir_offset < e->bitmap_dir_size) {
+        return vimg_error(-EIO,
+                          "qcow2: corrupt bitmaps extension: directory at "
+                          "0x%llx (%llu bytes) is invalid",
+                          (unsigned long long)e->bitmap_dir_offset,
+                          (unsigned long long)e->bitmap_dir_size);
+    }
+    uint8_t *buf = malloc((size_t)e->bitmap_dir_size);
+    if (!buf) {
+        return vimg_error(-ENOMEM, "out of memory");
+    }
+    int ret = vimg_io_pread(img->io, buf, (size_t)e->bitmap_dir_size,
+                            e->bitmap_dir_offset);
+    if (ret == 0) {
+        ret = qcow2_bitmaps_decode(&s->bitmaps, e->nb_bitmaps, buf,
+                                   (size_t)e->bitmap_dir_size);
+        if (ret == 0) {
+            s->nb_bitmaps = e->nb_bitmaps;
+        }
+    }
+    free(buf);
+    return ret;
+}
+
+static int open_data_file(struct vimg_image *img, struct qcow2_state *s,
+                          unsigned flags)
+{
+    if (!s->ext.data_file) {
+        return vimg_error(-EIO,
+                          "%s: the image needs an external data file but "
+                          "names none",
+                          img->filename);
+    }
+    if (flags & VIMG_OPEN_MEMORY) {
+        return vimg_error(-ENOTSUP,
+                          "%s: external data file '%s' cannot be opened for "
+                          "an in-memory image",
+                          img->filename, s->ext.data_file);
+    }
+    s->data_path = vimg_path_join_dir(img->filename, s->ext.data_file);
+    if (!s->data_path) {
+        return vimg_error(-ENOMEM, "out of memory");
+    }
+    int ret = vimg_io_file_open(&s->data_io, s->data_path,
+                                flags & VIMG_OPEN_RDWR, false);
+    if (ret < 0) {
+        vimg_error_prefix("%s: could not open external data file",
+                          img->filename);
+        return ret;
+    }
+    return vimg_io_get_size(s->data_io, &s->data_size);
+}
+
+static int qcow2_open(struct vimg_image *img, unsigned flags)
+{
+    struct qcow2_state *s = calloc(1, sizeof(*s));
+    uint8_t *first = NULL;
+    int ret;
+
+    if (!s) {
+        return vimg_error(-ENOMEM, "out of memory");
+    }
+    pthread_mutex_init(&s->lock, NULL);
+    s->metadata_prealloc = -1;
+    img->priv = s;
+
+    ret = vimg_io_get_size(img->io, &s->file_size);
+    if (ret < 0) {
+        return ret;
+    }
+    /* The header and its extensions live in the first cluster (at most
+     * 2 MiB); read as much of it as the file has. */
+    const size_t first_len =
+        (size_t)VIMG_MIN(s->file_size, 1ull << QCOW2_MAX_CLUSTER_BITS);
+    first = malloc(first_len ? first_len : 1);
+    if (!first) {
+        return vimg_error(-ENOMEM, "out of memory");
+    }
+    ret = vimg_io_pread(img->io, first, first_len, 0);
+    if (ret < 0) {
+        goto out;
+    }
+    ret = qcow2_header_decode(&s->h, first, first_len, s->file_size);
+    if (ret < 0) {
+        vimg_error_prefix("%s", img->filename);
+        goto out;
+    }
+    s->cluster_bits = s->h.cluster_bits;
+    s->cluster_size = 1ull << s->cluster_bits;
+    s->has_subclusters = s->h.incompatible_features & QCOW2_INCOMPAT_EXTL2;
+    s->l2_entry_bytes = s->has_subclusters ? 16 : 8;
+    s->l2_bits = s->cluster_bits - (s->has_subclusters ? 4 : 3);
+    s->subcluster_bits = s->cluster_bits - 5;
+    s->csize_shift = 62 - (s->cluster_bits - 8);
+    s->csize_mask = (1ull << s->csize_shift) - 1;
+
+    size_t ext_end = (size_t)VIMG_MIN(s->cluster_size, first_len);
+    if (s->h.backing_file_offset) {
+        ext_end = (size_t)VIMG_MIN(ext_end, s->h.backing_file_offset);
+    }
+    ret = qcow2_extensions_decode(&s->ext, first, s->h.header_length,
+                                  ext_end);
+    if (ret < 0) {
+        vimg_error_prefix("%s", img->filename);
+        goto out;
+    }
+    ret = check_incompatible(img, s);
+    if (ret < 0) {
+        goto out;
+    }
+    if (s->h.crypt_method != QCOW2_CRYPT_NONE) {
+        ret = vimg_error(-ENOTSUP,
+                         "%s: encrypted qcow2 images (%s) are not supported "
+                         "yet",
+                         img->filename,
+                         s->h.crypt_method == QCOW2_CRYPT_AES ? "aes"
+                                                              : "luks");
+        goto out;
+    }
+    if ((s->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT) &&
+        (flags & VIMG_OPEN_RDWR)) {
+        ret = vimg_error(-EIO,
+                         "%s: image is marked corrupt; it can only be opened "
+                         "read-only (repair it with 'vimg check -r all')",
+                         img->filename);
+        goto out;
+    }
+
+    /* Backing file */
+    if (s->h.backing_file_offset && s->h.backing_file_size) {
+        img->backing_name = malloc(s->h.backing_file_size + 1);
+        if (!img->backing_name) {
+            ret = vimg_error(-ENOMEM, "out of memory");
+            goto out;
+        }
+        memcpy(img->backing_name, first + s->h.backing_file_offset,
+               s->h.backing_file_size);
+        img->backing_name[s->h.backing_file_size] = '\0';
+        if (strlen(img->backing_name) == 0) {
+            free(img->backing_name);
+            img->backing_name = NULL;
+        } else if (s->ext.backing_format) {
+            img->backing_fmt = strdup(s->ext.backing_format);
+            if (!img->backing_fmt) {
+                ret = vimg_error(-ENOMEM, "out of memory");
+                goto out;
+            }
+        }
+    }
+
+    /* Active L1 table */
+    s->l1 = calloc(s->h.l1_size ? s->h.l1_size : 1, sizeof(uint64_t));
+    if (!s->l1) {
+        ret = vimg_error(-ENOMEM, "out of memory");
+        goto out;
+    }
+    if (s->h.l1_size) {
+        ret = vimg_io_pread(img->io, s->l1, (size_t)s->h.l1_size * 8,
+                            s->h.l1_table_offset);
+        if (ret < 0) {
+            goto out;
+        }
+        for (uint32_t i = 0; i < s->h.l1_size; i++) {
+            s->l1[i] = load_be64((const uint8_t *)&s->l1[i]);
+        }
+    }
+
+    size_t slots = QCOW2_L2_CACHE_BYTES >> s->cluster_bits;
+    slots = VIMG_MAX(slots, (size_t)QCOW2_L2_CACHE_MIN_SLOTS);
+    slots = VIMG_MIN(slots, (size_t)s->h.l1_size + 1);
+    s->l2_cache = qcow2_cache_new((size_t)s->cluster_size, slots);
+    if (!s->l2_cache) {
+        ret = vimg_error(-ENOMEM, "out of memory");
+        goto out;
+    }
+
+    ret = load_snapshots(img, s);
+    if (ret == 0) {
+        ret = load_bitmaps(img, s);
+    }
+    if (ret < 0) {
+        vimg_error_prefix("%s", img->filename);
+        goto out;
+    }
+
+    s->has_data_file = s->h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE;
+    if (s->has_data_file) {
+        s->is_data_file_raw =
+            s->h.autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+        ret = open_data_file(img, s, flags);
+        if (ret < 0) {
+            goto out;
+        }
+    } else {
+        s->data_io = img->io;
+    }
+    img->size = s->h.size;
+out:
+    free(first);
+    return ret;
+}
+
+/* Writing arrives with the next milestone; say so plainly. */
+static int qcow2_pwrite(struct vimg_image *img, const void *buf, size_t count,
+                        uint64_t offset)
+{
+    return vimg_error(-ENOTSUP, "%s: writing qcow2 images is not supported "
+                                "yet",
+                      img->filename);
+}
+
+static int qcow2_flush(struct vimg_image *img)
+{
+    return 0;
+}
+
+static int qcow2_block_status(struct vimg_image *img, uint64_t offset,
+                              uint64_t count, struct vimg_layer_status *out)
+{
+    struct qcow2_state *s = img->priv;
+    struct qcow2_mapping m;
+    int ret = qcow2_get_mapping(img, offset, count, &m);
+
+    if (ret < 0) {
+        return ret;
+    }
+    out->length = m.length;
+    out->file_name = s->data_path ? s->data_path : img->filename;
+    switch (m.type) {
+    case QCOW2_SC_NORMAL:
+        out->flags = VIMG_EXTENT_DATA | VIMG_EXTENT_OFFSET;
+        out->file_offset = m.host_offset;
+        break;
+    case QCOW2_SC_ZERO_ALLOC:
+        out->flags = VIMG_EXTENT_ZERO | VIMG_EXTENT_OFFSET;
+        out->file_offset = m.host_offset;
+        return 0;
+    case QCOW2_SC_ZERO_PLAIN:
+        out->flags = VIMG_EXTENT_ZERO;
+        return 0;
+    case QCOW2_SC_COMPRESSED:
+        out->flags = VIMG_EXTENT_DATA | VIMG_EXTENT_COMPRESSED;
+        return 0;
+    default:
+        out->flags = 0;
+        return 0;
+    }
+
+    /* Data: on a metadata-preallocated image the host cluster may be a
+     * hole in the file, which reads as zeroes (qemu reports it so). */
+    pthread_mutex_lock(&s->lock);
+    if (s->metadata_prealloc < 0) {
+        ret = qcow2_detect_metadata_prealloc(img);
+        s->metadata_prealloc = ret > 0;
+    }
+    const bool is_prealloc = s->metadata_prealloc > 0;
+    pthread_mutex_unlock(&s->lock);
+    if (ret < 0) {
+        return ret;
+    }
+    if (is_prealloc) {
+        uint64_t n;
+        ret = vimg_io_data_status(s->data_io, m.host_offset, m.length, &n);
+        if (ret < 0) {
+            return ret;
+        }
+        if (ret == 0) {
+            out->flags |= VIMG_EXTENT_ZERO;
+        }
+        out->length = n;
+    }
+    return 0;
+}
+
+static int qcow2_info(struct vimg_image *img, struct vimg_info *info)
+{
+    struct qcow2_state *s = img->priv;
+    const struct qcow2_header *h = &s->h;
+
+    info->cluster_size = (uint32_t)s->cluster_size;
+    info->qcow2_version = h->version;
+    info->dirty = h->incompatible_features & QCOW2_INCOMPAT_DIRTY;
+    info->corrupt = h->incompatible_features & QCOW2_INCOMPAT_CORRUPT;
+    info->lazy_refcounts = h->compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS;
+    info->refcount_bits = 1u << h->refcount_order;
+    info->extended_l2 = s->has_subclusters;
+    info->encrypted = h->crypt_method != QCOW2_CRYPT_NONE;
+    info->compression_type =
+        h->compression_type == QCOW2_COMPRESSION_ZSTD ? "zstd" : "zlib";
+    if (s->has_data_file) {
+        info->data_file = strdup(s->ext.data_file);
+        if (!info->data_file) {
+            return vimg_error(-ENOMEM, "out of memory");
+        }
+        info->data_file_raw = s->is_data_file_raw;
+    }
+    if (s->nb_snapshots) {
+        info->snapshots = calloc(s->nb_snapshots, sizeof(*info->snapshots));
+        if (!info->snapshots) {
+            return vimg_error(-ENOMEM, "out of memory");
+        }
+        for (size_t i = 0; i < s->nb_snapshots; i++) {
+            const struct qcow2_snapshot *sn = &s->snapshots[i];
+            struct vimg_snapshot_info *o = &info->snapshots[i];
+            info->nb_snapshots = i + 1;
+            o->id = strdup(sn->id);
+            o->name = strdup(sn->name);
+            if (!o->id || !o->name) {
+                return vimg_error(-ENOMEM, "out of memory");
+            }
+            o->vm_state_size = sn->vm_state_size;
+            o->disk_size = sn->disk_size;
+            o->has_disk_size = sn->has_disk_size;
+            o->date_sec = sn->date_sec;
+            o->date_nsec = sn->date_nsec;
+            o->vm_clock_nsec = sn->vm_clock_nsec;
+            o->icount = sn->icount;
+            o->has_icount = sn->has_icount;
+        }
+    }
+    if (s->nb_bitmaps) {
+        info->bitmaps = calloc(s->nb_bitmaps, sizeof(*info->bitmaps));
+        if (!info->bitmaps) {
+            return vimg_error(-ENOMEM, "out of memory");
+        }
+        for (size_t i = 0; i < s->nb_bitmaps; i++) {
+            const struct qcow2_bitmap *b = &s->bitmaps[i];
+            struct vimg_bitmap_info *o = &info->bitmaps[i];
+            info->nb_bitmaps = i + 1;
+            o->name = strdup(b->name);
+            if (!o->name) {
+                return vimg_error(-ENOMEM, "out of memory");
+            }
+            o->granularity = b->granularity_bits < 32
+                                 ? 1u << b->granularity_bits
+                                 : 0;
+            o->in_use = b->flags & QCOW2_BITMAP_IN_USE;
+            o->auto_ = b->flags & QCOW2_BITMAP_AUTO;
+        }
+    }
+    return 0;
+}
+
+const struct vimg_format vimg_format_qcow2 = {
+    .name = "qcow2",
+    .probe = qcow2_probe,
+    .open = qcow2_open,
+    .close = qcow2_close,
+    .pread = qcow2_pread,
+    .pwrite = qcow2_pwrite,
+    .flush = qcow2_flush,
+    .block_status = qcow2_block_status,
+    .info = qcow2_info,
+};

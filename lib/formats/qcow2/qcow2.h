@@ -1,0 +1,307 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2.h: QCOW2 on-disk layout, driver state, and the prototypes of the
+ * qcow2-*.c files.  Layout follows QEMU's docs/interop/qcow2.txt.
+ */
+#ifndef VIMG_QCOW2_H
+#define VIMG_QCOW2_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "formats/format.h"
+
+#define QCOW2_MAGIC 0x514649fbu /* "QFI\xfb" */
+
+/* "Header": byte offsets of the fields (big-endian) */
+enum {
+    QCOW2_HDR_MAGIC = 0,
+    QCOW2_HDR_VERSION = 4,
+    QCOW2_HDR_BACKING_OFFSET = 8,
+    QCOW2_HDR_BACKING_SIZE = 16,
+    QCOW2_HDR_CLUSTER_BITS = 20,
+    QCOW2_HDR_SIZE = 24,
+    QCOW2_HDR_CRYPT_METHOD = 32,
+    QCOW2_HDR_L1_SIZE = 36,
+    QCOW2_HDR_L1_OFFSET = 40,
+    QCOW2_HDR_REFTABLE_OFFSET = 48,
+    QCOW2_HDR_REFTABLE_CLUSTERS = 56,
+    QCOW2_HDR_NB_SNAPSHOTS = 60,
+    QCOW2_HDR_SNAPSHOTS_OFFSET = 64,
+    QCOW2_HDR_V2_LEN = 72,
+    QCOW2_HDR_INCOMPAT = 72,
+    QCOW2_HDR_COMPAT = 80,
+    QCOW2_HDR_AUTOCLEAR = 88,
+    QCOW2_HDR_REFCOUNT_ORDER = 96,
+    QCOW2_HDR_HEADER_LENGTH = 100,
+    QCOW2_HDR_V3_LEN = 104,
+    QCOW2_HDR_COMPRESSION_TYPE = 104,
+    QCOW2_HDR_V3_COMPRESSION_LEN = 112, /* 104 + 1, padded to 8 */
+};
+
+/* Feature bits */
+#define QCOW2_INCOMPAT_DIRTY (1ull << 0)
+#define QCOW2_INCOMPAT_CORRUPT (1ull << 1)
+#define QCOW2_INCOMPAT_DATA_FILE (1ull << 2)
+#define QCOW2_INCOMPAT_COMPRESSION (1ull << 3)
+#define QCOW2_INCOMPAT_EXTL2 (1ull << 4)
+#define QCOW2_INCOMPAT_KNOWN 0x1full
+#define QCOW2_COMPAT_LAZY_REFCOUNTS (1ull << 0)
+#define QCOW2_AUTOCLEAR_BITMAPS (1ull << 0)
+#define QCOW2_AUTOCLEAR_DATA_FILE_RAW (1ull << 1)
+
+#define QCOW2_CRYPT_NONE 0
+#define QCOW2_CRYPT_AES 1
+#define QCOW2_CRYPT_LUKS 2
+
+#define QCOW2_COMPRESSION_ZLIB 0
+#define QCOW2_COMPRESSION_ZSTD 1
+
+/* Header extension types */
+#define QCOW2_EXT_END 0x00000000u
+#define QCOW2_EXT_BACKING_FORMAT 0xe2792acau
+#define QCOW2_EXT_FEATURE_TABLE 0x6803f857u
+#define QCOW2_EXT_BITMAPS 0x23852875u
+#define QCOW2_EXT_CRYPTO 0x0537be77u
+#define QCOW2_EXT_DATA_FILE 0x44415441u
+
+/* L1/L2/refcount table entries */
+#define QCOW2_OFLAG_COPIED (1ull << 63)
+#define QCOW2_OFLAG_COMPRESSED (1ull << 62)
+#define QCOW2_OFLAG_ZERO (1ull << 0)
+#define QCOW2_L1E_OFFSET_MASK 0x00fffffffffffe00ull
+#define QCOW2_L2E_OFFSET_MASK 0x00fffffffffffe00ull
+#define QCOW2_REFT_OFFSET_MASK 0xfffffffffffffe00ull
+
+/* Limits (QEMU's, so that whatever qemu-img makes we open, and bad sizes
+ * from a file never reach malloc) */
+#define QCOW2_MIN_CLUSTER_BITS 9
+#define QCOW2_MAX_CLUSTER_BITS 21
+#define QCOW2_MAX_L1_BYTES (32u * 1024 * 1024)
+#define QCOW2_MAX_REFTABLE_BYTES (8u * 1024 * 1024)
+#define QCOW2_MAX_SNAPSHOTS 65536
+#define QCOW2_MAX_SNAPSHOT_EXTRA 1024
+#define QCOW2_MAX_BACKING_NAME 1023
+#define QCOW2_MAX_BITMAPS 65535
+#define QCOW2_MAX_BITMAP_DIR_BYTES (64u * 1024 * 1024)
+#define QCOW2_MAX_BITMAP_NAME 1023
+#define QCOW2_MAX_VIRTUAL_SIZE (1ull << 61) /* keeps offset math in range */
+#define QCOW2_SUBCLUSTERS 32
+
+struct qcow2_header {
+    uint32_t version;
+    uint64_t backing_file_offset;
+    uint32_t backing_file_size;
+    uint32_t cluster_bits;
+    uint64_t size;
+    uint32_t crypt_method;
+    uint32_t l1_size;
+    uint64_t l1_table_offset;
+    uint64_t refcount_table_offset;
+    uint32_t refcount_table_clusters;
+    uint32_t nb_snapshots;
+    uint64_t snapshots_offset;
+    uint64_t incompatible_features;
+    uint64_t compatible_features;
+    uint64_t autoclear_features;
+    uint32_t refcount_order;
+    uint32_t header_length;
+    uint8_t compression_type;
+};
+
+/* One header extension we keep as bytes (unknown ones are preserved). */
+struct qcow2_ext {
+    uint32_t type;
+    uint32_t len;
+    uint8_t *data;
+};
+
+/* Everything the header extensions say. */
+struct qcow2_extensions {
+    char *backing_format;
+    char *data_file;
+    bool has_bitmaps;
+    uint32_t nb_bitmaps;
+    uint64_t bitmap_dir_size;
+    uint64_t bitmap_dir_offset;
+    bool has_crypto;
+    uint64_t crypto_offset;
+    uint64_t crypto_length;
+    /* feature name table: (type, bit) -> name */
+    size_t nb_features;
+    struct qcow2_feature {
+        uint8_t type; /* 0 incompatible, 1 compatible, 2 autoclear */
+        uint8_t bit;
+        char name[47];
+    } *features;
+    size_t nb_unknown;
+    struct qcow2_ext *unknown;
+};
+
+struct qcow2_snapshot {
+    uint64_t l1_table_offset;
+    uint32_t l1_size;
+    uint32_t date_sec;
+    uint32_t date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t vm_state_size; /* the large one if present, else 32-bit */
+    uint64_t disk_size;
+    bool has_disk_size;
+    uint64_t icount;
+    bool has_icount;
+    uint32_t extra_data_size;
+    uint8_t *extra_data; /* all of it, including unknown fields */
+    char *id;
+    char *name;
+};
+
+struct qcow2_bitmap {
+    uint64_t table_offset;
+    uint32_t table_size;
+    uint32_t flags;
+    uint8_t type;
+    uint8_t granularity_bits;
+    uint32_t extra_data_size;
+    uint8_t *extra_data; /* kept as is (qcow2.txt: must be preserved) */
+    char *name;
+};
+#define QCOW2_BITMAP_IN_USE (1u << 0)
+#define QCOW2_BITMAP_AUTO (1u << 1)
+#define QCOW2_BITMAP_EXTRA_COMPAT (1u << 2)
+#define QCOW2_BITMAP_RESERVED_FLAGS (~7u)
+
+/* What a guest range maps to, in the active L1/L2 tables. */
+enum qcow2_subcluster_type {
+    QCOW2_SC_UNALLOCATED,       /* read from backing */
+    QCOW2_SC_UNALLOCATED_ALLOC, /* host cluster exists, subcluster not */
+    QCOW2_SC_ZERO_PLAIN,        /* zero, no host cluster */
+    QCOW2_SC_ZERO_ALLOC,        /* zero, host cluster kept */
+    QCOW2_SC_NORMAL,            /* data at host offset */
+    QCOW2_SC_COMPRESSED,        /* compressed cluster */
+    QCOW2_SC_INVALID,
+};
+
+struct qcow2_mapping {
+    enum qcow2_subcluster_type type;
+    uint64_t length;       /* bytes from the queried offset */
+    uint64_t host_offset;  /* byte in the data file (NORMAL, *_ALLOC) */
+    uint64_t comp_offset;  /* COMPRESSED: start of compressed bytes */
+    uint64_t comp_bytes;   /* COMPRESSED: how many bytes to read */
+};
+
+struct qcow2_cache;
+
+struct qcow2_state {
+    struct qcow2_header h;
+    struct qcow2_extensions ext;
+    unsigned cluster_bits;
+    uint64_t cluster_size;
+    unsigned l2_bits;         /* log2(entries per L2 table) */
+    unsigned l2_entry_bytes;  /* 8, or 16 with extended L2 */
+    bool has_subclusters;
+    unsigned subcluster_bits;
+    unsigned csize_shift;     /* compressed descriptor: offset bits */
+    uint64_t csize_mask;
+    uint64_t file_size;       /* of the image file, at open */
+    uint64_t *l1;             /* decoded active L1 */
+    bool has_data_file;       /* incompatible bit "external data file" */
+    bool is_data_file_raw;
+    struct vimg_io *data_io;  /* == img->io unless external data file */
+    char *data_path;
+    uint64_t data_size;
+
+    size_t nb_snapshots;
+    struct qcow2_snapshot *snapshots;
+    size_t nb_bitmaps;
+    struct qcow2_bitmap *bitmaps;
+
+    pthread_mutex_t lock;     /* guards everything below */
+    struct qcow2_cache *l2_cache;
+    int metadata_prealloc;    /* -1 unknown, 0, 1 */
+};
+
+/* qcow2-header.c */
+/*
+ * Decode and validate the header in BUF (LEN bytes, at least the first
+ * cluster or the whole file if shorter).  FILE_SIZE bounds the tables.
+ * Returns 0, -EIO for a corrupt header, -ENOTSUP for features we refuse.
+ */
+int qcow2_header_decode(struct qcow2_header *h, const uint8_t *buf,
+                        size_t len, uint64_t file_size);
+/* Encode H into BUF (at least header_length bytes, 72 for v2). */
+int qcow2_header_encode(const struct qcow2_header *h, uint8_t *buf,
+                        size_t len);
+/*
+ * Parse the header extensions in BUF[start..end).  Fills EXT (free with
+ * qcow2_extensions_free); -EIO when an extension is malformed.
+ */
+int qcow2_extensions_decode(struct qcow2_extensions *ext, const uint8_t *buf,
+                            size_t start, size_t end);
+/* Encode EXT as header extensions into BUF (LEN bytes); returns the number
+ * of bytes used including the end marker, or -ENOSPC. */
+int qcow2_extensions_encode(const struct qcow2_extensions *ext, uint8_t *buf,
+                            size_t len);
+void qcow2_extensions_free(struct qcow2_extensions *ext);
+/* Name of a feature bit from the table, or NULL. */
+const char *qcow2_feature_name(const struct qcow2_extensions *ext,
+                               uint8_t type, unsigned bit);
+
+/* qcow2-cache.c: a bounded cache of tables (L2), keyed by file offset.
+ * Not locked: the caller holds the driver lock. */
+typedef int (*qcow2_cache_load_fn)(void *opaque, uint64_t file_offset,
+                                   uint8_t *buf, size_t len);
+struct qcow2_cache *qcow2_cache_new(size_t table_bytes, size_t nb_slots);
+void qcow2_cache_free(struct qcow2_cache *c);
+/* The table at FILE_OFFSET, loading it with LOAD on a miss.  The pointer is
+ * valid until the next call on C. */
+int qcow2_cache_get(struct qcow2_cache *c, uint64_t file_offset,
+                    qcow2_cache_load_fn load, void *opaque,
+                    const uint8_t **out);
+/* Statistics for tests. */
+void qcow2_cache_stats(const struct qcow2_cache *c, uint64_t *hits,
+                       uint64_t *misses);
+
+/* qcow2-cluster.c */
+/* Classify one (extended) L2 entry for subcluster SC (0 for plain L2). */
+enum qcow2_subcluster_type qcow2_l2_entry_type(const struct qcow2_state *s,
+                                               uint64_t entry,
+                                               uint64_t bitmap, unsigned sc);
+/* Map [OFFSET, OFFSET+BYTES) of the guest disk; *out covers 1..BYTES. */
+int qcow2_get_mapping(struct vimg_image *img, uint64_t offset, uint64_t bytes,
+                      struct qcow2_mapping *out);
+int qcow2_pread(struct vimg_image *img, void *buf, size_t count,
+                uint64_t offset);
+/* Decompress one cluster (COMP_BYTES at COMP_OFFSET) into OUT. */
+int qcow2_decompress_cluster(struct vimg_image *img, uint64_t comp_offset,
+                             uint64_t comp_bytes, uint8_t *out);
+
+/* qcow2-refcount.c */
+/* Read refcount block entry INDEX of width 1 << ORDER bits from BLOCK. */
+uint64_t qcow2_refcount_get(const uint8_t *block, uint64_t index,
+                            unsigned order);
+void qcow2_refcount_set(uint8_t *block, uint64_t index, unsigned order,
+                        uint64_t value);
+/* Was the image made with preallocation=metadata?  (QEMU's heuristic:
+ * more clusters referenced than the file really occupies.) */
+int qcow2_detect_metadata_prealloc(struct vimg_image *img);
+
+/* qcow2-snapshot.c */
+/* Decode NB snapshot entries from BUF (LEN bytes).  *used_out gets the
+ * bytes consumed.  Free with qcow2_snapshots_free. */
+int qcow2_snapshots_decode(struct qcow2_snapshot **out, uint32_t nb,
+                           const uint8_t *buf, size_t len, size_t *used_out);
+/* Encode into BUF (NULL to measure); returns bytes needed. */
+size_t qcow2_snapshots_encode(const struct qcow2_snapshot *sn, size_t nb,
+                              uint8_t *buf);
+void qcow2_snapshots_free(struct qcow2_snapshot *sn, size_t nb);
+
+/* qcow2-bitmap.c */
+int qcow2_bitmaps_decode(struct qcow2_bitmap **out, uint32_t nb,
+                         const uint8_t *buf, size_t len);
+size_t qcow2_bitmaps_encode(const struct qcow2_bitmap *bm, size_t nb,
+                            uint8_t *buf);
+void qcow2_bitmaps_free(struct qcow2_bitmap *bm, size_t nb);
+
+#endif

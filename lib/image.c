@@ -1,0 +1,379 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * image.c: the public entry points.  Arguments are checked here once, then
+ * the call is dispatched to the format driver.  Backing chains are opened
+ * here, so any format can back any other.
+ */
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats/format.h"
+
+/* Deeper chains are refused: they are almost certainly a loop. */
+#define VIMG_MAX_CHAIN_DEPTH 64
+
+static int open_io(struct vimg_image **out, struct vimg_io *io,
+                   const char *path, const char *format, unsigned flags,
+                   unsigned depth);
+
+char *vimg_path_join_dir(const char *path, const char *name)
+{
+    if (name[0] == '/') {
+        return strdup(name);
+    }
+    const char *slash = strrchr(path, '/');
+    if (!slash) {
+        return strdup(name);
+    }
+    size_t dir_len = (size_t)(slash - path) + 1;
+    char *out = malloc(dir_len + strlen(name) + 1);
+    if (out) {
+        memcpy(out, path, dir_len);
+        strcpy(out + dir_len, name);
+    }
+    return out;
+}
+
+static void image_free(struct vimg_image *img)
+{
+    if (!img) {
+        return;
+    }
+    if (img->drv && img->priv) {
+        img->drv->close(img);
+    }
+    vimg_close(img->backing);
+    vimg_io_close(img->io);
+    free(img->filename);
+    free(img->backing_name);
+    free(img->backing_fmt);
+    free(img->backing_path);
+    free(img);
+}
+
+static int open_backing(struct vimg_image *img, unsigned depth)
+{
+    if (depth + 1 >= VIMG_MAX_CHAIN_DEPTH) {
+        return vimg_error(-ELOOP, "%s: backing chain deeper than %d images",
+                          img->filename, VIMG_MAX_CHAIN_DEPTH);
+    }
+    struct vimg_io *io = NULL;
+    int ret = vimg_io_file_open(&io, img->backing_path, false, false);
+    if (ret < 0) {
+        vimg_error_prefix("could not open backing file of '%s'",
+                          img->filename);
+        return ret;
+    }
+    ret = open_io(&img->backing, io, img->backing_path, img->backing_fmt,
+                  img->flags & ~VIMG_OPEN_RDWR, depth + 1);
+    if (ret < 0) {
+        vimg_error_prefix("could not open backing file of '%s'",
+                          img->filename);
+    }
+    return ret;
+}
+
+/* Takes ownership of IO, also on failure. */
+static int open_io(struct vimg_image **out, struct vimg_io *io,
+                   const char *path, const char *format, unsigned flags,
+                   unsigned depth)
+{
+    struct vimg_image *img = calloc(1, sizeof(*img));
+    int ret;
+
+    if (!img) {
+        vimg_io_close(io);
+        return vimg_error(-ENOMEM, "out of memory");
+    }
+    img->io = io;
+    img->flags = flags;
+    img->is_writable = flags & VIMG_OPEN_RDWR;
+    img->filename = strdup(path);
+    if (!img->filename) {
+        ret = vimg_error(-ENOMEM, "out of memory");
+        goto out;
+    }
+    if (format) {
+        img->drv = vimg_format_find(format);
+        if (!img->drv) {
+            ret = vimg_error(-EINVAL, "unknown format '%s'", format);
+            goto out;
+        }
+    } else {
+        ret = vimg_format_probe(io, &img->drv);
+        if (ret < 0) {
+            goto out;
+        }
+    }
+    ret = img->drv->open(img, flags);
+    if (ret < 0) {
+        goto out;
+    }
+    if (img->backing_name) {
+        img->backing_path = vimg_path_join_dir(path, img->backing_name);
+        if (!img->backing_path) {
+            ret = vimg_error(-ENOMEM, "out of memory");
+            goto out;
+        }
+        if (!(flags & VIMG_OPEN_NO_BACKING)) {
+            ret = open_backing(img, depth);
+            if (ret < 0) {
+                goto out;
+            }
+        }
+    }
+    *out = img;
+    return 0;
+out:
+    image_free(img);
+    return ret;
+}
+
+int vimg_open(vimg_image **out, const char *path, const char *format,
+              unsigned flags)
+{
+    struct vimg_io *io = NULL;
+
+    if (!out || !path) {
+        return vimg_error(-EINVAL, "vimg_open: NULL argument");
+    }
+    vimg_error_clear();
+    int ret = vimg_io_file_open(&io, path, flags & VIMG_OPEN_RDWR, false);
+    if (ret < 0) {
+        return ret;
+    }
+    return open_io(out, io, path, format, flags, 0);
+}
+
+int vimg_open_memory(vimg_image **out, const void *data, size_t len,
+                     const char *format, const char *name)
+{
+    struct vimg_io *io = NULL;
+
+    if (!out || (!data && len)) {
+        return vimg_error(-EINVAL, "vimg_open_memory: NULL argument");
+    }
+    vimg_error_clear();
+    int ret = vimg_io_mem_new(&io, data, len, name ? name : "memory");
+    if (ret < 0) {
+        return ret;
+    }
+    return open_io(out, io, name ? name : "memory", format,
+                   VIMG_OPEN_NO_BACKING | VIMG_OPEN_MEMORY, 0);
+}
+
+int vimg_open_io(vimg_image **out, struct vimg_io *io, const char *name,
+                 const char *format, unsigned flags)
+{
+    vimg_error_clear();
+    return open_io(out, io, name, format, flags, 0);
+}
+
+void vimg_close(vimg_image *img)
+{
+    image_free(img);
+}
+
+static int check_range(const struct vimg_image *img, size_t count,
+                       uint64_t offset)
+{
+    uint64_t end;
+
+    if (vimg_add_overflows(offset, count, &end) || end > img->size) {
+        return vimg_error(-EINVAL,
+                          "%s: request of %zu bytes at 0x%llx is beyond the "
+                          "end of the disk (%llu bytes)",
+                          img->filename, count, (unsigned long long)offset,
+                          (unsigned long long)img->size);
+    }
+    return 0;
+}
+
+int vimg_pread(vimg_image *img, void *buf, size_t count, uint64_t offset)
+{
+    if (!img || (!buf && count)) {
+        return vimg_error(-EINVAL, "vimg_pread: NULL argument");
+    }
+    int ret = check_range(img, count, offset);
+    if (ret < 0 || count == 0) {
+        return ret;
+    }
+    return img->drv->pread(img, buf, count, offset);
+}
+
+int vimg_pwrite(vimg_image *img, const void *buf, size_t count,
+                uint64_t offset)
+{
+    if (!img || (!buf && count)) {
+        return vimg_error(-EINVAL, "vimg_pwrite: NULL argument");
+    }
+    if (!img->is_writable) {
+        return vimg_error(-EROFS, "%s: image is opened read-only",
+                          img->filename);
+    }
+    if (!img->drv->pwrite) {
+        return vimg_error(-ENOTSUP, "%s: writing %s images is not supported",
+                          img->filename, img->drv->name);
+    }
+    int ret = check_range(img, count, offset);
+    if (ret < 0 || count == 0) {
+        return ret;
+    }
+    return img->drv->pwrite(img, buf, count, offset);
+}
+
+int vimg_flush(vimg_image *img)
+{
+    if (!img) {
+        return vimg_error(-EINVAL, "vimg_flush: NULL argument");
+    }
+    if (!img->is_writable || !img->drv->flush) {
+        return 0;
+    }
+    return img->drv->flush(img);
+}
+
+uint64_t vimg_size(const vimg_image *img)
+{
+    return img ? img->size : 0;
+}
+
+const char *vimg_format(const vimg_image *img)
+{
+    return img ? img->drv->name : NULL;
+}
+
+const char *vimg_filename(const vimg_image *img)
+{
+    return img ? img->filename : NULL;
+}
+
+vimg_image *vimg_backing(const vimg_image *img)
+{
+    return img ? img->backing : NULL;
+}
+
+int vimg_read_backing(struct vimg_image *img, void *buf, size_t count,
+                      uint64_t offset)
+{
+    struct vimg_image *b = img->backing;
+    size_t have = 0;
+
+    if (b && offset < b->size) {
+        have = (size_t)VIMG_MIN((uint64_t)count, b->size - offset);
+        int ret = b->drv->pread(b, buf, have, offset);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    memset((uint8_t *)buf + have, 0, count - have);
+    return 0;
+}
+
+/*
+ * Walk down the chain as `qemu-img map` does: the first layer that has
+ * data or zeroes for OFFSET answers; an unallocated range in a layer
+ * without a backing file, or past the end of the backing file, reads as
+ * zeroes that are not "present".
+ */
+int vimg_block_status(vimg_image *img, uint64_t offset, uint64_t count,
+                      struct vimg_extent *out)
+{
+    if (!img || !out) {
+        return vimg_error(-EINVAL, "vimg_block_status: NULL argument");
+    }
+    if (offset >= img->size || count == 0) {
+        return vimg_error(-EINVAL,
+                          "%s: block status at 0x%llx is beyond the end of "
+                          "the disk",
+                          img->filename, (unsigned long long)offset);
+    }
+    count = VIMG_MIN(count, img->size - offset);
+
+    struct vimg_image *layer = img;
+    unsigned depth = 0;
+    for (;;) {
+        struct vimg_layer_status st = {0};
+        int ret = layer->drv->block_status(layer, offset, count, &st);
+        if (ret < 0) {
+            return ret;
+        }
+        assert(st.length > 0 && st.length <= count);
+        memset(out, 0, sizeof(*out));
+        out->length = st.length;
+        out->depth = depth;
+        if (st.flags & (VIMG_EXTENT_DATA | VIMG_EXTENT_ZERO)) {
+            out->flags = st.flags | VIMG_EXTENT_PRESENT;
+            out->file_offset = st.file_offset;
+            out->file_name = st.file_name;
+            return 0;
+        }
+        struct vimg_image *b = layer->backing;
+        if (!b || offset >= b->size) {
+            out->flags = VIMG_EXTENT_ZERO;
+            return 0;
+        }
+        count = VIMG_MIN(st.length, b->size - offset);
+        layer = b;
+        depth++;
+    }
+}
+
+int vimg_get_info(vimg_image *img, struct vimg_info **out)
+{
+    if (!img || !out) {
+        return vimg_error(-EINVAL, "vimg_get_info: NULL argument");
+    }
+    struct vimg_info *info = calloc(1, sizeof(*info));
+    if (!info) {
+        return vimg_error(-ENOMEM, "out of memory");
+    }
+    info->format = img->drv->name;
+    info->virtual_size = img->size;
+    if (img->backing_name) {
+        info->backing_file = strdup(img->backing_name);
+        info->full_backing_file = strdup(img->backing_path);
+        if (!info->backing_file || !info->full_backing_file) {
+            vimg_info_free(info);
+            return vimg_error(-ENOMEM, "out of memory");
+        }
+        if (img->backing_fmt) {
+            info->backing_format = strdup(img->backing_fmt);
+            if (!info->backing_format) {
+                vimg_info_free(info);
+                return vimg_error(-ENOMEM, "out of memory");
+            }
+        }
+    }
+    if (img->drv->info) {
+        int ret = img->drv->info(img, info);
+        if (ret < 0) {
+            vimg_info_free(info);
+            return ret;
+        }
+    }
+    *out = info;
+    return 0;
+}
+
+void vimg_info_free(struct vimg_info *info)
+{
+    if (!info) {
+        return;
+    }
+    free(info->backing_file);
+    free(info->full_backing_file);
+    free(info->backing_format);
+    free(info->data_file);
+    for (size_t i = 0; i < info->nb_snapshots; i++) {
+        free(info->snapshots[i].id);
+        free(info->snapshots[i].name);
+    }
+    free(info->snapshots);
+    for (size_t i = 0; i < info->nb_bitmaps; i++) {
+        free(info->bitmaps[i].name);
+    }
+    free(info->bitmaps);
+    free(info);
+}

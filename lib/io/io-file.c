@@ -1,0 +1,235 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * io-file.c: the POSIX file backend.  pread/pwrite on one descriptor are
+ * safe from many threads; holes are found with SEEK_DATA/SEEK_HOLE.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "vimg-internal.h"
+
+struct io_file {
+    struct vimg_io io;
+    int fd;
+    char *path;
+};
+
+static int file_pread(struct vimg_io *io, void *buf, size_t count,
+                      uint64_t off)
+{
+    struct io_file *f = (struct io_file *)io;
+    uint8_t *p = buf;
+
+    while (count > 0) {
+        ssize_t n = pread(f->fd, p, count, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            int err = -errno;
+            return vimg_error(err, "%s: read of %zu bytes at 0x%llx failed: %s",
+                              f->path, count, (unsigned long long)off,
+                              strerror(-err));
+        }
+        if (n == 0) {
+            memset(p, 0, count); /* past end of file reads as zeroes */
+            return 0;
+        }
+        p += n;
+        count -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return 0;
+}
+
+static int file_pwrite(struct vimg_io *io, const void *buf, size_t count,
+                       uint64_t off)
+{
+    struct io_file *f = (struct io_file *)io;
+    const uint8_t *p = buf;
+
+    while (count > 0) {
+        ssize_t n = pwrite(f->fd, p, count, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            int err = -errno;
+            return vimg_error(err,
+                              "%s: write of %zu bytes at 0x%llx failed: %s",
+                              f->path, count, (unsigned long long)off,
+                              strerror(-err));
+        }
+        p += n;
+        count -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return 0;
+}
+
+static int file_flush(struct vimg_io *io)
+{
+    struct io_file *f = (struct io_file *)io;
+
+    if (fdatasync(f->fd) < 0) {
+        int err = -errno;
+        return vimg_error(err, "%s: flush failed: %s", f->path,
+                          strerror(-err));
+    }
+    return 0;
+}
+
+static int file_get_size(struct vimg_io *io, uint64_t *out)
+{
+    struct io_file *f = (struct io_file *)io;
+    struct stat st;
+
+    if (fstat(f->fd, &st) < 0) {
+        int err = -errno;
+        return vimg_error(err, "%s: stat failed: %s", f->path, strerror(-err));
+    }
+    if (S_ISBLK(st.st_mode)) {
+        off_t end = lseek(f->fd, 0, SEEK_END);
+        if (end < 0) {
+            int err = -errno;
+            return vimg_error(err, "%s: cannot get size: %s", f->path,
+                              strerror(-err));
+        }
+        *out = (uint64_t)end;
+        return 0;
+    }
+    *out = (uint64_t)st.st_size;
+    return 0;
+}
+
+static int file_truncate(struct vimg_io *io, uint64_t size)
+{
+    struct io_file *f = (struct io_file *)io;
+
+    if (ftruncate(f->fd, (off_t)size) < 0) {
+        int err = -errno;
+        return vimg_error(err, "%s: cannot resize to %llu bytes: %s", f->path,
+                          (unsigned long long)size, strerror(-err));
+    }
+    return 0;
+}
+
+static int file_data_status(struct vimg_io *io, uint64_t off, uint64_t len,
+                            uint64_t *len_out)
+{
+    struct io_file *f = (struct io_file *)io;
+    off_t data = lseek(f->fd, (off_t)off, SEEK_DATA);
+
+    if (data < 0) {
+        if (errno == ENXIO) {
+            /* OFF is in a hole that runs to the end of the file */
+            *len_out = len;
+            return 0;
+        }
+        *len_out = len; /* no hole support: everything is data */
+        return 1;
+    }
+    if ((uint64_t)data > off) {
+        *len_out = VIMG_MIN(len, (uint64_t)data - off);
+        return 0;
+    }
+    off_t hole = lseek(f->fd, (off_t)off, SEEK_HOLE);
+    if (hole < 0 || (uint64_t)hole <= off) {
+        *len_out = len;
+        return 1;
+    }
+    *len_out = VIMG_MIN(len, (uint64_t)hole - off);
+    return 1;
+}
+
+static int file_allocated_size(struct vimg_io *io, uint64_t *out)
+{
+    struct io_file *f = (struct io_file *)io;
+    struct stat st;
+
+    if (fstat(f->fd, &st) < 0) {
+        return -errno;
+    }
+    *out = (uint64_t)st.st_blocks * 512;
+    return 0;
+}
+
+static void file_close(struct vimg_io *io)
+{
+    struct io_file *f = (struct io_file *)io;
+
+    close(f->fd);
+    free(f->path);
+    free(f);
+}
+
+static const struct vimg_io_ops file_ops = {
+    .pread = file_pread,
+    .pwrite = file_pwrite,
+    .flush = file_flush,
+    .get_size = file_get_size,
+    .truncate = file_truncate,
+    .data_status = file_data_status,
+    .allocated_size = file_allocated_size,
+    .close = file_close,
+};
+
+int vimg_io_file_open(struct vimg_io **out, const char *path, bool writable,
+                      bool create)
+{
+    int oflags = O_CLOEXEC;
+
+    if (create) {
+        oflags |= O_RDWR | O_CREAT | O_TRUNC;
+    } else {
+        oflags |= writable ? O_RDWR : O_RDONLY;
+    }
+    int fd = open(path, oflags, 0644);
+    if (fd < 0) {
+        int err = -errno;
+        return vimg_error(err, "could not open '%s': %s", path,
+                          strerror(-err));
+    }
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+        close(fd);
+        return vimg_error(-EISDIR, "could not open '%s': is a directory",
+                          path);
+    }
+    struct io_file *f = calloc(1, sizeof(*f));
+    char *copy = strdup(path);
+    if (!f || !copy) {
+        free(f);
+        free(copy);
+        close(fd);
+        return vimg_error(-ENOMEM, "out of memory");
+    }
+    f->io.ops = &file_ops;
+    f->io.name = copy;
+    f->fd = fd;
+    f->path = copy;
+    *out = &f->io;
+    return 0;
+}
+
+int vimg_io_data_status(struct vimg_io *io, uint64_t off, uint64_t len,
+                        uint64_t *len_out)
+{
+    if (!io->ops->data_status) {
+        *len_out = len;
+        return 1;
+    }
+    return io->ops->data_status(io, off, len, len_out);
+}
+
+int vimg_io_allocated_size(struct vimg_io *io, uint64_t *out)
+{
+    if (!io->ops->allocated_size) {
+        return vimg_io_get_size(io, out);
+    }
+    return io->ops->allocated_size(io, out);
+}

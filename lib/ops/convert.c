@@ -1,0 +1,276 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * convert.c: copy the guest content of one or more images (concatenated)
+ * into a new image.  The output space is cut into chunks that worker
+ * threads take in turn; each chunk is read through block status so holes
+ * and zero ranges are never read nor written.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ops/ops.h"
+#include "vimg-internal.h"
+
+#define CONVERT_CHUNK_BYTES (4u * 1024 * 1024)
+#define CONVERT_MAX_THREADS 16
+
+struct convert_job {
+    vimg_image *const *srcs;
+    size_t nb_srcs;
+    uint64_t *src_start;     /* output offset of each source */
+    uint64_t *chunk_start;   /* first chunk number of each source */
+    uint64_t nb_chunks;
+    struct vimg_io *out;
+    const struct vimg_convert_opts *opts;
+
+    atomic_uint_fast64_t next_chunk;
+    atomic_uint_fast64_t bytes_done;
+    atomic_int error;        /* first error, 0 if none */
+    pthread_mutex_t error_lock;
+    char error_msg[1024];
+};
+
+static void set_error(struct convert_job *job, int err)
+{
+    int expected = 0;
+
+    if (atomic_compare_exchange_strong(&job->error, &expected, err)) {
+        pthread_mutex_lock(&job->error_lock);
+        snprintf(job->error_msg, sizeof(job->error_msg), "%s",
+                 vimg_last_error());
+        pthread_mutex_unlock(&job->error_lock);
+    }
+}
+
+/* Write BUF (LEN bytes, output offset OFF), leaving runs of zeroes aligned
+ * to the sparse size as holes. */
+static int write_sparse(struct convert_job *job, const uint8_t *buf,
+                        size_t len, uint64_t off)
+{
+    const uint64_t sparse = job->opts->sparse_size;
+    if (sparse == 0 || job->opts->is_existing_target) {
+        return vimg_io_pwrite(job->out, buf, len, off);
+    }
+    size_t pos = 0, run_start = 0;
+    bool in_run = false;
+    while (pos < len) {
+        /* granules are aligned in output space */
+        const uint64_t granule_end = (off + pos) / sparse * sparse + sparse;
+        const size_t n = (size_t)VIMG_MIN((uint64_t)(len - pos),
+                                          granule_end - (off + pos));
+        const bool is_zero = vimg_buffer_is_zero(buf + pos, n);
+        if (!is_zero && !in_run) {
+            run_start = pos;
+            in_run = true;
+        } else if (is_zero && in_run) {
+            int ret = vimg_io_pwrite(job->out, buf + run_start,
+                                     pos - run_start, off + run_start);
+            if (ret < 0) {
+                return ret;
+            }
+            in_run = false;
+        }
+        pos += n;
+    }
+    if (in_run) {
+        return vimg_io_pwrite(job->out, buf + run_start, len - run_start,
+                              off + run_start);
+    }
+    return 0;
+}
+
+static int write_zeroes(struct convert_job *job, uint8_t *buf, uint64_t len,
+                        uint64_t off)
+{
+    memset(buf, 0, (size_t)VIMG_MIN(len, (uint64_t)CONVERT_CHUNK_BYTES));
+    while (len > 0) {
+        const size_t n = (size_t)VIMG_MIN(len, (uint64_t)CONVERT_CHUNK_BYTES);
+        int ret = vimg_io_pwrite(job->out, buf, n, off);
+        if (ret < 0) {
+            return ret;
+        }
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+static int convert_chunk(struct convert_job *job, uint8_t *buf,
+                         uint64_t chunk)
+{
+    size_t s = 0;
+    while (s + 1 < job->nb_srcs && job->chunk_start[s + 1] <= chunk) {
+        s++;
+    }
+    vimg_image *src = job->srcs[s];
+    const uint64_t src_off =
+        (chunk - job->chunk_start[s]) * CONVERT_CHUNK_BYTES;
+    const uint64_t end =
+        VIMG_MIN(vimg_size(src), src_off + CONVERT_CHUNK_BYTES);
+    const uint64_t out_base = job->src_start[s];
+    /* A fresh target reads as zeroes; an existing one (-n) or a fully
+     * allocated one (-S 0) gets its zeroes written. */
+    const bool must_write_zeroes =
+        job->opts->is_existing_target || job->opts->sparse_size == 0;
+
+    for (uint64_t off = src_off; off < end;) {
+        struct vimg_extent e;
+        int ret = vimg_block_status(src, off, end - off, &e);
+        if (ret < 0) {
+            return ret;
+        }
+        const uint64_t n = e.length;
+        if (e.flags & VIMG_EXTENT_ZERO) {
+            if (must_write_zeroes) {
+                ret = write_zeroes(job, buf, n, out_base + off);
+            }
+        } else {
+            ret = vimg_pread(src, buf, (size_t)n, off);
+            if (ret == 0) {
+                ret = write_sparse(job, buf, (size_t)n, out_base + off);
+            }
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        off += n;
+        atomic_fetch_add(&job->bytes_done, n);
+    }
+    return 0;
+}
+
+static void *convert_worker(void *opaque)
+{
+    struct convert_job *job = opaque;
+    uint8_t *buf = malloc(CONVERT_CHUNK_BYTES);
+
+    if (!buf) {
+        set_error(job, vimg_error(-ENOMEM, "out of memory"));
+        return NULL;
+    }
+    while (atomic_load(&job->error) == 0) {
+        const uint64_t chunk = atomic_fetch_add(&job->next_chunk, 1);
+        if (chunk >= job->nb_chunks) {
+            break;
+        }
+        int ret = convert_chunk(job, buf, chunk);
+        if (ret < 0) {
+            set_error(job, ret);
+        }
+    }
+    free(buf);
+    return NULL;
+}
+
+static unsigned default_threads(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > 8 ? 8 : (unsigned)n;
+}
+
+int vimg_convert(vimg_image *const *srcs, size_t nb_srcs,
+                 const char *out_path, const struct vimg_convert_opts *opts)
+{
+    const struct vimg_convert_opts defaults = VIMG_CONVERT_OPTS_INIT;
+    if (!opts) {
+        opts = &defaults;
+    }
+    if (!srcs || nb_srcs == 0 || !out_path ||
+        opts->version != VIMG_CONVERT_OPTS_VERSION) {
+        return vimg_error(-EINVAL, "vimg_convert: bad argument");
+    }
+    if (opts->out_format && strcmp(opts->out_format, "raw") != 0) {
+        return vimg_error(-ENOTSUP,
+                          "converting to %s is not supported yet (only raw)",
+                          opts->out_format);
+    }
+    if (opts->sparse_size % 512 != 0) {
+        return vimg_error(-EINVAL, "sparse size %llu is not a multiple of 512",
+                          (unsigned long long)opts->sparse_size);
+    }
+
+    struct convert_job job = {
+        .srcs = srcs,
+        .nb_srcs = nb_srcs,
+        .opts = opts,
+    };
+    pthread_mutex_init(&job.error_lock, NULL);
+    job.src_start = calloc(nb_srcs, sizeof(uint64_t));
+    job.chunk_start = calloc(nb_srcs, sizeof(uint64_t));
+    int ret = 0;
+    if (!job.src_start || !job.chunk_start) {
+        ret = vimg_error(-ENOMEM, "out of memory");
+        goto out;
+    }
+    uint64_t total = 0;
+    for (size_t i = 0; i < nb_srcs; i++) {
+        job.src_start[i] = total;
+        job.chunk_start[i] = job.nb_chunks;
+        if (vimg_add_overflows(total, vimg_size(srcs[i]), &total)) {
+            ret = vimg_error(-EFBIG, "total size of the inputs is too large");
+            goto out;
+        }
+        job.nb_chunks +=
+            VIMG_DIV_ROUND_UP(vimg_size(srcs[i]), CONVERT_CHUNK_BYTES);
+    }
+
+    ret = vimg_io_file_open(&job.out, out_path, true,
+                            !opts->is_existing_target);
+    if (ret < 0) {
+        goto out;
+    }
+    if (!opts->is_existing_target) {
+        ret = vimg_io_truncate(job.out, total);
+        if (ret < 0) {
+            goto out;
+        }
+    }
+
+    unsigned nb_threads = opts->threads ? opts->threads : default_threads();
+    nb_threads = VIMG_MIN(nb_threads, (unsigned)CONVERT_MAX_THREADS);
+    if (job.nb_chunks < nb_threads) {
+        nb_threads = job.nb_chunks ? (unsigned)job.nb_chunks : 1;
+    }
+    pthread_t threads[CONVERT_MAX_THREADS];
+    unsigned started = 0;
+    for (; started < nb_threads; started++) {
+        if (pthread_create(&threads[started], NULL, convert_worker, &job)) {
+            break;
+        }
+    }
+    if (started == 0) {
+        convert_worker(&job); /* no threads: do it here */
+    }
+    if (opts->progress) {
+        /* Report from this thread while the workers run */
+        for (;;) {
+            const uint64_t done = atomic_load(&job.bytes_done);
+            opts->progress(opts->progress_opaque, done, total);
+            if (done >= total || atomic_load(&job.error)) {
+                break;
+            }
+            struct timespec ts = {0, 100 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    for (unsigned i = 0; i < started; i++) {
+        pthread_join(threads[i], NULL);
+    }
+    ret = atomic_load(&job.error);
+    if (ret < 0) {
+        vimg_error(ret, "%s", job.error_msg);
+        goto out;
+    }
+    ret = vimg_io_flush(job.out);
+out:
+    vimg_io_close(job.out);
+    free(job.src_start);
+    free(job.chunk_start);
+    pthread_mutex_destroy(&job.error_lock);
+    return ret;
+}

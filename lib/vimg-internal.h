@@ -1,0 +1,77 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vimg-internal.h: the image handle and helpers shared inside lib/.
+ */
+#ifndef VIMG_INTERNAL_H
+#define VIMG_INTERNAL_H
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vimg.h"
+#include "io/io.h"
+
+struct vimg_format;
+
+/* Internal open flag: the image lives in memory, no other files. */
+#define VIMG_OPEN_MEMORY 0x80000000u
+
+struct vimg_image {
+    const struct vimg_format *drv;
+    void *priv;              /* driver state */
+    struct vimg_io *io;      /* the image file; owned */
+    char *filename;          /* as given by the caller */
+    unsigned flags;          /* VIMG_OPEN_* */
+    bool is_writable;
+    uint64_t size;           /* virtual size, set by the driver's open */
+
+    /* Backing chain: the driver fills backing_name/backing_fmt on open,
+     * the image layer opens the backing image. */
+    char *backing_name;
+    char *backing_fmt;
+    char *backing_path;      /* backing_name resolved against our dir */
+    struct vimg_image *backing;
+};
+
+/* error.c */
+/* Record a printf-style message for vimg_last_error(); returns ERR. */
+int vimg_error(int err, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Prefix the current message with "PREFIX: " (used for file names). */
+void vimg_error_prefix(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2)));
+void vimg_error_clear(void);
+
+/* image.c */
+/*
+ * Read from IMG's backing chain as seen by IMG: the range [OFFSET,
+ * OFFSET+COUNT) of the backing file, zeroes past its end or when IMG has
+ * no backing.  Used by drivers for unallocated clusters.
+ */
+int vimg_read_backing(struct vimg_image *img, void *buf, size_t count,
+                      uint64_t offset);
+/* Open an image on an already open IO (ownership taken, also on failure).
+ * Used by tests to open through io-mem or io-fault. */
+int vimg_open_io(vimg_image **out, struct vimg_io *io, const char *name,
+                 const char *format, unsigned flags);
+/* Directory part of PATH joined with NAME (absolute NAME is kept). */
+char *vimg_path_join_dir(const char *path, const char *name);
+
+/* Overflow-checked helpers. */
+static inline bool vimg_add_overflows(uint64_t a, uint64_t b, uint64_t *out)
+{
+    return __builtin_add_overflow(a, b, out);
+}
+
+static inline bool vimg_is_aligned(uint64_t v, uint64_t align)
+{
+    return (v & (align - 1)) == 0;
+}
+
+#define VIMG_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define VIMG_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define VIMG_DIV_ROUND_UP(n, d) (((n) + (d) - 1) / (d))
+
+#endif

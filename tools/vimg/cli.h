@@ -1,0 +1,50 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cli.h: what the vimg subcommands share: the command table, option and
+ * size parsing, error reporting, human sizes, JSON output.
+ */
+#ifndef VIMG_CLI_H
+#define VIMG_CLI_H
+
+#include <json-c/json.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "vimg.h"
+
+struct cli_command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *usage; /* one or more lines after "vimg " */
+    const char *summary;
+};
+
+extern const struct cli_command cli_commands[];
+
+/* Print "vimg: MESSAGE" to stderr. */
+void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Print the usage of COMMAND to stderr and return exit code 1. */
+int cli_usage(const char *command);
+/* Parse "512", "64k", "1M", "2G", "1T" (binary units); false on error. */
+bool cli_parse_size(const char *s, uint64_t *out);
+/* qemu-style human size: "348 KiB", "4 MiB", "0 B". */
+void cli_human_size(uint64_t bytes, char *buf, size_t len);
+/* Open FILE (with FORMAT or probing), printing qemu-style errors. */
+int cli_open(vimg_image **out, const char *file, const char *format,
+             unsigned flags);
+/* Bytes the file occupies on disk, or -1. */
+int64_t cli_actual_size(const char *path);
+/* Print OBJ as qemu prints JSON: 4-space indent, keys in insert order. */
+void cli_print_json(FILE *f, struct json_object *obj);
+
+/* A progress bar on stderr, drawn when enabled. */
+struct cli_progress {
+    bool is_enabled;
+    int last_permille;
+};
+void cli_progress_update(struct cli_progress *p, uint64_t done,
+                         uint64_t total);
+void cli_progress_done(struct cli_progress *p);
+
+#endif

@@ -1,0 +1,342 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cmd-info.c: `vimg info`, with qemu-img info's output in human form and
+ * JSON (same field names; keys in the order qemu-img prints them).
+ */
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+
+int cmd_info(int argc, char **argv);
+
+static struct json_object *snapshot_json(const struct vimg_snapshot_info *s)
+{
+    struct json_object *o = json_object_new_object();
+
+    if (s->has_icount) {
+        json_object_object_add(o, "icount",
+                               json_object_new_int64((int64_t)s->icount));
+    }
+    json_object_object_add(
+        o, "vm-clock-nsec",
+        json_object_new_int64((int64_t)(s->vm_clock_nsec % 1000000000)));
+    json_object_object_add(o, "name", json_object_new_string(s->name));
+    json_object_object_add(o, "date-sec", json_object_new_int64(s->date_sec));
+    json_object_object_add(o, "date-nsec",
+                           json_object_new_int64(s->date_nsec));
+    json_object_object_add(
+        o, "vm-clock-sec",
+        json_object_new_int64((int64_t)(s->vm_clock_nsec / 1000000000)));
+    json_object_object_add(o, "id", json_object_new_string(s->id));
+    json_object_object_add(o, "vm-state-size",
+                           json_object_new_int64((int64_t)s->vm_state_size));
+    return o;
+}
+
+/* The "format-specific" data of a qcow2 image. */
+static struct json_object *qcow2_json(const struct vimg_info *info)
+{
+    struct json_object *d = json_object_new_object();
+    const bool is_v3 = info->qcow2_version >= 3;
+
+    json_object_object_add(d, "compat",
+                           json_object_new_string(is_v3 ? "1.1" : "0.10"));
+    json_object_object_add(d, "compression-type",
+                           json_object_new_string(info->compression_type));
+    if (is_v3) {
+        json_object_object_add(d, "lazy-refcounts",
+                               json_object_new_boolean(info->lazy_refcounts));
+    }
+    if (info->nb_bitmaps) {
+        struct json_object *list = json_object_new_array();
+        for (size_t i = 0; i < info->nb_bitmaps; i++) {
+            const struct vimg_bitmap_info *b = &info->bitmaps[i];
+            struct json_object *o = json_object_new_object();
+            struct json_object *flags = json_object_new_array();
+            if (b->in_use) {
+                json_object_array_add(flags, json_object_new_string("in-use"));
+            }
+            if (b->auto_) {
+                json_object_array_add(flags, json_object_new_string("auto"));
+            }
+            json_object_object_add(o, "flags", flags);
+            json_object_object_add(o, "name", json_object_new_string(b->name));
+            json_object_object_add(o, "granularity",
+                                   json_object_new_int64(b->granularity));
+            json_object_array_add(list, o);
+        }
+        json_object_object_add(d, "bitmaps", list);
+    }
+    json_object_object_add(d, "refcount-bits",
+                           json_object_new_int64(info->refcount_bits));
+    if (info->data_file) {
+        json_object_object_add(d, "data-file",
+                               json_object_new_string(info->data_file));
+        json_object_object_add(d, "data-file-raw",
+                               json_object_new_boolean(info->data_file_raw));
+    }
+    if (is_v3) {
+        json_object_object_add(d, "corrupt",
+                               json_object_new_boolean(info->corrupt));
+        json_object_object_add(d, "extended-l2",
+                               json_object_new_boolean(info->extended_l2));
+    }
+    return d;
+}
+
+static struct json_object *image_json(vimg_image *img,
+                                      const struct vimg_info *info)
+{
+    struct json_object *o = json_object_new_object();
+    const char *path = vimg_filename(img);
+
+    if (info->backing_format) {
+        json_object_object_add(o, "backing-filename-format",
+                               json_object_new_string(info->backing_format));
+    }
+    if (info->nb_snapshots) {
+        struct json_object *list = json_object_new_array();
+        for (size_t i = 0; i < info->nb_snapshots; i++) {
+            json_object_array_add(list, snapshot_json(&info->snapshots[i]));
+        }
+        json_object_object_add(o, "snapshots", list);
+    }
+    json_object_object_add(o, "virtual-size",
+                           json_object_new_int64((int64_t)info->virtual_size));
+    json_object_object_add(o, "filename", json_object_new_string(path));
+    if (info->cluster_size) {
+        json_object_object_add(o, "cluster-size",
+                               json_object_new_int64(info->cluster_size));
+    }
+    json_object_object_add(o, "format", json_object_new_string(info->format));
+    const int64_t actual = cli_actual_size(path);
+    if (actual >= 0) {
+        json_object_object_add(o, "actual-size",
+                               json_object_new_int64(actual));
+    }
+    if (info->encrypted) {
+        json_object_object_add(o, "encrypted", json_object_new_boolean(true));
+    }
+    if (strcmp(info->format, "qcow2") == 0) {
+        struct json_object *fs = json_object_new_object();
+        json_object_object_add(fs, "type", json_object_new_string("qcow2"));
+        json_object_object_add(fs, "data", qcow2_json(info));
+        json_object_object_add(o, "format-specific", fs);
+    }
+    if (info->backing_file) {
+        json_object_object_add(o, "full-backing-filename",
+                               json_object_new_string(info->full_backing_file));
+        json_object_object_add(o, "backing-filename",
+                               json_object_new_string(info->backing_file));
+    }
+    json_object_object_add(o, "dirty-flag",
+                           json_object_new_boolean(info->dirty));
+    return o;
+}
+
+/* Human dump of a JSON value the way qemu-img prints format-specific
+ * information: "key: value", lists as "[i]:", '-' in keys shown as ' '. */
+static void dump_human(struct json_object *v, int level);
+
+static void dump_entry(const char *label, struct json_object *v, int level)
+{
+    enum json_type t = json_object_get_type(v);
+
+    printf("%*s%s:", level * 4, "", label);
+    if (t == json_type_object || t == json_type_array) {
+        printf("\n");
+        dump_human(v, level + 1);
+    } else {
+        printf(" %s\n", json_object_get_string(v));
+    }
+}
+
+static void dump_human(struct json_object *v, int level)
+{
+    if (json_object_get_type(v) == json_type_array) {
+        for (size_t i = 0; i < json_object_array_length(v); i++) {
+            char label[32];
+            snprintf(label, sizeof(label), "[%zu]", i);
+            dump_entry(label, json_object_array_get_idx(v, i), level);
+        }
+        return;
+    }
+    json_object_object_foreach(v, key, val) {
+        char label[128];
+        snprintf(label, sizeof(label), "%s", key);
+        for (char *p = label; *p; p++) {
+            if (*p == '-') {
+                *p = ' ';
+            }
+        }
+        dump_entry(label, val, level);
+    }
+}
+
+static void print_snapshots_human(const struct vimg_info *info)
+{
+    printf("Snapshot list:\n");
+    printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE",
+           "VM CLOCK", "ICOUNT");
+    for (size_t i = 0; i < info->nb_snapshots; i++) {
+        const struct vimg_snapshot_info *s = &info->snapshots[i];
+        char size[32], date[32], clock[32], icount[32] = "";
+        cli_human_size(s->vm_state_size, size, sizeof(size));
+        const time_t t = s->date_sec;
+        struct tm tm;
+        localtime_r(&t, &tm);
+        strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm);
+        const uint64_t ms = s->vm_clock_nsec / 1000000;
+        snprintf(clock, sizeof(clock), "%02" PRIu64 ":%02u:%02u.%03u",
+                 ms / 3600000, (unsigned)(ms / 60000 % 60),
+                 (unsigned)(ms / 1000 % 60), (unsigned)(ms % 1000));
+        if (s->has_icount) {
+            snprintf(icount, sizeof(icount), "%" PRIu64, s->icount);
+        }
+        printf("%-9s %-16s %8s%20s%13s%11s\n", s->id, s->name, size, date,
+               clock, icount);
+    }
+}
+
+static void print_human(vimg_image *img, const struct vimg_info *info,
+                        struct json_object *json)
+{
+    char size[32];
+
+    printf("image: %s\n", vimg_filename(img));
+    printf("file format: %s\n", info->format);
+    cli_human_size(info->virtual_size, size, sizeof(size));
+    printf("virtual size: %s (%" PRIu64 " bytes)\n", size,
+           info->virtual_size);
+    const int64_t actual = cli_actual_size(vimg_filename(img));
+    if (actual >= 0) {
+        cli_human_size((uint64_t)actual, size, sizeof(size));
+        printf("disk size: %s\n", size);
+    } else {
+        printf("disk size: unavailable\n");
+    }
+    if (info->encrypted) {
+        printf("encrypted: yes\n");
+    }
+    if (info->cluster_size) {
+        printf("cluster_size: %u\n", info->cluster_size);
+    }
+    if (info->dirty) {
+        printf("cleanly shut down: no\n");
+    }
+    if (info->backing_file) {
+        printf("backing file: %s", info->backing_file);
+        if (strcmp(info->backing_file, info->full_backing_file) != 0) {
+            printf(" (actual path: %s)", info->full_backing_file);
+        }
+        printf("\n");
+        if (info->backing_format) {
+            printf("backing file format: %s\n", info->backing_format);
+        }
+    }
+    if (info->nb_snapshots) {
+        print_snapshots_human(info);
+    }
+    struct json_object *fs;
+    if (json_object_object_get_ex(json, "format-specific", &fs)) {
+        struct json_object *data;
+        if (json_object_object_get_ex(fs, "data", &data)) {
+            printf("Format specific information:\n");
+            dump_human(data, 1);
+        }
+    }
+}
+
+int cmd_info(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"format", required_argument, NULL, 'f'},
+        {"output", required_argument, NULL, 'o'},
+        {"backing-chain", no_argument, NULL, 'b'},
+        {"force-share", no_argument, NULL, 'U'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *format = NULL;
+    bool is_json = false, is_chain = false;
+    int c;
+
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "+f:hU", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'f':
+            format = optarg;
+            break;
+        case 'o':
+            if (strcmp(optarg, "json") == 0) {
+                is_json = true;
+            } else if (strcmp(optarg, "human") == 0) {
+                is_json = false;
+            } else {
+                cli_error("--output must be used with human or json as "
+                          "argument.");
+                return 1;
+            }
+            break;
+        case 'b':
+            is_chain = true;
+            break;
+        case 'U':
+            break;
+        case 'h':
+            printf("usage: vimg %s\n", cli_commands[0].usage);
+            return 0;
+        default:
+            return cli_usage("info");
+        }
+    }
+    if (optind != argc - 1) {
+        cli_error("Expecting one image file name");
+        return cli_usage("info");
+    }
+    const char *file = argv[optind];
+    vimg_image *top = NULL;
+    if (cli_open(&top, file, format,
+                 is_chain ? 0 : VIMG_OPEN_NO_BACKING) < 0) {
+        return 1;
+    }
+
+    struct json_object *list = json_object_new_array();
+    int rc = 0;
+    bool is_first = true;
+    for (vimg_image *img = top; img; img = vimg_backing(img)) {
+        struct vimg_info *info = NULL;
+        if (vimg_get_info(img, &info) < 0) {
+            cli_error("%s", vimg_last_error());
+            rc = 1;
+            break;
+        }
+        struct json_object *o = image_json(img, info);
+        if (!is_json) {
+            if (!is_first) {
+                printf("\n");
+            }
+            print_human(img, info, o);
+        }
+        is_first = false;
+        json_object_array_add(list, o);
+        vimg_info_free(info);
+        if (!is_chain) {
+            break;
+        }
+    }
+    if (rc == 0 && is_json) {
+        if (is_chain) {
+            cli_print_json(stdout, list);
+        } else {
+            cli_print_json(stdout, json_object_array_get_idx(list, 0));
+        }
+    }
+    json_object_put(list);
+    vimg_close(top);
+    return rc;
+}

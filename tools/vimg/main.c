@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * main.c: the vimg command line: dispatch to one cmd-*.c per subcommand,
+ * with qemu-img's names, flags and exit codes.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+int cmd_info(int argc, char **argv);
+int cmd_map(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
+static int cmd_help(int argc, char **argv);
+
+const struct cli_command cli_commands[] = {
+    {"info", cmd_info,
+     "info [-f FMT] [--output=human|json] [--backing-chain] [-U] FILE",
+     "show what an image is: format, sizes, backing file, features"},
+    {"map", cmd_map,
+     "map [-f FMT] [--output=human|json] [--start-offset=N] "
+     "[--max-length=N] FILE",
+     "show where each range of the virtual disk comes from"},
+    {"convert", cmd_convert,
+     "convert [-f FMT] [-O raw] [-p] [-q] [-n] [-S SIZE] [-m THREADS] [-W] "
+     "IN... OUT",
+     "copy images into a new image (sparse; several inputs concatenate)"},
+    {"compare", cmd_compare,
+     "compare [-f FMT] [-F FMT] [-s] [-p] [-q] A B",
+     "check whether two images have the same guest content"},
+    {"help", cmd_help, "help [COMMAND]", "show help"},
+    {NULL, NULL, NULL, NULL},
+};
+
+static void print_version(void)
+{
+    printf("vimg version %s (libvimg %s)\n", VIMG_VERSION_STRING,
+           vimg_version());
+}
+
+static void print_help(FILE *f)
+{
+    fprintf(f, "usage: vimg [--version] [--help] COMMAND [ARGS]\n\n"
+               "Commands:\n");
+    for (const struct cli_command *c = cli_commands; c->name; c++) {
+        fprintf(f, "  %-10s %s\n", c->name, c->summary);
+    }
+    fprintf(f, "\nSupported formats: raw qcow2\n"
+               "Run 'vimg help COMMAND' for a command's options.\n");
+}
+
+static int cmd_help(int argc, char **argv)
+{
+    if (argc < 2) {
+        print_help(stdout);
+        return 0;
+    }
+    for (const struct cli_command *c = cli_commands; c->name; c++) {
+        if (strcmp(c->name, argv[1]) == 0) {
+            printf("usage: vimg %s\n\n%s\n", c->usage, c->summary);
+            return 0;
+        }
+    }
+    cli_error("unknown command '%s'", argv[1]);
+    print_help(stderr);
+    return 1;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        print_help(stderr);
+        return 1;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "-V") == 0) {
+        print_version();
+        return 0;
+    }
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+        print_help(stdout);
+        return 0;
+    }
+    for (const struct cli_command *c = cli_commands; c->name; c++) {
+        if (strcmp(c->name, cmd) == 0) {
+            return c->run(argc - 1, argv + 1);
+        }
+    }
+    cli_error("unknown command '%s'", cmd);
+    print_help(stderr);
+    return 1;
+}
