@@ -84,9 +84,11 @@ int qcow2_snapshots_decode(struct qcow2_snapshot **out, uint32_t nb,
                              i, s->extra_data_size, QCOW2_MAX_SNAPSHOT_EXTRA);
             goto fail;
         }
-        const size_t entry_len = (SN_FIXED_LEN + s->extra_data_size +
-                                  id_size + name_size + 7) & ~(size_t)7;
-        if (len - off < entry_len) {
+        /* the padding of the last entry may be missing at end of file */
+        const size_t data_len =
+            SN_FIXED_LEN + s->extra_data_size + id_size + name_size;
+        const size_t entry_len = (data_len + 7) & ~(size_t)7;
+        if (len - off < data_len) {
             ret = -ENODATA;
             goto fail;
         }
@@ -114,7 +116,7 @@ int qcow2_snapshots_decode(struct qcow2_snapshot **out, uint32_t nb,
         if (!s->id || !s->name) {
             goto nomem;
         }
-        off += entry_len;
+        off += VIMG_MIN(entry_len, len - off);
     }
     *out = sn;
     if (used_out) {
