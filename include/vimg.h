@@ -198,9 +198,12 @@ struct vimg_convert_opts {
     bool is_existing_target; /* write into an existing file (-n) */
     vimg_progress_fn progress;
     void *progress_opaque;
+    /* Flush the output before returning.  Off by default, as qemu-img
+     * convert does not flush either; the caller may sync instead. */
+    bool do_flush;
 };
 #define VIMG_CONVERT_OPTS_INIT                                                 \
-    { VIMG_CONVERT_OPTS_VERSION, "raw", 4096, 0, false, NULL, NULL }
+    { VIMG_CONVERT_OPTS_VERSION, "raw", 4096, 0, false, NULL, NULL, false }
 
 /*
  * Copy the guest content of NB_SRCS images, one after the other, into a

@@ -266,7 +266,9 @@ int vimg_convert(vimg_image *const *srcs, size_t nb_srcs,
         vimg_error(ret, "%s", job.error_msg);
         goto out;
     }
-    ret = vimg_io_flush(job.out);
+    if (opts->do_flush) {
+        ret = vimg_io_flush(job.out);
+    }
 out:
     vimg_io_close(job.out);
     free(job.src_start);

@@ -91,6 +91,10 @@ int cmd_convert(int argc, char **argv)
                 cli_error("Invalid cache option: %s", optarg);
                 return 1;
             }
+            /* any target cache mode but "unsafe" flushes at the end */
+            if (c == 't') {
+                opts.do_flush = strcmp(optarg, "unsafe") != 0;
+            }
             break;
         case 'h':
             printf("usage: vimg %s\n", cli_commands[2].usage);
