@@ -52,6 +52,9 @@ typedef struct vimg_image vimg_image;
 /* Flags for vimg_open(). */
 #define VIMG_OPEN_RDWR 0x1u       /* open for writing (default: read-only) */
 #define VIMG_OPEN_NO_BACKING 0x2u /* do not open the backing chain */
+/* Open for inspection (info) only: an external data file is not opened
+ * and guest data cannot be read. */
+#define VIMG_OPEN_INFO_ONLY 0x4u
 
 /*
  * Open PATH.  FORMAT is "raw", "qcow2", or NULL to probe the contents.

@@ -311,7 +311,10 @@ int vimg_block_status(vimg_image *img, uint64_t offset, uint64_t count,
         }
         struct vimg_image *b = layer->backing;
         if (!b || offset >= b->size) {
-            out->flags = VIMG_EXTENT_ZERO;
+            /* zeroes; a host offset the layer knows is still reported */
+            out->flags = VIMG_EXTENT_ZERO | (st.flags & VIMG_EXTENT_OFFSET);
+            out->file_offset = st.file_offset;
+            out->file_name = st.file_name;
             return 0;
         }
         count = VIMG_MIN(st.length, b->size - offset);

@@ -11,7 +11,8 @@
 /*
  * A driver's block status describes only its own layer.  flags is a mix of
  * VIMG_EXTENT_DATA, _ZERO, _OFFSET and _COMPRESSED; neither DATA nor ZERO
- * means "not allocated here, ask the backing file".
+ * means "not allocated here, ask the backing file" (OFFSET may still be
+ * set: a qcow2 subcluster whose host cluster exists).
  */
 struct vimg_layer_status {
     uint64_t length;

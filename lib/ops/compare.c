@@ -129,8 +129,13 @@ int vimg_compare(vimg_image *a, vimg_image *b,
         const bool alloc_b = is_allocated(b, &eb);
         const unsigned mask =
             VIMG_EXTENT_DATA | VIMG_EXTENT_ZERO | VIMG_EXTENT_OFFSET;
+        /* qemu's strict mode compares whole status words, which also say
+         * whether the extent reaches the end of the image */
+        const bool is_eof_a = off + ea.length == size_a;
+        const bool is_eof_b = off + eb.length == size_b;
         if (opts->is_strict &&
-            ((ea.flags & mask) != (eb.flags & mask) || alloc_a != alloc_b)) {
+            ((ea.flags & mask) != (eb.flags & mask) || alloc_a != alloc_b ||
+             is_eof_a != is_eof_b)) {
             out->verdict = VIMG_COMPARE_STATUS_MISMATCH;
             out->offset = off;
             goto out;

@@ -229,6 +229,15 @@ int vimg_convert(vimg_image *const *srcs, size_t nb_srcs,
         if (ret < 0) {
             goto out;
         }
+        /* Allocate the first block, as qemu does when it creates a raw
+         * file (it lets O_DIRECT users probe the alignment), so the
+         * outputs are sparse in the same places. */
+        static const uint8_t zero_block[4096];
+        ret = vimg_io_pwrite(job.out, zero_block,
+                             (size_t)VIMG_MIN(total, sizeof(zero_block)), 0);
+        if (ret < 0) {
+            goto out;
+        }
     }
 
     unsigned nb_threads = opts->threads ? opts->threads : default_threads();

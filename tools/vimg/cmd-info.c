@@ -301,7 +301,8 @@ int cmd_info(int argc, char **argv)
     const char *file = argv[optind];
     vimg_image *top = NULL;
     if (cli_open(&top, file, format,
-                 is_chain ? 0 : VIMG_OPEN_NO_BACKING) < 0) {
+                 VIMG_OPEN_INFO_ONLY |
+                     (is_chain ? 0 : VIMG_OPEN_NO_BACKING)) < 0) {
         return 1;
     }
 

@@ -179,13 +179,15 @@ int cmd_map(int argc, char **argv)
         cur = next;
         have_cur = true;
     }
-    if (rc == 0 && have_cur) {
-        if (!dump_entry(&cur, is_json, is_first)) {
-            rc = 1;
-        }
+    if (rc == 0 && !have_cur) {
+        cur.start = start; /* qemu prints an empty entry */
+        have_cur = true;
+    }
+    if (rc == 0 && !dump_entry(&cur, is_json, is_first)) {
+        rc = 1;
     }
     if (rc == 0 && is_json) {
-        printf(have_cur ? "]\n" : "[]\n");
+        printf("]\n");
     }
     vimg_close(img);
     return rc;

@@ -5,6 +5,8 @@
  * path.  The driver lock is held only while looking at the L2 cache; data
  * is read and decompressed without it, so readers run in parallel.
  */
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,6 +16,18 @@
 
 /* With an external data file, offset 0 is a valid host cluster when the
  * COPIED bit marks the entry as allocated (qcow2.txt, L2 table entry). */
+int qcow2_corrupt(struct vimg_image *img, const char *fmt, ...)
+{
+    char what[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof(what), fmt, ap);
+    va_end(ap);
+    return vimg_error(-EIO, "%s: corrupt qcow2 image: %s", img->filename,
+                      what);
+}
+
 static bool has_host_cluster(const struct qcow2_state *s, uint64_t entry)
 {
     return (entry & QCOW2_L2E_OFFSET_MASK) != 0 ||
@@ -93,16 +107,16 @@ int qcow2_get_mapping(struct vimg_image *img, uint64_t offset, uint64_t bytes,
         return 0;
     }
     if (l2_offset & cluster_mask) {
-        return vimg_error(-EIO,
-                          "qcow2: corrupt image: L2 table offset 0x%llx "
+        return qcow2_corrupt(img,
+                          "L2 table offset 0x%llx "
                           "(L1 index %llu) is not cluster aligned",
                           (unsigned long long)l2_offset,
                           (unsigned long long)l1_index);
     }
     if (l2_offset >= s->file_size ||
         s->file_size - l2_offset < s->cluster_size) {
-        return vimg_error(-EIO,
-                          "qcow2: corrupt image: L2 table at 0x%llx (L1 "
+        return qcow2_corrupt(img,
+                          "L2 table at 0x%llx (L1 "
                           "index %llu) is past the end of the file (0x%llx)",
                           (unsigned long long)l2_offset,
                           (unsigned long long)l1_index,
@@ -132,8 +146,8 @@ int qcow2_get_mapping(struct vimg_image *img, uint64_t offset, uint64_t bytes,
             qcow2_l2_entry_type(s, entry, bitmap, sc);
 
         if (t == QCOW2_SC_INVALID) {
-            ret = vimg_error(-EIO,
-                             "qcow2: corrupt image: invalid subcluster "
+            ret = qcow2_corrupt(img,
+                             "invalid subcluster "
                              "bitmap 0x%016llx in L2 table 0x%llx entry %zu",
                              (unsigned long long)bitmap,
                              (unsigned long long)l2_offset, i);
@@ -152,8 +166,8 @@ int qcow2_get_mapping(struct vimg_image *img, uint64_t offset, uint64_t bytes,
             out->comp_bytes = nb_sectors * 512 - (coff & 511);
             pos = VIMG_MIN(end, (pos | cluster_mask) + 1);
             if (coff >= s->file_size) {
-                ret = vimg_error(-EIO,
-                                 "qcow2: corrupt image: compressed cluster "
+                ret = qcow2_corrupt(img,
+                                 "compressed cluster "
                                  "at 0x%llx (guest offset 0x%llx) is past "
                                  "the end of the file",
                                  (unsigned long long)coff,
@@ -166,8 +180,8 @@ int qcow2_get_mapping(struct vimg_image *img, uint64_t offset, uint64_t bytes,
         if (type_has_host(t)) {
             const uint64_t cluster_host = entry & QCOW2_L2E_OFFSET_MASK;
             if (cluster_host & cluster_mask) {
-                ret = vimg_error(-EIO,
-                                 "qcow2: corrupt image: cluster offset "
+                ret = qcow2_corrupt(img,
+                                 "cluster offset "
                                  "0x%llx (L2 table 0x%llx entry %zu) is not "
                                  "cluster aligned",
                                  (unsigned long long)cluster_host,
@@ -176,8 +190,8 @@ int qcow2_get_mapping(struct vimg_image *img, uint64_t offset, uint64_t bytes,
             }
             if (t == QCOW2_SC_NORMAL && s->data_io == img->io &&
                 cluster_host >= s->file_size) {
-                ret = vimg_error(-EIO,
-                                 "qcow2: corrupt image: data cluster at "
+                ret = qcow2_corrupt(img,
+                                 "data cluster at "
                                  "0x%llx (guest offset 0x%llx) is past the "
                                  "end of the file (0x%llx)",
                                  (unsigned long long)cluster_host,
@@ -231,8 +245,8 @@ int qcow2_decompress_cluster(struct vimg_image *img, uint64_t comp_offset,
                                    (size_t)s->cluster_size);
         }
         if (ret < 0) {
-            vimg_error_prefix("qcow2: compressed cluster at 0x%llx",
-                              (unsigned long long)comp_offset);
+            vimg_error_prefix("%s: compressed cluster at 0x%llx",
+                              img->filename, (unsigned long long)comp_offset);
         }
     }
     free(in);
@@ -264,6 +278,11 @@ int qcow2_pread(struct vimg_image *img, void *buf, size_t count,
             memset(p, 0, n);
             break;
         case QCOW2_SC_NORMAL:
+            if (!s->data_io) {
+                ret = vimg_error(-EIO, "%s: external data file is not open",
+                                 img->filename);
+                break;
+            }
             ret = vimg_io_pread(s->data_io, p, n, m.host_offset);
             break;
         case QCOW2_SC_COMPRESSED: {
@@ -288,7 +307,7 @@ int qcow2_pread(struct vimg_image *img, void *buf, size_t count,
             break;
         }
         default:
-            ret = vimg_error(-EIO, "qcow2: corrupt image at 0x%llx",
+            ret = qcow2_corrupt(img, "bad cluster type at 0x%llx",
                              (unsigned long long)offset);
             break;
         }

@@ -170,7 +170,13 @@ static int open_data_file(struct vimg_image *img, struct qcow2_state *s,
                           "an in-memory image",
                           img->filename, s->ext.data_file);
     }
-    s->data_path = vimg_path_join_dir(img->filename, s->ext.data_file);
+    if (flags & VIMG_OPEN_INFO_ONLY) {
+        return 0; /* inspection only: the data file is not needed */
+    }
+    /* qemu opens the data file by its stored name as is, relative to the
+     * working directory, not to the image; do the same so every image
+     * qemu opens, vimg opens. */
+    s->data_path = strdup(s->ext.data_file);
     if (!s->data_path) {
         return vimg_error(-ENOMEM, "out of memory");
     }
@@ -374,6 +380,11 @@ static int qcow2_block_status(struct vimg_image *img, uint64_t offset,
     case QCOW2_SC_COMPRESSED:
         out->flags = VIMG_EXTENT_DATA | VIMG_EXTENT_COMPRESSED;
         return 0;
+    case QCOW2_SC_UNALLOCATED_ALLOC:
+        /* not allocated here, but the host cluster is known */
+        out->flags = VIMG_EXTENT_OFFSET;
+        out->file_offset = m.host_offset;
+        return 0;
     default:
         out->flags = 0;
         return 0;
@@ -391,7 +402,7 @@ static int qcow2_block_status(struct vimg_image *img, uint64_t offset,
     if (ret < 0) {
         return ret;
     }
-    if (is_prealloc) {
+    if (is_prealloc && s->data_io) {
         uint64_t n;
         ret = vimg_io_data_status(s->data_io, m.host_offset, m.length, &n);
         if (ret < 0) {

@@ -264,6 +264,9 @@ void qcow2_cache_stats(const struct qcow2_cache *c, uint64_t *hits,
                        uint64_t *misses);
 
 /* qcow2-cluster.c */
+/* Record "FILE: corrupt qcow2 image: WHAT" and return -EIO. */
+int qcow2_corrupt(struct vimg_image *img, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 /* Classify one (extended) L2 entry for subcluster SC (0 for plain L2). */
 enum qcow2_subcluster_type qcow2_l2_entry_type(const struct qcow2_state *s,
                                                uint64_t entry,
