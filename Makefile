@@ -16,7 +16,7 @@ deps:
 	@./scripts/install-deps.sh $(DEPS)
 
 $(BUILD)/build.ninja: | deps
-	meson setup $(BUILD) -Dtests=enabled
+	meson setup $(BUILD) -Dtests=enabled -Dwerror=true
 
 $(SANBUILD)/build.ninja: | deps
 	meson setup $(SANBUILD) -Dtests=enabled -Db_sanitize=address,undefined \
