@@ -136,14 +136,27 @@ fi
 out_q=$BENCH_DIR/out.qemu-img.raw
 out_v=$BENCH_DIR/out.vimg.raw
 errlog=$BENCH_DIR/last-error.log
-cleanup() { rm -f "$out_q" "$out_v"; }
+cleanup() { rm -f "$out_q" "$out_v" "$BENCH_DIR/.times"; }
 trap cleanup EXIT
 
-# run TOOL IMG OUT -> sets $elapsed (seconds) ; returns the tool's status
+# Sets $child_cpu to the CPU seconds (user+sys) used so far by waited-for
+# children of this shell (the `times` builtin must run in this shell, not in
+# a $(...) subshell, whose counters would be its own).
+timesf=$BENCH_DIR/.times
+get_child_cpu() {
+    times >"$timesf"
+    # second line: "XmY.YYYs XmY.YYYs" (children user, sys)
+    child_cpu=$(awk 'NR == 2 { s = 0
+        for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); s += a[1] * 60 + a[2] }
+        printf "%.3f", s }' "$timesf")
+}
+
+# run TOOL IMG OUT -> sets $elapsed and $cpu (seconds); returns the tool's status
 run() {
-    local tool=$1 img=$2 out=$3 t0 t1 rc=0
+    local tool=$1 img=$2 out=$3 t0 t1 c0 c1 rc=0
     rm -f "$out"
     sync
+    get_child_cpu; c0=$child_cpu
     if [[ $tool == qemu ]]; then
         t0=$EPOCHREALTIME
         "$QEMU_IMG" convert "${qemu_flags[@]}" -O raw "$img" "$out" 2>"$errlog" || rc=$?
@@ -153,7 +166,9 @@ run() {
         "$VIMG" convert "${vimg_flags[@]}" -O raw "$img" "$out" 2>"$errlog" || rc=$?
         t1=$EPOCHREALTIME
     fi
+    get_child_cpu; c1=$child_cpu
     elapsed=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}')
+    cpu=$(awk -v a="$c0" -v b="$c1" 'BEGIN{printf "%.2f", b-a}')
     return "$rc"
 }
 
@@ -165,7 +180,12 @@ median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END{
     echo "# qemu-img: $("$QEMU_IMG" --version | head -1) ${QEMU_FLAGS:+(flags: $QEMU_FLAGS)}"
     echo "# size:     $BENCH_SIZE ($size_bytes bytes), reps: $BENCH_REPS (median), cpus: $(nproc)"
     echo "# images:   $imgdir"
+    echo "# loadavg at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 }
+load1=$(cut -d' ' -f1 /proc/loadavg)
+if awk -v l="$load1" 'BEGIN{exit !(l > 0.5)}'; then
+    log "WARNING: load average $load1 before the run: other processes compete for the CPUs, expect noisy numbers"
+fi
 
 status=0
 rows=() problems=()
@@ -203,14 +223,14 @@ for img in $BENCH_IMAGES; do
     cleanup
 
     # Timed passes, interleaved; order alternates each rep (q,v / v,q / ...).
-    tq=() tv=()
+    tq=() tv=() cq=() cv=()
     for ((rep = 1; rep <= BENCH_REPS; rep++)); do
         if ((rep % 2)); then order="qemu vimg"; else order="vimg qemu"; fi
         for tool in $order; do
             [[ $tool == vimg && -n $note ]] && continue
             if [[ $tool == qemu ]]; then
                 run qemu "$f" "$out_q" || { cat "$errlog" >&2; die "qemu-img failed on $f"; }
-                tq+=("$elapsed")
+                tq+=("$elapsed") cq+=("$cpu")
             else
                 if ! run vimg "$f" "$out_v"; then
                     echo "read.sh: vimg failed in rep $rep on $f:" >&2; cat "$errlog" >&2
@@ -218,31 +238,36 @@ for img in $BENCH_IMAGES; do
                     problems+=("$img: vimg failed in timed rep $rep: $(head -c 300 "$errlog" | tr '\n' ' ')")
                     continue
                 fi
-                tv+=("$elapsed")
+                tv+=("$elapsed") cv+=("$cpu")
             fi
             cleanup
         done
     done
     cleanup
-    log "$img: qemu-img times: ${tq[*]}"
-    log "$img: vimg     times: ${tv[*]:-}"
+    log "$img: qemu-img times: ${tq[*]}  (CPU s: ${cq[*]})"
+    log "$img: vimg     times: ${tv[*]:-}  (CPU s: ${cv[*]:-})"
+    mcq=$(median "${cq[@]}")
 
     mq=$(median "${tq[@]}")
     if [[ -n $note ]]; then
-        rows+=("$img|$mq|-|$(awk -v s="$size_bytes" -v t="$mq" 'BEGIN{printf "%.2f", s/t/2^30}')|-|$note")
+        rows+=("$img|$mq|-|$(awk -v s="$size_bytes" -v t="$mq" 'BEGIN{printf "%.2f", s/t/2^30}')|-|$note|$mcq|-")
     else
         mv=$(median "${tv[@]}")
+        mcv=$(median "${cv[@]}")
         rows+=("$(awk -v i="$img" -v s="$size_bytes" -v q="$mq" -v v="$mv" 'BEGIN{
-            printf "%s|%.3f|%.3f|%.2f|%.2f|%.2f", i, q, v, s/q/2^30, s/v/2^30, q/v }')")
+            printf "%s|%.3f|%.3f|%.2f|%.2f|%.2f", i, q, v, s/q/2^30, s/v/2^30, q/v }')|$mcq|$mcv")
     fi
 done
 
 echo
-printf '%-8s %12s %10s %14s %12s %8s\n' image qemu-img_s vimg_s qemu-img_GiB/s vimg_GiB/s ratio
+printf '%-8s %12s %10s %14s %12s %8s %12s %10s\n' image qemu-img_s vimg_s \
+    qemu-img_GiB/s vimg_GiB/s ratio qemu-img_cpu vimg_cpu
 for r in "${rows[@]}"; do
-    IFS='|' read -r a b c d e g <<<"$r"
-    printf '%-8s %12s %10s %14s %12s %8s\n' "$a" "$b" "$c" "$d" "$e" "$g"
+    IFS='|' read -r a b c d e g h i <<<"$r"
+    printf '%-8s %12s %10s %14s %12s %8s %12s %10s\n' "$a" "$b" "$c" "$d" "$e" "$g" "$h" "$i"
 done
-echo "# ratio = qemu-img time / vimg time (>1: vimg faster); GiB/s = virtual size / time"
+echo "# ratio = qemu-img time / vimg time (>1: vimg faster); GiB/s = virtual size / wall time"
+echo "# *_s = median wall seconds; *_cpu = median user+sys CPU seconds of the same runs"
+echo "# loadavg at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 for p in "${problems[@]}"; do echo "# PROBLEM: $p"; done
 exit "$status"

@@ -11,7 +11,8 @@
  * Reading work is bounded so that a header claiming an exabyte disk does
  * not time the fuzzer out: at most READ_BUDGET bytes are read (half of it
  * at the start of the disk, a quarter in the middle and a quarter at the
- * end) and at most 1.5 * STATUS_STEPS block status calls are made, each
+ * end), plus FINE_READS small reads of an input-dependent size,
+ * and at most 1.5 * STATUS_STEPS block status calls are made, each
  * reading at most ZERO_PROBE bytes.
  */
 #include <stdint.h>
@@ -30,8 +31,12 @@ enum {
     ZERO_PROBE = 4096,
 };
 #define READ_BUDGET (UINT64_C(64) << 20)
+#define FINE_READS 256
 
 static uint8_t read_buf[READ_CHUNK];
+
+/* VIMG_FUZZ_VERBOSE=1: say how each open went (for corpus upkeep). */
+static int verbose = -1;
 
 /* Abort, so the fuzzer records the input: the library broke its contract. */
 static void broken(const char *what, int ret)
@@ -144,19 +149,26 @@ static void walk_status(vimg_image *img, uint64_t start, uint64_t end,
     }
 }
 
-/* Read [start, end) in chunks, within the budget; stop at the first error. */
+/*
+ * Read [start, end) in chunks of CHUNK bytes, within the budget; stop at
+ * the first error.
+ */
 static void read_range(vimg_image *img, uint64_t start, uint64_t end,
-                       uint64_t *budget)
+                       size_t chunk, uint64_t *budget)
 {
     uint64_t off = start;
     while (off < end && *budget > 0) {
         uint64_t len = end - off;
-        len = len < sizeof(read_buf) ? len : sizeof(read_buf);
+        len = len < chunk ? len : chunk;
         len = len < *budget ? len : *budget;
         *budget -= len;
         const int ret = vimg_pread(img, read_buf, (size_t)len, off);
         check_error(ret, "vimg_pread");
         if (ret < 0) {
+            if (verbose) {
+                fprintf(stderr, "  read at 0x%llx: %s\n",
+                        (unsigned long long)off, vimg_last_error());
+            }
             return;
         }
         off += len;
@@ -169,6 +181,13 @@ static void exercise(const uint8_t *data, size_t size, const char *format,
     vimg_image *img = NULL;
     int ret = vimg_open_memory(&img, data, size, format, "fuzz-input");
     check_error(ret, "vimg_open_memory");
+    if (verbose < 0) {
+        verbose = getenv("VIMG_FUZZ_VERBOSE") != NULL;
+    }
+    if (verbose) {
+        fprintf(stderr, "  open(%s): %s\n", format ? format : "probe",
+                ret < 0 ? vimg_last_error() : vimg_format(img));
+    }
     if (ret < 0) {
         return;
     }
@@ -204,7 +223,15 @@ static void exercise(const uint8_t *data, size_t size, const char *format,
     const uint64_t window = READ_BUDGET / 4;
     const uint64_t head_end = disk < 2 * window ? disk : 2 * window;
     walk_status(img, 0, head_end, &steps);
-    read_range(img, 0, head_end, &budget);
+    read_range(img, 0, head_end, sizeof(read_buf), &budget);
+    /*
+     * Small reads of a size that depends on the input, so that reads start
+     * and end inside clusters and subclusters (partial compressed
+     * clusters, straddled extents).
+     */
+    const size_t fine = 1 + (size_t)(((uint64_t)size * 2654435761u) % 9973);
+    uint64_t small_budget = (uint64_t)fine * FINE_READS;
+    read_range(img, 0, disk, fine, &small_budget);
     if (disk > head_end) {
         const uint64_t mid = disk / 2 > head_end ? disk / 2 : head_end;
         const uint64_t mid_end = disk - mid < window / 2 ? disk
@@ -214,11 +241,15 @@ static void exercise(const uint8_t *data, size_t size, const char *format,
         budget = window;
         steps = STATUS_STEPS / 4;
         walk_status(img, mid, mid_end, &steps);
-        read_range(img, mid, mid_end, &budget);
+        read_range(img, mid, mid_end, sizeof(read_buf), &budget);
         budget = window;
         steps = STATUS_STEPS / 4;
         walk_status(img, tail, disk, &steps);
-        read_range(img, tail, disk, &budget);
+        read_range(img, tail, disk, sizeof(read_buf), &budget);
+    }
+    if (verbose) {
+        fprintf(stderr, "  disk 0x%llx bytes, %u status calls left\n",
+                (unsigned long long)disk, steps);
     }
     vimg_close(img);
 }

@@ -21,6 +21,8 @@ WHAT is one of
                        expression like VALUE (plus `comp`, the host offset
                        of the first compressed cluster)
   truncate             the file length
+  ext                  append a header extension: VALUE is TYPE:HEXDATA
+                       (type in hex), written over the end marker
 VALUE is a Python expression over the names `eof` (file size), `cs`
 (cluster size), `l1` (L1 table offset), `l2` (offset of the L2 table
 holding l2data/l2comp), `old` (the current value) and the header fields.
@@ -92,6 +94,19 @@ class Image:
                  ' L2 entry')
 
 
+def add_extension(img, value):
+    """Write extension TYPE:HEXDATA where the end marker is (qcow2 spec
+    "Header extensions": type u32, length u32, data padded to 8)."""
+    typ, hexdata = value.split(':')
+    data = bytes.fromhex(hexdata)
+    off = img.hdr['header_length'] if img.hdr['version'] >= 3 else 72
+    while img.get(off, '>I') != 0:
+        off += 8 + (img.get(off + 4, '>I') + 7) // 8 * 8
+    padded = data + bytes(-len(data) % 8)
+    img.data[off:off + 16 + len(padded)] = (
+        struct.pack('>II', int(typ, 16), len(data)) + padded + bytes(8))
+
+
 def main():
     if len(sys.argv) < 4 or len(sys.argv) % 2:
         sys.exit(__doc__)
@@ -103,6 +118,9 @@ def main():
         shift, mask = 0, None
         if what in FIELDS:
             off, fmt = FIELDS[what]
+        elif what == 'ext':
+            add_extension(img, expr)
+            continue
         elif what == 'truncate':
             del img.data[eval(expr, {}, dict(names, old=len(img.data))):]
             continue

@@ -7,15 +7,24 @@
 #include <assert.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "formats/format.h"
 
 /* Deeper chains are refused: they are almost certainly a loop. */
 #define VIMG_MAX_CHAIN_DEPTH 64
 
+/* The images above the one being opened, to catch backing loops. */
+struct chain_link {
+    dev_t dev;
+    ino_t ino;
+    const char *name;
+    const struct chain_link *up;
+};
+
 static int open_io(struct vimg_image **out, struct vimg_io *io,
                    const char *path, const char *format, unsigned flags,
-                   unsigned depth);
+                   unsigned depth, const struct chain_link *up);
 
 char *vimg_path_join_dir(const char *path, const char *name)
 {
@@ -52,11 +61,24 @@ static void image_free(struct vimg_image *img)
     free(img);
 }
 
-static int open_backing(struct vimg_image *img, unsigned depth)
+static int open_backing(struct vimg_image *img, unsigned depth,
+                        const struct chain_link *up)
 {
     if (depth + 1 >= VIMG_MAX_CHAIN_DEPTH) {
         return vimg_error(-ELOOP, "%s: backing chain deeper than %d images",
                           img->filename, VIMG_MAX_CHAIN_DEPTH);
+    }
+    struct stat st;
+    if (stat(img->backing_path, &st) == 0) {
+        for (const struct chain_link *l = up; l; l = l->up) {
+            if (l->dev == st.st_dev && l->ino == st.st_ino) {
+                return vimg_error(-ELOOP,
+                                  "backing chain loop: '%s' (backing file of "
+                                  "'%s') is '%s', which is already in the "
+                                  "chain",
+                                  img->backing_path, img->filename, l->name);
+            }
+        }
     }
     struct vimg_io *io = NULL;
     int ret = vimg_io_file_open(&io, img->backing_path, false, false);
@@ -66,8 +88,8 @@ static int open_backing(struct vimg_image *img, unsigned depth)
         return ret;
     }
     ret = open_io(&img->backing, io, img->backing_path, img->backing_fmt,
-                  img->flags & ~VIMG_OPEN_RDWR, depth + 1);
-    if (ret < 0) {
+                  img->flags & ~VIMG_OPEN_RDWR, depth + 1, up);
+    if (ret < 0 && ret != -ELOOP) {
         vimg_error_prefix("could not open backing file of '%s'",
                           img->filename);
     }
@@ -77,7 +99,7 @@ static int open_backing(struct vimg_image *img, unsigned depth)
 /* Takes ownership of IO, also on failure. */
 static int open_io(struct vimg_image **out, struct vimg_io *io,
                    const char *path, const char *format, unsigned flags,
-                   unsigned depth)
+                   unsigned depth, const struct chain_link *up)
 {
     struct vimg_image *img = calloc(1, sizeof(*img));
     int ret;
@@ -117,7 +139,13 @@ static int open_io(struct vimg_image **out, struct vimg_io *io,
             goto out;
         }
         if (!(flags & VIMG_OPEN_NO_BACKING)) {
-            ret = open_backing(img, depth);
+            struct chain_link self = {.name = path, .up = up};
+            struct stat st;
+            if (stat(path, &st) == 0) {
+                self.dev = st.st_dev;
+                self.ino = st.st_ino;
+            }
+            ret = open_backing(img, depth, &self);
             if (ret < 0) {
                 goto out;
             }
@@ -143,7 +171,7 @@ int vimg_open(vimg_image **out, const char *path, const char *format,
     if (ret < 0) {
         return ret;
     }
-    return open_io(out, io, path, format, flags, 0);
+    return open_io(out, io, path, format, flags, 0, NULL);
 }
 
 int vimg_open_memory(vimg_image **out, const void *data, size_t len,
@@ -160,14 +188,14 @@ int vimg_open_memory(vimg_image **out, const void *data, size_t len,
         return ret;
     }
     return open_io(out, io, name ? name : "memory", format,
-                   VIMG_OPEN_NO_BACKING | VIMG_OPEN_MEMORY, 0);
+                   VIMG_OPEN_NO_BACKING | VIMG_OPEN_MEMORY, 0, NULL);
 }
 
 int vimg_open_io(vimg_image **out, struct vimg_io *io, const char *name,
                  const char *format, unsigned flags)
 {
     vimg_error_clear();
-    return open_io(out, io, name, format, flags, 0);
+    return open_io(out, io, name, format, flags, 0, NULL);
 }
 
 void vimg_close(vimg_image *img)

@@ -17,6 +17,7 @@
 #include "vimg-internal.h"
 
 #define CONVERT_CHUNK_BYTES (4u * 1024 * 1024)
+#define CONVERT_PIECE_BYTES (2u * 1024 * 1024)
 #define CONVERT_MAX_THREADS 16
 
 struct convert_job {
@@ -47,8 +48,87 @@ static void set_error(struct convert_job *job, int err)
     }
 }
 
-/* Write BUF (LEN bytes, output offset OFF), leaving runs of zeroes aligned
- * to the sparse size as holes. */
+/*
+ * Sparse detection, as qemu-img convert -S does it, so outputs have holes in
+ * the same places: look at 512-byte sectors; a run of zero sectors becomes
+ * a hole only if it is at least `min` sectors long; run ends are aligned to
+ * `align` sectors (data rounded out, zeroes rounded in), and a zero run
+ * shorter than its misalignment counts as data.
+ */
+#define SECTOR 512u
+
+struct sparse_rule {
+    uint64_t min;   /* sectors */
+    uint64_t align; /* sectors, a power of two */
+};
+
+static bool sector_is_zero(const uint8_t *buf, size_t len, uint64_t sector)
+{
+    const size_t at = (size_t)sector * SECTOR;
+    return vimg_buffer_is_zero(buf + at, VIMG_MIN((size_t)SECTOR, len - at));
+}
+
+/* The run of sectors starting at FIRST (of N in BUF, output sector
+ * OUT_SECTOR + FIRST) that share the first one's zero-ness, adjusted to the
+ * alignment.  Returns its length; *is_data_out says what it is. */
+static uint64_t sector_run(const uint8_t *buf, size_t len, uint64_t first,
+                           uint64_t n, uint64_t out_sector, uint64_t align,
+                           bool *is_data_out)
+{
+    bool is_zero = sector_is_zero(buf, len, first);
+    uint64_t i = 1;
+
+    while (i < n && sector_is_zero(buf, len, first + i) == is_zero) {
+        i++;
+    }
+    if (i < n) {
+        const uint64_t tail = (out_sector + first + i) & (align - 1);
+        if (tail) {
+            if (is_zero && i <= tail) {
+                is_zero = false; /* a tiny zero run is not worth a hole */
+            }
+            if (is_zero) {
+                i -= tail;
+            } else {
+                i = VIMG_MIN(i + align - tail, n);
+            }
+        }
+    }
+    *is_data_out = !is_zero;
+    return i;
+}
+
+/* How many sectors from FIRST to write (*is_data_out) or skip: data runs
+ * absorb zero runs shorter than the minimum. */
+static uint64_t sparse_run(const uint8_t *buf, size_t len, uint64_t first,
+                           uint64_t n, uint64_t out_sector,
+                           const struct sparse_rule *rule, bool *is_data_out)
+{
+    const uint64_t min = VIMG_MIN(rule->min, n);
+    bool is_data;
+    uint64_t p = sector_run(buf, len, first, n, out_sector, rule->align,
+                            &is_data);
+
+    *is_data_out = is_data;
+    if (!is_data) {
+        return p;
+    }
+    uint64_t used = p, checked = p;
+    while (checked < n) {
+        p = sector_run(buf, len, first + checked, n - checked, out_sector,
+                       rule->align, &is_data);
+        checked += p;
+        if (is_data) {
+            used = checked;
+        } else if (p >= min) {
+            break;
+        }
+    }
+    return used;
+}
+
+/* Write BUF (LEN bytes at output offset OFF, a sector boundary), leaving
+ * long enough runs of zeroes as holes. */
 static int write_sparse(struct convert_job *job, const uint8_t *buf,
                         size_t len, uint64_t off)
 {
@@ -56,30 +136,27 @@ static int write_sparse(struct convert_job *job, const uint8_t *buf,
     if (sparse == 0 || job->opts->is_existing_target) {
         return vimg_io_pwrite(job->out, buf, len, off);
     }
-    size_t pos = 0, run_start = 0;
-    bool in_run = false;
-    while (pos < len) {
-        /* granules are aligned in output space */
-        const uint64_t granule_end = (off + pos) / sparse * sparse + sparse;
-        const size_t n = (size_t)VIMG_MIN((uint64_t)(len - pos),
-                                          granule_end - (off + pos));
-        const bool is_zero = vimg_buffer_is_zero(buf + pos, n);
-        if (!is_zero && !in_run) {
-            run_start = pos;
-            in_run = true;
-        } else if (is_zero && in_run) {
-            int ret = vimg_io_pwrite(job->out, buf + run_start,
-                                     pos - run_start, off + run_start);
+    struct sparse_rule rule = {.min = sparse / SECTOR, .align = 1};
+    while (rule.align * 2 <= rule.min) {
+        rule.align *= 2; /* the largest power of two <= min */
+    }
+    const uint64_t n = VIMG_DIV_ROUND_UP((uint64_t)len, SECTOR);
+    const uint64_t out_sector = off / SECTOR;
+    uint64_t pos = 0;
+    while (pos < n) {
+        bool is_data;
+        const uint64_t run =
+            sparse_run(buf, len, pos, n - pos, out_sector, &rule, &is_data);
+        if (is_data) {
+            const size_t at = (size_t)(pos * SECTOR);
+            const size_t bytes =
+                (size_t)VIMG_MIN(run * SECTOR, (uint64_t)len - at);
+            int ret = vimg_io_pwrite(job->out, buf + at, bytes, off + at);
             if (ret < 0) {
                 return ret;
             }
-            in_run = false;
         }
-        pos += n;
-    }
-    if (in_run) {
-        return vimg_io_pwrite(job->out, buf + run_start, len - run_start,
-                              off + run_start);
+        pos += run;
     }
     return 0;
 }
@@ -130,9 +207,16 @@ static int convert_chunk(struct convert_job *job, uint8_t *buf,
                 ret = write_zeroes(job, buf, n, out_base + off);
             }
         } else {
-            ret = vimg_pread(src, buf, (size_t)n, off);
-            if (ret == 0) {
-                ret = write_sparse(job, buf, (size_t)n, out_base + off);
+            /* data is looked at in pieces of at most 2 MiB from the start
+             * of the extent, where qemu-img looks at it too */
+            for (uint64_t done = 0; done < n && ret == 0;) {
+                const size_t piece =
+                    (size_t)VIMG_MIN(n - done, (uint64_t)CONVERT_PIECE_BYTES);
+                ret = vimg_pread(src, buf, piece, off + done);
+                if (ret == 0) {
+                    ret = write_sparse(job, buf, piece, out_base + off + done);
+                }
+                done += piece;
             }
         }
         if (ret < 0) {

@@ -17,7 +17,7 @@ import pytest
 from conftest import BUILD_DIR, assert_no_crash, qemu, run
 
 READ_THREADS = os.path.join(BUILD_DIR, 'tests', 'tools', 'read-threads')
-ITERATIONS = 120
+ITERATIONS = 300
 MiB = 1 << 20
 
 

@@ -3,19 +3,20 @@
 Each recipe builds one image in its own directory under the session corpus
 root.  Every command (ours and qemu-img's) later runs with the corpus root as
 its current directory and names the image by a path relative to it, e.g.
-"chain3-mixed/sub/top.qcow2".  Backing files and external data files are
-created with names relative to the image's own directory, so an
-implementation that resolves them against the cwd instead of the image
-directory fails.
+"chain3-mixed/sub/top.qcow2".  Backing files are created with names
+relative to the image's own directory, so an implementation that resolves
+them against the cwd fails.  (qemu-img 7.2 resolves a relative external
+data file name against the cwd instead; see "data-file-relative".)
 
 Recipes are plain functions registered with @recipe; the corpus ids are the
 pytest ids.  Keep images a few MiB so the whole suite stays fast.
 """
 
 import random
-from dataclasses import dataclass, field
+import struct
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, FrozenSet, List
+from typing import Callable, Dict, FrozenSet
 
 from interop_lib import KiB, MiB, run_checked, QEMU_IMG, QEMU_IO
 
@@ -507,3 +508,220 @@ def _odd_size(b):
     b.create("img.qcow2", MiB + 512)
     b.io("img.qcow2", "write -P 0x51 0 4k", "write -P 0x52 5000 3000",
          "write -c -P 0x53 960k 64k", "write -c -P 0x54 1M 512")
+
+
+@recipe("raw-odd-size", image="img.raw", fmt="raw")
+def _raw_odd_size(b):
+    """A raw file of 1000001 bytes (not a multiple of 512), with a hole."""
+    data = mixed_data(MiB, seed=7)
+    with open(b.path("img.raw"), "wb") as f:
+        f.write(data[:300 * KiB])
+        f.seek(1000001 - 1000)
+        f.write(data[-1000:])
+
+
+@recipe("backing-raw-odd-size", image="top.qcow2", tags={"backing"})
+def _backing_raw_odd(b):
+    """qcow2 over a raw file of 1000001 bytes: the overlay is rounded up to
+    512 bytes, the backing file's last partial sector reads as zeros."""
+    _raw_odd_size(b)
+    b.create("top.qcow2", 1000448, opts="cluster_size=4k",
+             backing="img.raw", backing_fmt="raw")
+    b.io("top.qcow2", "write -P 0x81 8k 4k", "write -P 0x82 %d 512"
+         % (1000448 - 512), "write -z 200k 4k")
+
+
+@recipe("backing-absolute", image="top/top.qcow2", tags={"backing"})
+def _backing_absolute(b):
+    """The backing file named by an absolute path, in another directory."""
+    b.create("base/base.qcow2", SIZE)
+    b.io("base/base.qcow2", "write -P 0x91 0 2M", "write -s {mix} 1M 512k")
+    b.create("top/top.qcow2", SIZE, backing=str(b.dir / "base/base.qcow2"),
+             backing_fmt="qcow2")
+    b.io("top/top.qcow2", "write -P 0x92 64k 64k", "write -z 1M 64k")
+
+
+@recipe("backing-odd-name", image="dir with space/top.qcow2",
+        tags={"backing"})
+def _backing_odd_name(b):
+    """Backing and overlay names with spaces, UTF-8 and '#'."""
+    b.create("dir with space/base image \u00fc #1.qcow2", SIZE)
+    b.io("dir with space/base image \u00fc #1.qcow2", "write -P 0x93 0 1M")
+    b.create("dir with space/top.qcow2", SIZE,
+             backing="base image \u00fc #1.qcow2", backing_fmt="qcow2")
+    b.io("dir with space/top.qcow2", "write -P 0x94 512k 4k")
+
+
+@recipe("resize-grow-c512")
+def _resize_grow(b):
+    """Grown with qemu-img resize: 512-byte clusters make the L1 table
+    outgrow its cluster and move."""
+    b.create("img.qcow2", 2 * MiB, opts="cluster_size=512")
+    b.io("img.qcow2", "write -P 0xa1 0 2M", "write -z 64k 4k")
+    b.qemu_img("resize", "img.qcow2", "+4M")
+    b.io("img.qcow2", "write -P 0xa2 5M 64k", "write -P 0xa3 %d 512"
+         % (6 * MiB - 512))
+
+
+@recipe("resize-shrink", tags={"compressed"})
+def _resize_shrink(b):
+    """Shrunk with qemu-img resize --shrink to 2M+512."""
+    b.create("img.qcow2", SIZE)
+    b.io("img.qcow2", "write -c -P 0xa4 2M 64k", "write -P 0xa5 0 4M")
+    b.qemu_img("resize", "--shrink", "img.qcow2", str(2 * MiB + 512))
+
+
+@recipe("amend-compat-0.10", tags={"v2"})
+def _amend_compat(b):
+    """v3 image with zero clusters, amended to compat=0.10."""
+    b.create("img.qcow2", SIZE)
+    b.io("img.qcow2", *std_writes(compressed=False))
+    b.qemu_img("amend", "-o", "compat=0.10", "img.qcow2")
+
+
+@recipe("amend-refcount-bits", tags={"compressed"})
+def _amend_refbits(b):
+    """refcount_bits changed from 16 to 64 and then 2 by qemu-img amend
+    (new refcount structures, old ones freed)."""
+    b.create("img.qcow2", SIZE, opts="cluster_size=4k")
+    b.io("img.qcow2", *std_writes(cluster=4 * KiB))
+    b.qemu_img("amend", "-o", "refcount_bits=64", "img.qcow2")
+    b.qemu_img("amend", "-o", "refcount_bits=2", "img.qcow2")
+
+
+@recipe("snapshot-applied", tags={"snapshots"})
+def _snapshot_applied(b):
+    """Snapshot reverted to (snapshot -a) and another deleted (-d): the
+    active L1/L2 entries lose their COPIED flags."""
+    b.create("img.qcow2", SIZE)
+    b.io("img.qcow2", "write -P 0x11 0 2M")
+    b.qemu_img("snapshot", "-c", "s1", "img.qcow2")
+    b.io("img.qcow2", "write -P 0x22 1M 2M")
+    b.qemu_img("snapshot", "-c", "s2", "img.qcow2")
+    b.io("img.qcow2", "write -P 0x33 0 64k")
+    b.qemu_img("snapshot", "-c", "s3", "img.qcow2")
+    b.qemu_img("snapshot", "-a", "s1", "img.qcow2")
+    b.qemu_img("snapshot", "-d", "s2", "img.qcow2")
+    b.io("img.qcow2", "write -P 0x44 3M 4k")
+
+
+@recipe("committed-chain", image="top.qcow2", tags={"backing", "chain"})
+def _committed(b):
+    """A three-image chain after qemu-img commit of the top into the middle
+    (the top is emptied)."""
+    b.create("base.qcow2", SIZE)
+    b.io("base.qcow2", "write -P 0xd1 0 4M")
+    b.create("mid.qcow2", SIZE, backing="base.qcow2", backing_fmt="qcow2")
+    b.io("mid.qcow2", "write -P 0xd2 1M 1M")
+    b.create("top.qcow2", SIZE, backing="mid.qcow2", backing_fmt="qcow2")
+    b.io("top.qcow2", "write -P 0xd3 1536k 1M", "write -z 0 64k")
+    b.qemu_img("commit", "-q", "top.qcow2")
+    b.io("top.qcow2", "write -P 0xd4 3M 4k")
+
+
+@recipe("convert-plain")
+def _convert_plain(b):
+    """qemu-img convert -O qcow2 (no compression) of mixed data."""
+    b.write_bytes("src.raw", mixed_data(SIZE, seed=3))
+    b.qemu_img("convert", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=4k",
+               "src.raw", "img.qcow2")
+
+
+@recipe("data-file-extl2", tags={"data-file"})
+def _data_file_extl2(b):
+    """External data file and extended L2 entries together."""
+    b.create("img.qcow2", SIZE, opts="data_file=%s,extended_l2=on"
+             % (b.dir / "img.data"))
+    b.io("img.qcow2", *[c for c in _extl2_writes(64 * KiB, 2 * KiB)
+                        if "-c" not in c.split()],
+         *std_writes(compressed=False))
+
+
+@recipe("extl2-prealloc-metadata")
+def _extl2_prealloc(b):
+    """extended_l2=on with preallocation=metadata."""
+    b.create("img.qcow2", SIZE, opts="extended_l2=on,preallocation=metadata")
+    b.io("img.qcow2", *std_writes(compressed=False))
+
+
+# ---------------------------------------------------------------------------
+# Header pokes: states qemu produces itself (corrupt and dirty bits) or must
+# tolerate (unknown compatible/autoclear bits and header extensions).
+
+def poke_header(path, **fields):
+    """Set v3 header fields: incompatible, compatible, autoclear (OR-ed
+    in), version (replaced)."""
+    offsets = {"version": (4, ">I"), "incompatible": (72, ">Q"),
+               "compatible": (80, ">Q"), "autoclear": (88, ">Q")}
+    with open(path, "r+b") as f:
+        for name, value in fields.items():
+            off, fmt = offsets[name]
+            f.seek(off)
+            old = struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+            f.seek(off)
+            f.write(struct.pack(fmt, value if name == "version"
+                                else old | value))
+
+
+def add_header_extension(path, ext_type, data):
+    """Insert a header extension before the end-of-extensions marker of a
+    qcow2 v3 image without a backing file (whose name would follow the
+    extensions)."""
+    with open(path, "r+b") as f:
+        hdr = f.read(4096)
+        assert struct.unpack(">Q", hdr[8:16])[0] == 0, "has a backing file"
+        off = struct.unpack(">I", hdr[100:104])[0]
+        while True:
+            t, n = struct.unpack(">II", hdr[off:off + 8])
+            if t == 0:
+                break
+            off += 8 + (n + 7) // 8 * 8
+        ext = struct.pack(">II", ext_type, len(data)) + data
+        ext += bytes(-len(ext) % 8) + bytes(8)      # padding, end marker
+        assert off + len(ext) <= 4096
+        f.seek(off)
+        f.write(ext)
+
+
+@recipe("poked-dirty-corrupt", tags={"compressed"})
+def _poked_dirty_corrupt(b):
+    """Dirty and corrupt bits set (as qemu sets them on a crash with lazy
+    refcounts and on detecting corruption): read-only opens still work."""
+    b.create("img.qcow2", SIZE)
+    b.io("img.qcow2", *std_writes())
+    poke_header(b.dir / "img.qcow2", incompatible=0x3)
+
+
+@recipe("poked-unknown-ext", tags={"compressed"})
+def _poked_unknown(b):
+    """Unknown compatible and autoclear feature bits and an unknown header
+    extension: all must be ignored by a reader."""
+    b.create("img.qcow2", SIZE)
+    b.io("img.qcow2", *std_writes())
+    poke_header(b.dir / "img.qcow2", compatible=1 << 63, autoclear=1 << 62)
+    add_header_extension(b.dir / "img.qcow2", 0x76696D67, b"vimg interop")
+
+
+@recipe("big-sparse", tags={"big"})
+def _big_sparse(b):
+    """Virtual size 1 TiB + 196608 + 512 with data at 0, 600 GiB and past
+    1 TiB (info, map and strict self-compare only)."""
+    b.create("img.qcow2", (1 << 40) + 3 * 65536 + 512)
+    b.io("img.qcow2", "write -P 0xe1 0 64k", "write -P 0xe2 %d 4k" % (600 << 30),
+         "write -c -P 0xe3 %d 64k" % (1 << 40), "write -z %d 64k" % (2 << 30))
+
+
+@recipe("huge-2M-cluster", tags={"big"})
+def _huge(b):
+    """Virtual size 1 PiB with 2 MiB clusters: a 4 MiB L1 table.  (At
+    1 EiB qemu-img's own map takes minutes.)"""
+    b.create("img.qcow2", 1 << 50, opts="cluster_size=2M")
+    b.io("img.qcow2", "write -P 0xe4 0 64k",
+         "write -P 0xe5 %d 4k" % ((1 << 50) - 4096))
+
+
+@recipe("size-1000k")
+def _size_1000k(b):
+    """Virtual size 1000 KiB ("0.977 MiB" in human output)."""
+    b.create("img.qcow2", 1000 * KiB, opts="cluster_size=4k")
+    b.io("img.qcow2", "write -s {mix} 0 1000k", "write -z 500k 12k")

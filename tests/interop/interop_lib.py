@@ -49,9 +49,13 @@ def run(argv, cwd=None, timeout=TIMEOUT):
     exit status).  A hang is a failure, not a skip."""
     argv = [str(a) for a in argv]
     try:
-        return subprocess.run(argv, cwd=cwd, env=ENV, capture_output=True,
-                              text=True, errors="surrogateescape",
+        # bytes, decoded here: text mode would turn progress bars' "\r"
+        # into "\n"
+        proc = subprocess.run(argv, cwd=cwd, env=ENV, capture_output=True,
                               timeout=timeout)
+        proc.stdout = proc.stdout.decode("utf-8", "surrogateescape")
+        proc.stderr = proc.stderr.decode("utf-8", "surrogateescape")
+        return proc
     except subprocess.TimeoutExpired as e:
         raise AssertionError("timed out after %ss: %s (cwd %s)"
                              % (timeout, " ".join(argv), cwd)) from e

@@ -9,14 +9,19 @@ import interop_corpus
 from interop_lib import first_nonzero, flip_byte, run_checked, QEMU_IMG
 
 ALL = interop_corpus.ids()
+# "big" images have virtual sizes of TiBs: no raw conversion
+SMALL = interop_corpus.ids(without_tags={"big"})
 BACKING = interop_corpus.ids(with_tags={"backing"})
 MODES = [(), ("-s",)]
 MODE_IDS = ["normal", "strict"]
 
 
 def _progress_tail(text):
-    """With -p, what follows the last progress update: the final message."""
-    return text.rsplit("\r", 1)[-1]
+    """With -p, the messages without the progress updates: qemu-img draws
+    "    (x/100%)\r" on stdout and ends with a blank line; vimg draws its bar
+    on stderr.  Keep the lines that are neither."""
+    lines = text.replace("\r", "\n").splitlines()
+    return [l for l in lines if l.strip() and not l.strip().endswith("/100%)")]
 
 
 def _compare(image, *args, progress=False):
@@ -35,12 +40,14 @@ def _compare(image, *args, progress=False):
         w, g = want.stdout, got.stdout
         if progress:
             w, g = _progress_tail(w), _progress_tail(g)
+            # vimg's bar is on stderr and must have reached 100%
+            assert "100.0%" in got.stderr, got.stderr
         assert g == w, "vimg %s: stdout %r, qemu-img's %r" % (cmd, g, w)
     return want.returncode
 
 
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
-@pytest.mark.parametrize("image", ALL, indirect=True)
+@pytest.mark.parametrize("image", SMALL, indirect=True)
 def test_compare_with_raw_conversion(image, mode):
     """The image against qemu-img's raw conversion of it: identical
     (in strict mode, block status may differ)."""
@@ -59,7 +66,7 @@ def _flip_offset(image, where):
 
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
 @pytest.mark.parametrize("where", ["in-data", "last-byte"])
-@pytest.mark.parametrize("image", ALL, indirect=True)
+@pytest.mark.parametrize("image", SMALL, indirect=True)
 def test_compare_with_flipped_byte(image, where, mode, scratch):
     """One byte of the raw conversion flipped: "Content mismatch at offset
     N!" (N as qemu-img computes it) and exit code 1."""

@@ -68,9 +68,6 @@ int cmd_compare(int argc, char **argv)
         return 2;
     }
     const char *file_a = argv[optind], *file_b = argv[optind + 1];
-    if (!fmt_b) {
-        fmt_b = fmt_a;
-    }
     vimg_image *a = NULL, *b = NULL;
     int rc = 2;
     if (cli_open(&a, file_a, fmt_a, 0) < 0 ||

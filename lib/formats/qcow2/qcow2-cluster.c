@@ -48,15 +48,17 @@ enum qcow2_subcluster_type qcow2_l2_entry_type(const struct qcow2_state *s,
         }
         return has_host ? QCOW2_SC_NORMAL : QCOW2_SC_UNALLOCATED;
     }
-    const bool is_alloc = (bitmap >> sc) & 1;
-    const bool is_zero = (bitmap >> (32 + sc)) & 1;
-    if (is_alloc && is_zero) {
+    /* The whole entry must be consistent, not just subcluster SC: no
+     * subcluster both allocated and zero, none allocated without a host
+     * cluster (qcow2.txt, Subcluster Allocation Bitmap). */
+    const uint32_t alloc_bits = (uint32_t)bitmap;
+    const uint32_t zero_bits = (uint32_t)(bitmap >> 32);
+    if ((alloc_bits & zero_bits) || (!has_host && alloc_bits)) {
         return QCOW2_SC_INVALID;
     }
+    const bool is_alloc = (alloc_bits >> sc) & 1;
+    const bool is_zero = (zero_bits >> sc) & 1;
     if (!has_host) {
-        if (is_alloc) {
-            return QCOW2_SC_INVALID;
-        }
         return is_zero ? QCOW2_SC_ZERO_PLAIN : QCOW2_SC_UNALLOCATED;
     }
     if (is_alloc) {
@@ -144,69 +146,69 @@ int qcow2_get_mapping(struct vimg_image *img, uint64_t offset, uint64_t bytes,
         const unsigned sc = (unsigned)((pos & cluster_mask) >> sc_bits);
         const enum qcow2_subcluster_type t =
             qcow2_l2_entry_type(s, entry, bitmap, sc);
+        const uint64_t cluster_host = entry & QCOW2_L2E_OFFSET_MASK;
+        const uint64_t host =
+            type_has_host(t) ? cluster_host + (pos & cluster_mask) : 0;
 
+        /* Stop where the extent stops before judging the next entry, so a
+         * corrupt neighbour does not fail a query for a good range. */
+        if (pos != offset && (t != first || t == QCOW2_SC_COMPRESSED ||
+                              (type_has_host(t) && host != expect_host))) {
+            break;
+        }
         if (t == QCOW2_SC_INVALID) {
             ret = qcow2_corrupt(img,
-                             "invalid subcluster "
-                             "bitmap 0x%016llx in L2 table 0x%llx entry %zu",
-                             (unsigned long long)bitmap,
-                             (unsigned long long)l2_offset, i);
+                                "invalid subcluster bitmap 0x%016llx in L2 "
+                                "table 0x%llx entry %zu",
+                                (unsigned long long)bitmap,
+                                (unsigned long long)l2_offset, i);
             goto out;
         }
         if (t == QCOW2_SC_COMPRESSED) {
-            if (pos != offset) {
-                break; /* a compressed cluster is always its own extent */
-            }
             const uint64_t coff = entry & s->csize_mask;
             const uint64_t nb_sectors =
                 ((entry >> s->csize_shift) &
                  ((1ull << (s->cluster_bits - 8)) - 1)) + 1;
+            if (coff >= s->file_size) {
+                ret = qcow2_corrupt(img,
+                                    "compressed cluster at 0x%llx (guest "
+                                    "offset 0x%llx) is past the end of the "
+                                    "file",
+                                    (unsigned long long)coff,
+                                    (unsigned long long)offset);
+                goto out;
+            }
             out->type = t;
             out->comp_offset = coff;
             out->comp_bytes = nb_sectors * 512 - (coff & 511);
             pos = VIMG_MIN(end, (pos | cluster_mask) + 1);
-            if (coff >= s->file_size) {
-                ret = qcow2_corrupt(img,
-                                 "compressed cluster "
-                                 "at 0x%llx (guest offset 0x%llx) is past "
-                                 "the end of the file",
-                                 (unsigned long long)coff,
-                                 (unsigned long long)offset);
-                goto out;
-            }
-            break;
+            break; /* a compressed cluster is always its own extent */
         }
-        uint64_t host = 0;
         if (type_has_host(t)) {
-            const uint64_t cluster_host = entry & QCOW2_L2E_OFFSET_MASK;
             if (cluster_host & cluster_mask) {
                 ret = qcow2_corrupt(img,
-                                 "cluster offset "
-                                 "0x%llx (L2 table 0x%llx entry %zu) is not "
-                                 "cluster aligned",
-                                 (unsigned long long)cluster_host,
-                                 (unsigned long long)l2_offset, i);
+                                    "cluster offset 0x%llx (L2 table 0x%llx "
+                                    "entry %zu) is not cluster aligned",
+                                    (unsigned long long)cluster_host,
+                                    (unsigned long long)l2_offset, i);
                 goto out;
             }
             if (t == QCOW2_SC_NORMAL && s->data_io == img->io &&
                 cluster_host >= s->file_size) {
                 ret = qcow2_corrupt(img,
-                                 "data cluster at "
-                                 "0x%llx (guest offset 0x%llx) is past the "
-                                 "end of the file (0x%llx)",
-                                 (unsigned long long)cluster_host,
-                                 (unsigned long long)pos,
-                                 (unsigned long long)s->file_size);
+                                    "data cluster at 0x%llx (guest offset "
+                                    "0x%llx) is past the end of the file "
+                                    "(0x%llx)",
+                                    (unsigned long long)cluster_host,
+                                    (unsigned long long)pos,
+                                    (unsigned long long)s->file_size);
                 goto out;
             }
-            host = cluster_host + (pos & cluster_mask);
         }
         if (pos == offset) {
             first = t;
             out->type = t;
             out->host_offset = host;
-        } else if (t != first || (type_has_host(t) && host != expect_host)) {
-            break;
         }
         /* advance to the next subcluster (or cluster) */
         const uint64_t next = VIMG_MIN(end, ((pos >> sc_bits) + 1) << sc_bits);

@@ -38,7 +38,7 @@ int qcow2_header_decode(struct qcow2_header *h, const uint8_t *buf,
     }
     h->version = load_be32(buf + QCOW2_HDR_VERSION);
     if (h->version < 2 || h->version > 3) {
-        return vimg_error(-ENOTSUP, "qcow2: version %u is not supported",
+        return vimg_error(-ENOTSUP, "unsupported qcow2 version %u",
                           h->version);
     }
     h->backing_file_offset = load_be64(buf + QCOW2_HDR_BACKING_OFFSET);

@@ -18,10 +18,9 @@
 
 static int qcow2_probe(const uint8_t *buf, size_t len)
 {
-    return len >= 8 && load_be32(buf) == QCOW2_MAGIC &&
-                   load_be32(buf + 4) >= 2 && load_be32(buf + 4) <= 3
-               ? 100
-               : 0;
+    /* The magic alone decides, so that an unsupported version is reported
+     * as such instead of the file being taken for raw. */
+    return len >= 4 && load_be32(buf) == QCOW2_MAGIC ? 100 : 0;
 }
 
 static void qcow2_close(struct vimg_image *img)

@@ -15,8 +15,19 @@ static int raw_probe(const uint8_t *buf, size_t len)
 
 static int raw_open(struct vimg_image *img, unsigned flags)
 {
-    (void)flags;
-    return vimg_io_get_size(img->io, &img->size);
+    uint64_t size;
+    int ret = vimg_io_get_size(img->io, &size);
+
+    if (ret < 0) {
+        return ret;
+    }
+    /* Disks are made of 512-byte sectors: like qemu, round the size up;
+     * the tail past the end of the file reads as zeroes. */
+    if (size > UINT64_MAX - 511) {
+        return vimg_error(-EFBIG, "%s: file too large", img->filename);
+    }
+    img->size = (size + 511) & ~(uint64_t)511;
+    return 0;
 }
 
 static void raw_close(struct vimg_image *img)
