@@ -234,10 +234,9 @@ static void exercise(const uint8_t *data, size_t size, const char *format,
     read_range(img, 0, disk, fine, &small_budget);
     if (disk > head_end) {
         const uint64_t mid = disk / 2 > head_end ? disk / 2 : head_end;
-        const uint64_t mid_end = disk - mid < window / 2 ? disk
-                                                         : mid + window / 2;
-        const uint64_t tail = disk - window / 2 > mid_end
-                                  ? disk - window / 2 : mid_end;
+        const uint64_t mid_end = disk - mid < window ? disk : mid + window;
+        const uint64_t tail = disk - window > mid_end ? disk - window
+                                                      : mid_end;
         budget = window;
         steps = STATUS_STEPS / 4;
         walk_status(img, mid, mid_end, &steps);
@@ -248,7 +247,7 @@ static void exercise(const uint8_t *data, size_t size, const char *format,
         read_range(img, tail, disk, sizeof(read_buf), &budget);
     }
     if (verbose) {
-        fprintf(stderr, "  disk 0x%llx bytes, %u status calls left\n",
+        fprintf(stderr, "  disk 0x%llx bytes, %u status calls unused\n",
                 (unsigned long long)disk, steps);
     }
     vimg_close(img);

@@ -191,14 +191,12 @@ int vimg_io_file_open(struct vimg_io **out, const char *path, bool writable,
     int fd = open(path, oflags, 0644);
     if (fd < 0) {
         int err = -errno;
-        return vimg_error(err, "could not open '%s': %s", path,
-                          strerror(-err));
+        return vimg_error(err, "%s: %s", path, strerror(-err));
     }
     struct stat st;
     if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
         close(fd);
-        return vimg_error(-EISDIR, "could not open '%s': is a directory",
-                          path);
+        return vimg_error(-EISDIR, "%s: is a directory", path);
     }
     struct io_file *f = calloc(1, sizeof(*f));
     char *copy = strdup(path);

@@ -140,7 +140,9 @@ static void test_open_errors(void **state)
     snprintf(missing, sizeof(missing), "%s.missing", t->path);
     vimg_error_clear();
     assert_error(vimg_io_file_open(&io, missing, false, false), -ENOENT,
-                 "could not open");
+                 "no such file");
+    /* the message names the file */
+    assert_non_null(strstr(vimg_last_error(), missing));
     assert_null(io);
 
     /* a directory is not an image */

@@ -95,7 +95,13 @@ int cli_open(vimg_image **out, const char *file, const char *format,
     int ret = vimg_open(out, file, format, flags);
 
     if (ret < 0) {
-        cli_error("Could not open '%s': %s", file, vimg_last_error());
+        /* the library's message usually starts with the file name */
+        const char *msg = vimg_last_error();
+        const size_t n = strlen(file);
+        if (strncmp(msg, file, n) == 0 && strncmp(msg + n, ": ", 2) == 0) {
+            msg += n + 2;
+        }
+        cli_error("Could not open '%s': %s", file, msg);
     }
     return ret;
 }

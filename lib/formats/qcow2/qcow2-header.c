@@ -242,13 +242,13 @@ int qcow2_extensions_decode(struct qcow2_extensions *ext, const uint8_t *buf,
         const uint32_t len = load_be32(buf + off + 4);
         const size_t at = off;
         off += 8;
-        if (type == QCOW2_EXT_END) {
-            break;
-        }
         if (len > end - off) {
             ret = ext_corrupt("extends past the end of the header area", type,
                               at);
             goto fail;
+        }
+        if (type == QCOW2_EXT_END) {
+            break; /* (any length it claims was checked above, as qemu) */
         }
         const uint8_t *data = buf + off;
         switch (type) {
