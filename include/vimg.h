@@ -187,6 +187,34 @@ struct vimg_info {
 VIMG_API int vimg_get_info(vimg_image *img, struct vimg_info **out);
 VIMG_API void vimg_info_free(struct vimg_info *info);
 
+#define VIMG_CREATE_OPTS_VERSION 1
+/* What a new image looks like (qemu-img create -o names in comments). */
+struct vimg_create_opts {
+    unsigned version;            /* VIMG_CREATE_OPTS_VERSION */
+    const char *format;          /* "raw" or "qcow2" */
+    uint64_t size;               /* virtual size in bytes */
+    uint32_t cluster_size;       /* cluster_size; 0: 64 KiB */
+    unsigned qcow2_version;      /* compat: 2 (0.10) or 3 (1.1); 0: 3 */
+    bool lazy_refcounts;         /* lazy_refcounts */
+    unsigned refcount_bits;      /* refcount_bits; 0: 16 */
+    bool extended_l2;            /* extended_l2 */
+    const char *data_file;       /* data_file, or NULL */
+    bool data_file_raw;          /* data_file_raw */
+    const char *compression_type; /* "zlib" (NULL) or "zstd" */
+    const char *preallocation;   /* "off" (NULL), "metadata", "falloc", "full" */
+    const char *backing_file;    /* backing_file, or NULL */
+    const char *backing_format;  /* backing_fmt, or NULL */
+};
+#define VIMG_CREATE_OPTS_INIT { VIMG_CREATE_OPTS_VERSION, "qcow2", 0, 0, 0, \
+    false, 0, false, NULL, false, NULL, NULL, NULL, NULL }
+
+/*
+ * Create a new image at PATH (an existing file is replaced).  Options the
+ * format cannot combine are refused with -EINVAL and the reason, before
+ * anything is written.  The backing file is only named, not opened.
+ */
+VIMG_API int vimg_create(const char *path, const struct vimg_create_opts *opts);
+
 /* Progress of a long operation: DONE of TOTAL units (bytes). */
 typedef void (*vimg_progress_fn)(void *opaque, uint64_t done, uint64_t total);
 

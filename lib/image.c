@@ -351,6 +351,24 @@ int vimg_block_status(vimg_image *img, uint64_t offset, uint64_t count,
     }
 }
 
+int vimg_create(const char *path, const struct vimg_create_opts *opts)
+{
+    if (!path || !opts || !opts->format ||
+        opts->version != VIMG_CREATE_OPTS_VERSION) {
+        return vimg_error(-EINVAL, "vimg_create: bad argument");
+    }
+    vimg_error_clear();
+    const struct vimg_format *drv = vimg_format_find(opts->format);
+    if (!drv) {
+        return vimg_error(-EINVAL, "unknown format '%s'", opts->format);
+    }
+    if (!drv->create) {
+        return vimg_error(-ENOTSUP, "creating %s images is not supported",
+                          drv->name);
+    }
+    return drv->create(path, opts);
+}
+
 int vimg_get_info(vimg_image *img, struct vimg_info **out)
 {
     if (!img || !out) {

@@ -39,6 +39,8 @@ struct vimg_format {
                         uint64_t count, struct vimg_layer_status *out);
     /* Fill the format-specific part of INFO. */
     int (*info)(struct vimg_image *img, struct vimg_info *info);
+    /* Make a new image at PATH; options already checked for NULLs. */
+    int (*create)(const char *path, const struct vimg_create_opts *opts);
 };
 
 /* registry.c */

@@ -158,6 +158,20 @@ static int file_allocated_size(struct vimg_io *io, uint64_t *out)
     return 0;
 }
 
+static int file_fallocate(struct vimg_io *io, uint64_t off, uint64_t len)
+{
+    struct io_file *f = (struct io_file *)io;
+    int err = posix_fallocate(f->fd, (off_t)off, (off_t)len);
+
+    if (err) {
+        return vimg_error(-err, "%s: cannot preallocate %llu bytes at 0x%llx: "
+                                "%s",
+                          f->path, (unsigned long long)len,
+                          (unsigned long long)off, strerror(err));
+    }
+    return 0;
+}
+
 static void file_close(struct vimg_io *io)
 {
     struct io_file *f = (struct io_file *)io;
@@ -175,6 +189,7 @@ static const struct vimg_io_ops file_ops = {
     .truncate = file_truncate,
     .data_status = file_data_status,
     .allocated_size = file_allocated_size,
+    .fallocate = file_fallocate,
     .close = file_close,
 };
 
@@ -222,6 +237,15 @@ int vimg_io_data_status(struct vimg_io *io, uint64_t off, uint64_t len,
         return 1;
     }
     return io->ops->data_status(io, off, len, len_out);
+}
+
+int vimg_io_fallocate(struct vimg_io *io, uint64_t off, uint64_t len)
+{
+    if (!io->ops->fallocate) {
+        return vimg_error(-ENOTSUP, "%s: preallocation is not supported",
+                          io->name);
+    }
+    return io->ops->fallocate(io, off, len);
 }
 
 int vimg_io_allocated_size(struct vimg_io *io, uint64_t *out)

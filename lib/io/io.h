@@ -28,6 +28,8 @@ struct vimg_io_ops {
      */
     int (*data_status)(struct vimg_io *io, uint64_t off, uint64_t len,
                        uint64_t *len_out);
+    /* Optional: reserve [off, off+len) on disk (posix_fallocate). */
+    int (*fallocate)(struct vimg_io *io, uint64_t off, uint64_t len);
     /* Optional: bytes the file really occupies (st_blocks * 512). */
     int (*allocated_size)(struct vimg_io *io, uint64_t *out);
     void (*close)(struct vimg_io *io);
@@ -76,6 +78,8 @@ static inline void vimg_io_close(struct vimg_io *io)
 int vimg_io_data_status(struct vimg_io *io, uint64_t off, uint64_t len,
                         uint64_t *len_out);
 int vimg_io_allocated_size(struct vimg_io *io, uint64_t *out);
+/* Reserve space; -ENOTSUP where the backend cannot. */
+int vimg_io_fallocate(struct vimg_io *io, uint64_t off, uint64_t len);
 
 /* io-file.c: open PATH; WRITABLE opens read-write.  CREATE creates or
  * truncates it (implies WRITABLE). */

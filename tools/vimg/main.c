@@ -12,6 +12,7 @@ int cmd_info(int argc, char **argv);
 int cmd_map(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
+int cmd_create(int argc, char **argv);
 static int cmd_help(int argc, char **argv);
 
 const struct cli_command cli_commands[] = {
@@ -29,6 +30,9 @@ const struct cli_command cli_commands[] = {
     {"compare", cmd_compare,
      "compare [-f FMT] [-F FMT] [-s] [-p] [-q] A B",
      "check whether two images have the same guest content"},
+    {"create", cmd_create,
+     "create -f FMT [-b BACKING [-F FMT]] [-u] [-o OPTIONS] [-q] FILE [SIZE]",
+     "create a new raw or qcow2 image ('-o help' lists the options)"},
     {"help", cmd_help, "help [COMMAND]", "show help"},
     {NULL, NULL, NULL, NULL},
 };

@@ -494,4 +494,5 @@ const struct vimg_format vimg_format_qcow2 = {
     .flush = qcow2_flush,
     .block_status = qcow2_block_status,
     .info = qcow2_info,
+    .create = qcow2_create,
 };

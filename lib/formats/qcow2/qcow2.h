@@ -280,6 +280,9 @@ int qcow2_pread(struct vimg_image *img, void *buf, size_t count,
 int qcow2_decompress_cluster(struct vimg_image *img, uint64_t comp_offset,
                              uint64_t comp_bytes, uint8_t *out);
 
+/* qcow2-create.c */
+int qcow2_create(const char *path, const struct vimg_create_opts *opts);
+
 /* qcow2-refcount.c */
 /* Read refcount block entry INDEX of width 1 << ORDER bits from BLOCK. */
 uint64_t qcow2_refcount_get(const uint8_t *block, uint64_t index,

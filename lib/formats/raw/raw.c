@@ -67,6 +67,52 @@ static int raw_block_status(struct vimg_image *img, uint64_t offset,
     return 0;
 }
 
+static int raw_create(const char *path, const struct vimg_create_opts *o)
+{
+    const char *prealloc = o->preallocation ? o->preallocation : "off";
+    const bool is_off = strcmp(prealloc, "off") == 0;
+    const bool is_falloc = strcmp(prealloc, "falloc") == 0;
+    const bool is_full = strcmp(prealloc, "full") == 0;
+
+    if (!is_off && !is_falloc && !is_full) {
+        return vimg_error(-EINVAL, "%s: Unsupported preallocation mode: %s",
+                          path, prealloc);
+    }
+    if (o->backing_file || o->data_file || o->extended_l2 ||
+        o->lazy_refcounts || o->cluster_size || o->refcount_bits ||
+        o->compression_type || o->qcow2_version) {
+        return vimg_error(-EINVAL, "%s: raw images take no options but "
+                                   "size and preallocation",
+                          path);
+    }
+    const uint64_t size = (o->size + 511) & ~(uint64_t)511;
+    struct vimg_io *io = NULL;
+    int ret = vimg_io_file_open(&io, path, true, true);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = vimg_io_truncate(io, size);
+    if (ret == 0 && is_falloc && size) {
+        ret = vimg_io_fallocate(io, 0, size);
+    }
+    if (ret == 0 && (is_off || is_full)) {
+        /* qemu allocates the first block of a new raw file (so O_DIRECT
+         * users can probe alignment); full writes zeroes everywhere */
+        static const uint8_t zero[64 * 1024];
+        const uint64_t end = is_full ? size : VIMG_MIN(size, 4096);
+        for (uint64_t off = 0; off < end && ret == 0;) {
+            const size_t n = (size_t)VIMG_MIN(end - off, sizeof(zero));
+            ret = vimg_io_pwrite(io, zero, n, off);
+            off += n;
+        }
+    }
+    if (ret == 0) {
+        ret = vimg_io_flush(io);
+    }
+    vimg_io_close(io);
+    return ret;
+}
+
 const struct vimg_format vimg_format_raw = {
     .name = "raw",
     .probe = raw_probe,
@@ -76,4 +122,5 @@ const struct vimg_format vimg_format_raw = {
     .pwrite = raw_pwrite,
     .flush = raw_flush,
     .block_status = raw_block_status,
+    .create = raw_create,
 };
