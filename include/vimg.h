@@ -16,6 +16,10 @@
  *   the same handle.  Reads of allocated data do not hold a lock while they
  *   do data I/O; metadata caches are guarded inside each format driver.
  * - vimg_close must not race with any other call on the same handle.
+ *
+ * Environment
+ * - VIMG_QCOW2_L2_CACHE_SIZE: bytes of L2 tables a qcow2 image caches
+ *   (default 32 MiB, like qemu's l2-cache-size), read at open.
  */
 #ifndef VIMG_H
 #define VIMG_H

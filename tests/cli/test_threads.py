@@ -194,3 +194,16 @@ def test_read_threads_detects_mismatch(images, tmp_path):
     assert_no_crash(p, 'read-threads on a wrong reference')
     assert p.returncode == 1, p.stdout + p.stderr
     assert f'{len(data) // 2:#x}' in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize('name', ['c512', 'extl2', 'chain'])
+def test_read_threads_evicting_cache(images, name):
+    """A two-slot L2 cache: tables are evicted and reloaded constantly
+    while 8 threads read; every byte must still be right."""
+    img, ref = images(name)
+    env = dict(os.environ, VIMG_QCOW2_L2_CACHE_SIZE='1')
+    p = run([READ_THREADS, '-t', 8, '-n', ITERATIONS, '-s', 99, img, ref],
+            timeout=300, env=env)
+    assert_no_crash(p, f'read-threads {name} with a tiny cache')
+    assert p.returncode == 0, p.stderr + p.stdout
+    assert 'all match' in p.stdout

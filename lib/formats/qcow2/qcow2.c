@@ -303,8 +303,20 @@ static int qcow2_open(struct vimg_image *img, unsigned flags)
         }
     }
 
+    /* VIMG_QCOW2_L2_CACHE_SIZE (bytes) overrides the default, like qemu's
+     * l2-cache-size option; tests use it to force evictions. */
     size_t slots = QCOW2_L2_CACHE_BYTES >> s->cluster_bits;
-    slots = VIMG_MAX(slots, (size_t)QCOW2_L2_CACHE_MIN_SLOTS);
+    size_t min_slots = QCOW2_L2_CACHE_MIN_SLOTS;
+    const char *env = getenv("VIMG_QCOW2_L2_CACHE_SIZE");
+    if (env && *env) {
+        char *end;
+        const unsigned long long bytes = strtoull(env, &end, 0);
+        if (*end == '\0' && bytes > 0) {
+            slots = (size_t)VIMG_MIN(bytes >> s->cluster_bits, 1ull << 20);
+            min_slots = 2;
+        }
+    }
+    slots = VIMG_MAX(slots, min_slots);
     slots = VIMG_MIN(slots, (size_t)s->h.l1_size + 1);
     s->l2_cache = qcow2_cache_new((size_t)s->cluster_size, slots);
     if (!s->l2_cache) {
