@@ -97,6 +97,24 @@ VIMG_API int vimg_pread(vimg_image *img, void *buf, size_t count,
 VIMG_API int vimg_pwrite(vimg_image *img, const void *buf, size_t count,
                          uint64_t offset);
 
+/* Flags for vimg_write_zeroes(). */
+#define VIMG_ZERO_MAY_UNMAP 0x1u /* storage may be released */
+
+/*
+ * Make COUNT bytes at OFFSET read as zeroes, without writing zero data
+ * where the format can record zeroes instead (qcow2 zero clusters).  With
+ * VIMG_ZERO_MAY_UNMAP the storage may be released.
+ */
+VIMG_API int vimg_write_zeroes(vimg_image *img, uint64_t offset,
+                               uint64_t count, unsigned flags);
+
+/*
+ * Tell the image COUNT bytes at OFFSET are no longer needed.  Afterwards
+ * they read as zeroes (never as stale backing-file data).  Ranges smaller
+ * than the format's allocation unit may be zeroed instead of released.
+ */
+VIMG_API int vimg_discard(vimg_image *img, uint64_t offset, uint64_t count);
+
 /* Make everything written so far durable. */
 VIMG_API int vimg_flush(vimg_image *img);
 

@@ -251,6 +251,52 @@ int vimg_pwrite(vimg_image *img, const void *buf, size_t count,
     return img->drv->pwrite(img, buf, count, offset);
 }
 
+int vimg_write_zeroes(vimg_image *img, uint64_t offset, uint64_t count,
+                      unsigned flags)
+{
+    if (!img) {
+        return vimg_error(-EINVAL, "vimg_write_zeroes: NULL argument");
+    }
+    if (!img->is_writable) {
+        return vimg_error(-EROFS, "%s: image is opened read-only",
+                          img->filename);
+    }
+    if (count > SIZE_MAX) {
+        return vimg_error(-EINVAL, "vimg_write_zeroes: count too large");
+    }
+    int ret = check_range(img, (size_t)count, offset);
+    if (ret < 0 || count == 0) {
+        return ret;
+    }
+    if (img->drv->write_zeroes) {
+        return img->drv->write_zeroes(img, offset, count, flags);
+    }
+    /* generic fallback: write zero data */
+    static const uint8_t zero[64 * 1024];
+    while (count > 0 && ret == 0) {
+        const size_t n = (size_t)VIMG_MIN(count, (uint64_t)sizeof(zero));
+        ret = vimg_pwrite(img, zero, n, offset);
+        offset += n;
+        count -= n;
+    }
+    return ret;
+}
+
+int vimg_discard(vimg_image *img, uint64_t offset, uint64_t count)
+{
+    if (!img) {
+        return vimg_error(-EINVAL, "vimg_discard: NULL argument");
+    }
+    if (img->is_writable && img->drv->discard && count <= SIZE_MAX) {
+        int ret = check_range(img, (size_t)count, offset);
+        if (ret < 0 || count == 0) {
+            return ret;
+        }
+        return img->drv->discard(img, offset, count);
+    }
+    return vimg_write_zeroes(img, offset, count, VIMG_ZERO_MAY_UNMAP);
+}
+
 int vimg_flush(vimg_image *img)
 {
     if (!img) {

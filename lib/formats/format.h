@@ -34,6 +34,10 @@ struct vimg_format {
     int (*pwrite)(struct vimg_image *img, const void *buf, size_t count,
                   uint64_t offset);
     int (*flush)(struct vimg_image *img);
+    /* Optional; the image layer falls back to writing zero data. */
+    int (*write_zeroes)(struct vimg_image *img, uint64_t offset,
+                        uint64_t count, unsigned flags);
+    int (*discard)(struct vimg_image *img, uint64_t offset, uint64_t count);
     /* OFFSET < img->size, 0 < COUNT <= img->size - OFFSET. */
     int (*block_status)(struct vimg_image *img, uint64_t offset,
                         uint64_t count, struct vimg_layer_status *out);

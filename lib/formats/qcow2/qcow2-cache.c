@@ -4,6 +4,11 @@
  * their file offset, with least-recently-used eviction.  An open-addressed
  * hash index finds a table in O(1); a doubly linked list in use order makes
  * eviction O(1) too.  The caller serialises access.
+ *
+ * Tables changed in memory are marked dirty and written back through the
+ * owner's callback when evicted or flushed; the callback is where the
+ * owner enforces write ordering (an L2 table is written only after the
+ * refcounts it depends on are durable).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +19,7 @@
 
 struct cache_slot {
     uint64_t offset; /* EMPTY when unused */
+    bool is_dirty;
     size_t prev, next; /* LRU list: head is most recently used */
 };
 
@@ -26,6 +32,8 @@ struct qcow2_cache {
     int32_t *index;          /* slot number, -1 empty, -2 deleted */
     size_t head, tail;
     uint64_t hits, misses;
+    qcow2_cache_writeback_fn writeback;
+    void *writeback_opaque;
 };
 
 static size_t hash_offset(uint64_t offset, size_t mask)
@@ -158,6 +166,15 @@ int qcow2_cache_get(struct qcow2_cache *c, uint64_t file_offset,
     /* The tail is empty or the least recently used slot */
     const size_t victim = c->tail;
     struct cache_slot *slot = &c->slots[victim];
+    if (slot->offset != EMPTY && slot->is_dirty) {
+        int ret = c->writeback(c->writeback_opaque, slot->offset,
+                               c->tables + victim * c->table_bytes,
+                               c->table_bytes);
+        if (ret < 0) {
+            return ret;
+        }
+        slot->is_dirty = false;
+    }
     if (slot->offset != EMPTY) {
         long old = find(c, slot->offset);
         if (old >= 0) {
@@ -186,4 +203,69 @@ void qcow2_cache_stats(const struct qcow2_cache *c, uint64_t *hits,
 {
     *hits = c->hits;
     *misses = c->misses;
+}
+
+void qcow2_cache_set_writeback(struct qcow2_cache *c,
+                               qcow2_cache_writeback_fn fn, void *opaque)
+{
+    c->writeback = fn;
+    c->writeback_opaque = opaque;
+}
+
+static long slot_of(const struct qcow2_cache *c, const uint8_t *table)
+{
+    if (table < c->tables ||
+        table >= c->tables + c->nb_slots * c->table_bytes) {
+        return -1;
+    }
+    return (long)((size_t)(table - c->tables) / c->table_bytes);
+}
+
+void qcow2_cache_mark_dirty(struct qcow2_cache *c, const uint8_t *table)
+{
+    const long s = slot_of(c, table);
+
+    if (s >= 0) {
+        c->slots[s].is_dirty = true;
+    }
+}
+
+bool qcow2_cache_has_dirty(const struct qcow2_cache *c)
+{
+    for (size_t s = 0; s < c->nb_slots; s++) {
+        if (c->slots[s].offset != EMPTY && c->slots[s].is_dirty) {
+            return true;
+        }
+    }
+    return false;
+}
+
+int qcow2_cache_flush(struct qcow2_cache *c)
+{
+    for (size_t s = 0; s < c->nb_slots; s++) {
+        struct cache_slot *slot = &c->slots[s];
+        if (slot->offset == EMPTY || !slot->is_dirty) {
+            continue;
+        }
+        int ret = c->writeback(c->writeback_opaque, slot->offset,
+                               c->tables + s * c->table_bytes,
+                               c->table_bytes);
+        if (ret < 0) {
+            return ret;
+        }
+        slot->is_dirty = false;
+    }
+    return 0;
+}
+
+void qcow2_cache_drop(struct qcow2_cache *c, uint64_t file_offset)
+{
+    const long pos = find(c, file_offset);
+
+    if (pos >= 0) {
+        struct cache_slot *slot = &c->slots[c->index[pos]];
+        slot->offset = EMPTY;
+        slot->is_dirty = false;
+        c->index[pos] = -2;
+    }
 }

@@ -85,6 +85,17 @@ int qcow2_get_mapping(struct vimg_image *img, uint64_t offset, uint64_t bytes,
                       struct qcow2_mapping *out)
 {
     struct qcow2_state *s = img->priv;
+
+    pthread_mutex_lock(&s->lock);
+    int ret = qcow2_get_mapping_locked(img, offset, bytes, out);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+int qcow2_get_mapping_locked(struct vimg_image *img, uint64_t offset,
+                             uint64_t bytes, struct qcow2_mapping *out)
+{
+    struct qcow2_state *s = img->priv;
     const uint64_t cluster_mask = s->cluster_size - 1;
     const uint64_t cluster_index = offset >> s->cluster_bits;
     const uint64_t l1_index = cluster_index >> s->l2_bits;
@@ -125,7 +136,6 @@ int qcow2_get_mapping(struct vimg_image *img, uint64_t offset, uint64_t bytes,
                           (unsigned long long)s->file_size);
     }
 
-    pthread_mutex_lock(&s->lock);
     const uint8_t *table;
     ret = qcow2_cache_get(s->l2_cache, l2_offset, load_l2, img, &table);
     if (ret < 0) {
@@ -139,6 +149,7 @@ int qcow2_get_mapping(struct vimg_image *img, uint64_t offset, uint64_t bytes,
     uint64_t expect_host = 0;
     size_t i = l2_index;
     enum qcow2_subcluster_type first = QCOW2_SC_INVALID;
+    bool is_copied = false;
     while (pos < end) {
         const uint8_t *e = table + i * s->l2_entry_bytes;
         const uint64_t entry = load_be64(e);
@@ -209,6 +220,9 @@ int qcow2_get_mapping(struct vimg_image *img, uint64_t offset, uint64_t bytes,
             first = t;
             out->type = t;
             out->host_offset = host;
+            is_copied = (entry & QCOW2_OFLAG_COPIED) != 0;
+        } else if (((entry & QCOW2_OFLAG_COPIED) != 0) != is_copied) {
+            break;
         }
         /* advance to the next subcluster (or cluster) */
         const uint64_t next = VIMG_MIN(end, ((pos >> sc_bits) + 1) << sc_bits);
@@ -219,8 +233,8 @@ int qcow2_get_mapping(struct vimg_image *img, uint64_t offset, uint64_t bytes,
         }
     }
     out->length = pos - offset;
+    out->is_copied = is_copied;
 out:
-    pthread_mutex_unlock(&s->lock);
     return ret;
 }
 
@@ -258,6 +272,12 @@ int qcow2_decompress_cluster(struct vimg_image *img, uint64_t comp_offset,
 int qcow2_pread(struct vimg_image *img, void *buf, size_t count,
                 uint64_t offset)
 {
+    return qcow2_read_range(img, buf, count, offset, false);
+}
+
+int qcow2_read_range(struct vimg_image *img, void *buf, size_t count,
+                     uint64_t offset, bool is_locked)
+{
     struct qcow2_state *s = img->priv;
     uint8_t *p = buf;
     uint8_t *cluster_buf = NULL;
@@ -265,7 +285,8 @@ int qcow2_pread(struct vimg_image *img, void *buf, size_t count,
 
     while (count > 0) {
         struct qcow2_mapping m;
-        ret = qcow2_get_mapping(img, offset, count, &m);
+        ret = is_locked ? qcow2_get_mapping_locked(img, offset, count, &m)
+                        : qcow2_get_mapping(img, offset, count, &m);
         if (ret < 0) {
             break;
         }

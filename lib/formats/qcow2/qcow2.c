@@ -30,6 +30,7 @@ static void qcow2_close(struct vimg_image *img)
     if (!s) {
         return;
     }
+    qcow2_close_write(img);
     if (s->data_io && s->data_io != img->io) {
         vimg_io_close(s->data_io);
     }
@@ -345,23 +346,12 @@ static int qcow2_open(struct vimg_image *img, unsigned flags)
         s->data_io = img->io;
     }
     img->size = s->h.size;
+    if (flags & VIMG_OPEN_RDWR) {
+        ret = qcow2_open_write(img);
+    }
 out:
     free(first);
     return ret;
-}
-
-/* Writing arrives with the next milestone; say so plainly. */
-static int qcow2_pwrite(struct vimg_image *img, const void *buf, size_t count,
-                        uint64_t offset)
-{
-    return vimg_error(-ENOTSUP, "%s: writing qcow2 images is not supported "
-                                "yet",
-                      img->filename);
-}
-
-static int qcow2_flush(struct vimg_image *img)
-{
-    return 0;
 }
 
 static int qcow2_block_status(struct vimg_image *img, uint64_t offset,
@@ -504,6 +494,8 @@ const struct vimg_format vimg_format_qcow2 = {
     .pread = qcow2_pread,
     .pwrite = qcow2_pwrite,
     .flush = qcow2_flush,
+    .write_zeroes = qcow2_write_zeroes,
+    .discard = qcow2_discard,
     .block_status = qcow2_block_status,
     .info = qcow2_info,
     .create = qcow2_create,

@@ -189,6 +189,7 @@ struct qcow2_mapping {
     uint64_t host_offset;  /* byte in the data file (NORMAL, *_ALLOC) */
     uint64_t comp_offset;  /* COMPRESSED: start of compressed bytes */
     uint64_t comp_bytes;   /* COMPRESSED: how many bytes to read */
+    bool is_copied;        /* the L2 entry has QCOW_OFLAG_COPIED */
 };
 
 struct qcow2_cache;
@@ -220,6 +221,24 @@ struct qcow2_state {
     pthread_mutex_t lock;     /* guards everything below */
     struct qcow2_cache *l2_cache;
     int metadata_prealloc;    /* -1 unknown, 0, 1 */
+
+    /* writing (qcow2-write.c), only on read-write opens */
+    uint64_t *reftable;       /* decoded refcount table */
+    uint64_t reftable_entries;
+    bool is_reftable_dirty;
+    struct qcow2_cache *rb_cache;
+    uint64_t rb_entries;      /* refcounts per refcount block */
+    bool is_l1_dirty;
+    bool is_unsynced;         /* written since the last sync */
+    bool is_lazy;             /* lazy refcounts */
+    bool is_broken;           /* corruption found: no more writes */
+    uint64_t free_cluster_index; /* allocation search starts here */
+    uint64_t end_cluster;     /* first cluster past everything in use */
+    struct qcow2_pending_free {
+        uint64_t cluster;
+        uint64_t count;
+    } *pending;               /* dropped after the next metadata sync */
+    size_t nb_pending, cap_pending;
 };
 
 /* qcow2-header.c */
@@ -259,6 +278,18 @@ void qcow2_cache_free(struct qcow2_cache *c);
 int qcow2_cache_get(struct qcow2_cache *c, uint64_t file_offset,
                     qcow2_cache_load_fn load, void *opaque,
                     const uint8_t **out);
+typedef int (*qcow2_cache_writeback_fn)(void *opaque, uint64_t file_offset,
+                                        const uint8_t *buf, size_t len);
+/* Who writes dirty tables back (needed once any table is marked dirty). */
+void qcow2_cache_set_writeback(struct qcow2_cache *c,
+                               qcow2_cache_writeback_fn fn, void *opaque);
+/* TABLE (a pointer from qcow2_cache_get) was changed in memory. */
+void qcow2_cache_mark_dirty(struct qcow2_cache *c, const uint8_t *table);
+bool qcow2_cache_has_dirty(const struct qcow2_cache *c);
+/* Write back every dirty table. */
+int qcow2_cache_flush(struct qcow2_cache *c);
+/* Forget the table at FILE_OFFSET without writing it (it was freed). */
+void qcow2_cache_drop(struct qcow2_cache *c, uint64_t file_offset);
 /* Statistics for tests. */
 void qcow2_cache_stats(const struct qcow2_cache *c, uint64_t *hits,
                        uint64_t *misses);
@@ -274,14 +305,37 @@ enum qcow2_subcluster_type qcow2_l2_entry_type(const struct qcow2_state *s,
 /* Map [OFFSET, OFFSET+BYTES) of the guest disk; *out covers 1..BYTES. */
 int qcow2_get_mapping(struct vimg_image *img, uint64_t offset, uint64_t bytes,
                       struct qcow2_mapping *out);
+int qcow2_get_mapping_locked(struct vimg_image *img, uint64_t offset,
+                             uint64_t bytes, struct qcow2_mapping *out);
 int qcow2_pread(struct vimg_image *img, void *buf, size_t count,
                 uint64_t offset);
+/* Read guest data; IS_LOCKED says the caller holds the driver lock. */
+int qcow2_read_range(struct vimg_image *img, void *buf, size_t count,
+                     uint64_t offset, bool is_locked);
 /* Decompress one cluster (COMP_BYTES at COMP_OFFSET) into OUT. */
 int qcow2_decompress_cluster(struct vimg_image *img, uint64_t comp_offset,
                              uint64_t comp_bytes, uint8_t *out);
 
 /* qcow2-create.c */
 int qcow2_create(const char *path, const struct vimg_create_opts *opts);
+
+/* qcow2-write.c */
+int qcow2_open_write(struct vimg_image *img);
+void qcow2_close_write(struct vimg_image *img);
+int qcow2_pwrite(struct vimg_image *img, const void *buf, size_t count,
+                 uint64_t offset);
+int qcow2_write_zeroes(struct vimg_image *img, uint64_t offset,
+                       uint64_t count, unsigned flags);
+int qcow2_discard(struct vimg_image *img, uint64_t offset, uint64_t count);
+int qcow2_flush(struct vimg_image *img);
+int qcow2_get_refcount_locked(struct vimg_image *img, uint64_t cluster,
+                              uint64_t *out);
+/* Allocate N contiguous clusters (refcount 1); *offset_out is the first. */
+int qcow2_alloc_clusters(struct vimg_image *img, uint64_t n,
+                         uint64_t *offset_out);
+/* Drop one reference from N clusters at OFFSET once metadata is synced. */
+int qcow2_free_clusters_later(struct vimg_image *img, uint64_t offset,
+                              uint64_t n);
 
 /* qcow2-refcount.c */
 /* Read refcount block entry INDEX of width 1 << ORDER bits from BLOCK. */

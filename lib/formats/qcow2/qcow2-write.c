@@ -1,0 +1,975 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2-write.c: the QCOW2 write path: cluster allocation with refcounts
+ * of every width (new refcount blocks describe themselves; the refcount
+ * table grows by moving), L2 allocation and copy-on-write of shared L2
+ * tables, copy-on-write of data (from the backing file, zero clusters,
+ * compressed and shared clusters) at subcluster granularity on extended
+ * L2 images, write-zeroes and discard, and an ordered flush.
+ *
+ * Durability (DESIGN.md): metadata is written back, not through.  Dirty
+ * L2 tables reach the disk only after the data and refcounts they point
+ * to are durable (the L2 cache's write-back callback syncs first); the L1
+ * table only after the L2 tables it points to; references are dropped
+ * from refcounts only after the L2/L1 changes that removed them are
+ * durable (pending frees).  A crash therefore leaks clusters at worst.
+ *
+ * Concurrency: every write holds the driver lock for its whole duration,
+ * so allocating writes never race; reads only hold it for the lookup.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats/qcow2/qcow2.h"
+#include "vimg-endian.h"
+
+#define RB_CACHE_BYTES (4u * 1024 * 1024)
+
+static uint64_t cluster_of(const struct qcow2_state *s, uint64_t off)
+{
+    return off >> s->cluster_bits;
+}
+
+/* ------------------------------------------------------------------ I/O */
+
+static int write_meta(struct vimg_image *img, uint64_t off, const void *buf,
+                      size_t len)
+{
+    struct qcow2_state *s = img->priv;
+    int ret = vimg_io_pwrite(img->io, buf, len, off);
+
+    if (ret == 0) {
+        s->is_unsynced = true;
+        if (off + len > s->file_size) {
+            s->file_size = off + len;
+        }
+    }
+    return ret;
+}
+
+static int sync_files(struct vimg_image *img)
+{
+    struct qcow2_state *s = img->priv;
+    int ret = 0;
+
+    if (s->data_io && s->data_io != img->io) {
+        ret = vimg_io_flush(s->data_io);
+    }
+    if (ret == 0) {
+        ret = vimg_io_flush(img->io);
+    }
+    if (ret == 0) {
+        s->is_unsynced = false;
+    }
+    return ret;
+}
+
+/* Write the refcount blocks and table, then sync: after this, everything
+ * written so far (data included) is durable. */
+static int sync_refcounts(struct vimg_image *img)
+{
+    struct qcow2_state *s = img->priv;
+    int ret = qcow2_cache_flush(s->rb_cache);
+
+    if (ret == 0 && s->is_reftable_dirty) {
+        const size_t bytes = (size_t)s->reftable_entries * 8;
+        uint8_t *buf = malloc(bytes);
+        if (!buf) {
+            return vimg_error(-ENOMEM, "out of memory");
+        }
+        for (uint64_t i = 0; i < s->reftable_entries; i++) {
+            store_be64(buf + i * 8, s->reftable[i]);
+        }
+        ret = write_meta(img, s->h.refcount_table_offset, buf, bytes);
+        free(buf);
+        if (ret == 0) {
+            s->is_reftable_dirty = false;
+        }
+    }
+    if (ret == 0 && s->is_unsynced) {
+        ret = sync_files(img);
+    }
+    return ret;
+}
+
+static int rb_writeback(void *opaque, uint64_t off, const uint8_t *buf,
+                        size_t len)
+{
+    return write_meta(opaque, off, buf, len);
+}
+
+static int l2_writeback(void *opaque, uint64_t off, const uint8_t *buf,
+                        size_t len)
+{
+    /* an L2 table may point at new clusters: their data and refcounts
+     * must be durable first */
+    int ret = sync_refcounts(opaque);
+
+    return ret < 0 ? ret : write_meta(opaque, off, buf, len);
+}
+
+static int load_table(void *opaque, uint64_t off, uint8_t *buf, size_t len)
+{
+    struct vimg_image *img = opaque;
+
+    return vimg_io_pread(img->io, buf, len, off);
+}
+
+static int zero_table(void *opaque, uint64_t off, uint8_t *buf, size_t len)
+{
+    memset(buf, 0, len);
+    return 0;
+}
+
+/* ------------------------------------------------------------ refcounts */
+
+static int refblock(struct vimg_image *img, uint64_t rt_index,
+                    uint8_t **out)
+{
+    struct qcow2_state *s = img->priv;
+    const uint64_t off = s->reftable[rt_index] & QCOW2_REFT_OFFSET_MASK;
+
+    if (off & (s->cluster_size - 1)) {
+        return qcow2_corrupt(img, "refcount block 0x%llx is not cluster "
+                                  "aligned",
+                             (unsigned long long)off);
+    }
+    const uint8_t *b;
+    int ret = qcow2_cache_get(s->rb_cache, off, load_table, img, &b);
+    *out = (uint8_t *)b;
+    return ret;
+}
+
+int qcow2_get_refcount_locked(struct vimg_image *img, uint64_t cluster,
+                              uint64_t *out)
+{
+    struct qcow2_state *s = img->priv;
+    const uint64_t idx = cluster / s->rb_entries;
+
+    *out = 0;
+    if (idx >= s->reftable_entries ||
+        !(s->reftable[idx] & QCOW2_REFT_OFFSET_MASK)) {
+        return 0;
+    }
+    uint8_t *b;
+    int ret = refblock(img, idx, &b);
+    if (ret == 0) {
+        *out = qcow2_refcount_get(b, cluster % s->rb_entries,
+                                  s->h.refcount_order);
+    }
+    return ret;
+}
+
+/* Set the refcount of CLUSTER, whose refcount block must exist. */
+static int set_refcount(struct vimg_image *img, uint64_t cluster,
+                        uint64_t value)
+{
+    struct qcow2_state *s = img->priv;
+    uint8_t *b;
+    int ret = refblock(img, cluster / s->rb_entries, &b);
+
+    if (ret == 0) {
+        qcow2_refcount_set(b, cluster % s->rb_entries, s->h.refcount_order,
+                           value);
+        qcow2_cache_mark_dirty(s->rb_cache, b);
+    }
+    return ret;
+}
+
+/*
+ * The refcount table is full: write a larger one (and the refcount blocks
+ * that describe it) past the end of everything, then switch the header to
+ * it.  The new blocks are planned to a fixed point, as in create.
+ */
+static int grow_reftable(struct vimg_image *img, uint64_t need_entries)
+{
+    struct qcow2_state *s = img->priv;
+    const uint64_t per_cluster = s->cluster_size / 8;
+    uint64_t entries = VIMG_MAX(need_entries, s->reftable_entries * 2);
+    entries = VIMG_DIV_ROUND_UP(entries, per_cluster) * per_cluster;
+    const uint64_t table_clusters = entries / per_cluster;
+    if (table_clusters * s->cluster_size > QCOW2_MAX_REFTABLE_BYTES) {
+        return vimg_error(-EFBIG, "%s: the refcount table would exceed "
+                                  "8 MiB",
+                          img->filename);
+    }
+    uint64_t *table = calloc(entries, sizeof(uint64_t));
+    if (!table) {
+        return vimg_error(-ENOMEM, "out of memory");
+    }
+    memcpy(table, s->reftable, s->reftable_entries * sizeof(uint64_t));
+
+    /* [start, end): the new table, then any new refcount blocks */
+    const uint64_t start = s->end_cluster;
+    uint64_t end = start + table_clusters;
+    for (bool again = true; again;) {
+        again = false;
+        for (uint64_t c = start; c < end; c++) {
+            const uint64_t idx = c / s->rb_entries;
+            if (idx >= entries) {
+                free(table);
+                return vimg_error(-EFBIG, "%s: refcount table too small",
+                                  img->filename);
+            }
+            if (!table[idx]) {
+                table[idx] = end * s->cluster_size;
+                end++;
+                again = true;
+            }
+        }
+    }
+    /* new blocks start as zeroes in the cache */
+    for (uint64_t c = start + table_clusters; c < end; c++) {
+        const uint8_t *b;
+        int ret = qcow2_cache_get(s->rb_cache, c * s->cluster_size,
+                                  zero_table, img, &b);
+        if (ret < 0) {
+            free(table);
+            return ret;
+        }
+        qcow2_cache_mark_dirty(s->rb_cache, b);
+    }
+    const uint64_t old_offset = s->h.refcount_table_offset;
+    const uint64_t old_clusters = s->h.refcount_table_clusters;
+    free(s->reftable);
+    s->reftable = table;
+    s->reftable_entries = entries;
+    s->end_cluster = end;
+    int ret = 0;
+    for (uint64_t c = start; c < end && ret == 0; c++) {
+        ret = set_refcount(img, c, 1);
+    }
+    /* blocks and table durable, then the header points at the table */
+    s->h.refcount_table_offset = start * s->cluster_size;
+    s->h.refcount_table_clusters = (uint32_t)table_clusters;
+    s->is_reftable_dirty = true;
+    if (ret == 0) {
+        ret = sync_refcounts(img);
+    }
+    if (ret == 0) {
+        uint8_t hdr[12];
+        store_be64(hdr, s->h.refcount_table_offset);
+        store_be32(hdr + 8, s->h.refcount_table_clusters);
+        ret = write_meta(img, QCOW2_HDR_REFTABLE_OFFSET, hdr, sizeof(hdr));
+    }
+    if (ret == 0) {
+        ret = sync_files(img);
+    }
+    if (ret == 0) {
+        ret = qcow2_free_clusters_later(img, old_offset, old_clusters);
+    }
+    return ret;
+}
+
+/* Make sure refcount block RT_INDEX exists; a new one is placed in the
+ * range it describes (so it counts itself), avoiding [avoid, avoid+n). */
+static int ensure_refblock(struct vimg_image *img, uint64_t rt_index,
+                           uint64_t avoid, uint64_t n)
+{
+    struct qcow2_state *s = img->priv;
+
+    if (rt_index >= s->reftable_entries) {
+        int ret = grow_reftable(img, rt_index + 1);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    if (s->reftable[rt_index] & QCOW2_REFT_OFFSET_MASK) {
+        return 0;
+    }
+    /* Without a block every cluster of the range is free: take the first
+     * one not being allocated right now. */
+    uint64_t c = rt_index * s->rb_entries;
+    while (c >= avoid && c < avoid + n) {
+        c++;
+    }
+    if (c >= (rt_index + 1) * s->rb_entries || c == 0) {
+        return vimg_error(-ENOSPC, "%s: no room for a refcount block",
+                          img->filename);
+    }
+    const uint8_t *b;
+    int ret = qcow2_cache_get(s->rb_cache, c * s->cluster_size, zero_table,
+                              img, &b);
+    if (ret < 0) {
+        return ret;
+    }
+    qcow2_refcount_set((uint8_t *)b, c % s->rb_entries, s->h.refcount_order,
+                       1);
+    qcow2_cache_mark_dirty(s->rb_cache, b);
+    s->reftable[rt_index] = c * s->cluster_size;
+    s->is_reftable_dirty = true;
+    s->end_cluster = VIMG_MAX(s->end_cluster, c + 1);
+    return 0;
+}
+
+int qcow2_alloc_clusters(struct vimg_image *img, uint64_t n,
+                         uint64_t *offset_out)
+{
+    struct qcow2_state *s = img->priv;
+    uint64_t run_start = s->free_cluster_index, run = 0;
+
+    /* first fit from the hint; everything past end_cluster is free */
+    for (uint64_t c = s->free_cluster_index;; c++) {
+        if (c >= s->end_cluster) {
+            if (run == 0) {
+                run_start = c;
+            }
+            break;
+        }
+        uint64_t rc;
+        int ret = qcow2_get_refcount_locked(img, c, &rc);
+        if (ret < 0) {
+            return ret;
+        }
+        if (rc != 0 || c == 0) {
+            run = 0;
+            continue;
+        }
+        if (run++ == 0) {
+            run_start = c;
+        }
+        if (run == n) {
+            break;
+        }
+    }
+    const uint64_t max_cluster = QCOW2_L2E_OFFSET_MASK >> s->cluster_bits;
+    if (run_start + n > max_cluster) {
+        return vimg_error(-ENOSPC, "%s: image file would exceed the largest "
+                                   "qcow2 offset",
+                          img->filename);
+    }
+    /* claim the run first, so a growing refcount table goes after it */
+    s->end_cluster = VIMG_MAX(s->end_cluster, run_start + n);
+    for (uint64_t c = run_start; c < run_start + n; c++) {
+        int ret = ensure_refblock(img, c / s->rb_entries, run_start, n);
+        if (ret == 0) {
+            ret = set_refcount(img, c, 1);
+        }
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    if (run_start == s->free_cluster_index) {
+        s->free_cluster_index = run_start + n;
+    }
+    s->end_cluster = VIMG_MAX(s->end_cluster, run_start + n);
+    const uint64_t end_bytes = s->end_cluster << s->cluster_bits;
+    if (end_bytes > s->file_size) {
+        s->file_size = end_bytes; /* reads of it are no longer "past EOF" */
+    }
+    *offset_out = run_start << s->cluster_bits;
+    return 0;
+}
+
+int qcow2_free_clusters_later(struct vimg_image *img, uint64_t offset,
+                              uint64_t n)
+{
+    struct qcow2_state *s = img->priv;
+
+    if (s->nb_pending == s->cap_pending) {
+        size_t cap = s->cap_pending ? s->cap_pending * 2 : 64;
+        void *p = realloc(s->pending, cap * sizeof(*s->pending));
+        if (!p) {
+            return vimg_error(-ENOMEM, "out of memory");
+        }
+        s->pending = p;
+        s->cap_pending = cap;
+    }
+    s->pending[s->nb_pending].cluster = cluster_of(s, offset);
+    s->pending[s->nb_pending].count = n;
+    s->nb_pending++;
+    return 0;
+}
+
+/* Drop one reference from every host cluster a compressed cluster uses. */
+static int free_compressed_later(struct vimg_image *img, uint64_t entry)
+{
+    struct qcow2_state *s = img->priv;
+    const uint64_t coff = entry & s->csize_mask;
+    const uint64_t nb_sectors =
+        ((entry >> s->csize_shift) & ((1ull << (s->cluster_bits - 8)) - 1)) +
+        1;
+    const uint64_t last = coff + nb_sectors * 512 - (coff & 511) - 1;
+
+    return qcow2_free_clusters_later(
+        img, coff & ~(s->cluster_size - 1),
+        cluster_of(s, last) - cluster_of(s, coff) + 1);
+}
+
+static int apply_pending_frees(struct vimg_image *img)
+{
+    struct qcow2_state *s = img->priv;
+    int ret = 0;
+
+    for (size_t i = 0; i < s->nb_pending && ret == 0; i++) {
+        for (uint64_t c = s->pending[i].cluster;
+             c < s->pending[i].cluster + s->pending[i].count && ret == 0;
+             c++) {
+            uint64_t rc;
+            ret = qcow2_get_refcount_locked(img, c, &rc);
+            if (ret == 0 && rc == 0) {
+                ret = qcow2_corrupt(img, "freeing cluster 0x%llx whose "
+                                         "refcount is already 0",
+                                    (unsigned long long)(c << s->cluster_bits));
+            }
+            if (ret == 0) {
+                ret = set_refcount(img, c, rc - 1);
+            }
+            if (ret == 0 && rc == 1) {
+                /* it may have been an L2 table: forget any cached copy */
+                qcow2_cache_drop(s->l2_cache, c << s->cluster_bits);
+                if (c < s->free_cluster_index) {
+                    s->free_cluster_index = c;
+                }
+            }
+        }
+    }
+    s->nb_pending = 0;
+    return ret;
+}
+
+/* --------------------------------------------------------------- L2 */
+
+/*
+ * The L2 table for guest L1 index L1_INDEX, ready to be changed: allocated
+ * if missing, copied if shared with a snapshot.  Returns its offset.
+ */
+static int l2_for_write(struct vimg_image *img, uint64_t l1_index,
+                        uint64_t *l2_offset_out)
+{
+    struct qcow2_state *s = img->priv;
+    const uint64_t l1e = s->l1[l1_index];
+    const uint64_t old = l1e & QCOW2_L1E_OFFSET_MASK;
+
+    if (old && (l1e & QCOW2_OFLAG_COPIED)) {
+        *l2_offset_out = old;
+        return 0;
+    }
+    uint8_t *copy = NULL;
+    int ret = 0;
+    if (old) {
+        /* Shared with a snapshot.  Data clusters already count one
+         * reference per L1 table that reaches them (snapshot creation
+         * raised them), so copying the table changes only the table's
+         * own refcount. */
+        const uint8_t *t;
+        ret = qcow2_cache_get(s->l2_cache, old, load_table, img, &t);
+        if (ret < 0) {
+            return ret;
+        }
+        copy = malloc((size_t)s->cluster_size);
+        if (!copy) {
+            return vimg_error(-ENOMEM, "out of memory");
+        }
+        memcpy(copy, t, (size_t)s->cluster_size);
+    }
+    uint64_t fresh;
+    ret = qcow2_alloc_clusters(img, 1, &fresh);
+    if (ret < 0) {
+        free(copy);
+        return ret;
+    }
+    const uint8_t *t;
+    ret = qcow2_cache_get(s->l2_cache, fresh, zero_table, img, &t);
+    if (ret == 0) {
+        if (copy) {
+            memcpy((uint8_t *)t, copy, (size_t)s->cluster_size);
+        }
+        qcow2_cache_mark_dirty(s->l2_cache, t);
+        s->l1[l1_index] = fresh | QCOW2_OFLAG_COPIED;
+        s->is_l1_dirty = true;
+        if (old) {
+            ret = qcow2_free_clusters_later(img, old, 1);
+        }
+    }
+    free(copy);
+    *l2_offset_out = fresh;
+    return ret;
+}
+
+/* Read or store the (extended) L2 entry I of the table at L2_OFFSET. */
+static int l2_entry(struct vimg_image *img, uint64_t l2_offset, size_t i,
+                    uint64_t *entry, uint64_t *bitmap, bool is_store)
+{
+    struct qcow2_state *s = img->priv;
+    const uint8_t *t;
+    int ret = qcow2_cache_get(s->l2_cache, l2_offset, load_table, img, &t);
+
+    if (ret < 0) {
+        return ret;
+    }
+    uint8_t *e = (uint8_t *)t + i * s->l2_entry_bytes;
+    if (is_store) {
+        store_be64(e, *entry);
+        if (s->has_subclusters) {
+            store_be64(e + 8, *bitmap);
+        }
+        qcow2_cache_mark_dirty(s->l2_cache, t);
+    } else {
+        *entry = load_be64(e);
+        *bitmap = s->has_subclusters ? load_be64(e + 8) : 0;
+    }
+    return 0;
+}
+
+/* Drop the reference an L2 entry holds on its host cluster(s). */
+static int release_entry(struct vimg_image *img, uint64_t entry)
+{
+    struct qcow2_state *s = img->priv;
+
+    if (entry & QCOW2_OFLAG_COMPRESSED) {
+        return free_compressed_later(img, entry);
+    }
+    if ((entry & QCOW2_L2E_OFFSET_MASK) && !s->has_data_file) {
+        return qcow2_free_clusters_later(img, entry & QCOW2_L2E_OFFSET_MASK,
+                                         1);
+    }
+    return 0;
+}
+
+/* Mark the image dirty before the first change (lazy refcounts). */
+static int mark_dirty(struct vimg_image *img)
+{
+    struct qcow2_state *s = img->priv;
+
+    if (!s->is_lazy || (s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+        return 0;
+    }
+    s->h.incompatible_features |= QCOW2_INCOMPAT_DIRTY;
+    uint8_t b[8];
+    store_be64(b, s->h.incompatible_features);
+    int ret = write_meta(img, QCOW2_HDR_INCOMPAT, b, sizeof(b));
+    return ret == 0 ? sync_files(img) : ret;
+}
+
+/* ------------------------------------------------------------- writes */
+
+/*
+ * Write [OFFSET, OFFSET+N) inside one guest cluster.  BUF NULL writes
+ * zeroes as data.  The caller holds the lock.
+ */
+static int write_in_cluster(struct vimg_image *img, const uint8_t *buf,
+                            size_t n, uint64_t offset)
+{
+    struct qcow2_state *s = img->priv;
+    const uint64_t cs = s->cluster_size;
+    const uint64_t cstart = offset & ~(cs - 1);
+    const uint64_t in = offset - cstart;
+    const uint64_t cluster_index = offset >> s->cluster_bits;
+    const uint64_t l1_index = cluster_index >> s->l2_bits;
+    const size_t i = (size_t)(cluster_index & ((1ull << s->l2_bits) - 1));
+    uint8_t *cow = NULL;
+    int ret;
+
+    if (l1_index >= s->h.l1_size) {
+        return vimg_error(-EIO, "%s: write beyond the L1 table",
+                          img->filename);
+    }
+    uint64_t l2_off, entry, bitmap;
+    ret = l2_for_write(img, l1_index, &l2_off);
+    if (ret == 0) {
+        ret = l2_entry(img, l2_off, i, &entry, &bitmap, false);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    const bool is_compressed = entry & QCOW2_OFLAG_COMPRESSED;
+    const bool has_host = !is_compressed &&
+                          ((entry & QCOW2_L2E_OFFSET_MASK) ||
+                           (s->has_data_file && (entry & QCOW2_OFLAG_COPIED)));
+    const bool is_copied = (entry & QCOW2_OFLAG_COPIED) != 0;
+    const uint64_t old_host = entry & QCOW2_L2E_OFFSET_MASK;
+
+    /* What part of the cluster gets written: whole subclusters on
+     * extended L2 images (the rest of a partial one is copied), the whole
+     * cluster otherwise unless the host cluster is ours to change. */
+    uint64_t w_start, w_end;
+    if (s->has_subclusters && !is_compressed) {
+        const uint64_t sc = cs / QCOW2_SUBCLUSTERS;
+        w_start = in / sc * sc;
+        w_end = VIMG_DIV_ROUND_UP(in + n, sc) * sc;
+    } else if (has_host && is_copied &&
+               !(entry & QCOW2_OFLAG_ZERO && !s->has_subclusters)) {
+        w_start = in;
+        w_end = in + n;
+    } else if (s->has_data_file && has_host) {
+        w_start = in;
+        w_end = in + n;
+    } else {
+        w_start = 0;
+        w_end = cs;
+    }
+    /* a ZERO_ALLOC host cluster we own: rewrite it whole (zeroes + data) */
+    if (!s->has_subclusters && has_host && (entry & QCOW2_OFLAG_ZERO)) {
+        w_start = 0;
+        w_end = cs;
+    }
+
+    uint64_t host;
+    if (s->has_data_file) {
+        host = cstart; /* guest offset = data file offset */
+    } else if (has_host && is_copied) {
+        host = old_host;
+    } else {
+        ret = qcow2_alloc_clusters(img, 1, &host);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+
+    /* Build [w_start, w_end): the current guest content, then the data */
+    const size_t len = (size_t)(w_end - w_start);
+    const bool is_covered = w_start == in && w_end == in + n;
+    cow = malloc(len);
+    if (!cow) {
+        return vimg_error(-ENOMEM, "out of memory");
+    }
+    if (!is_covered) {
+        ret = qcow2_read_range(img, cow, len, cstart + w_start, true);
+        if (ret < 0) {
+            goto out;
+        }
+    }
+    if (buf) {
+        memcpy(cow + (in - w_start), buf, n);
+    } else {
+        memset(cow + (in - w_start), 0, n);
+    }
+    /* a shared or compressed cluster moving to a new host: on extended
+     * L2 images the other allocated subclusters come along */
+    if (s->has_subclusters && !is_compressed && has_host && !is_copied &&
+        !s->has_data_file) {
+        uint8_t *whole = malloc((size_t)cs);
+        if (!whole) {
+            ret = vimg_error(-ENOMEM, "out of memory");
+            goto out;
+        }
+        ret = vimg_io_pread(img->io, whole, (size_t)cs, old_host);
+        if (ret == 0) {
+            memcpy(whole + w_start, cow, len);
+            ret = vimg_io_pwrite(s->data_io, whole, (size_t)cs, host);
+        }
+        free(whole);
+    } else {
+        ret = vimg_io_pwrite(s->data_io, cow, len, host + w_start);
+    }
+    if (ret < 0) {
+        goto out;
+    }
+    s->is_unsynced = true;
+
+    /* New L2 entry */
+    uint64_t new_entry = (s->has_data_file && host == 0 ? 0 : host) |
+                         QCOW2_OFLAG_COPIED;
+    uint64_t new_bitmap = 0;
+    if (s->has_subclusters) {
+        const uint64_t sc = cs / QCOW2_SUBCLUSTERS;
+        uint32_t touched = 0;
+        for (uint64_t k = w_start / sc; k < w_end / sc; k++) {
+            touched |= 1u << k;
+        }
+        if (is_compressed) {
+            touched = 0xffffffffu; /* decompressed whole */
+        }
+        uint32_t alloc = (is_compressed ? 0 : (uint32_t)bitmap) | touched;
+        uint32_t zero = (is_compressed ? 0 : (uint32_t)(bitmap >> 32)) &
+                        ~touched;
+        new_bitmap = (uint64_t)zero << 32 | alloc;
+    }
+    if (new_entry != entry || new_bitmap != bitmap) {
+        ret = l2_entry(img, l2_off, i, &new_entry, &new_bitmap, true);
+        if (ret == 0 && !is_copied && !s->has_data_file) {
+            ret = release_entry(img, entry); /* old shared/compressed copy */
+        }
+    }
+out:
+    free(cow);
+    return ret;
+}
+
+int qcow2_pwrite(struct vimg_image *img, const void *buf, size_t count,
+                 uint64_t offset)
+{
+    struct qcow2_state *s = img->priv;
+    const uint8_t *p = buf;
+    int ret = 0;
+
+    pthread_mutex_lock(&s->lock);
+    if (s->is_broken) {
+        ret = vimg_error(-EIO, "%s: image is marked corrupt; no more writes",
+                         img->filename);
+    }
+    if (ret == 0) {
+        ret = mark_dirty(img);
+    }
+    while (ret == 0 && count > 0) {
+        const uint64_t room = s->cluster_size - (offset & (s->cluster_size - 1));
+        const size_t n = (size_t)VIMG_MIN((uint64_t)count, room);
+        ret = write_in_cluster(img, p ? p : NULL, n, offset);
+        if (p) {
+            p += n;
+        }
+        offset += n;
+        count -= n;
+    }
+    if (ret == -EIO && strstr(vimg_last_error(), "corrupt")) {
+        s->is_broken = true;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* Zero (or, IS_DISCARD, drop) whole cluster or whole subclusters of
+ * [OFFSET, OFFSET+N) in one guest cluster, writing zero data where the
+ * format cannot record zeroes. */
+static int zero_in_cluster(struct vimg_image *img, size_t n, uint64_t offset,
+                           bool is_unmap, bool is_discard)
+{
+    struct qcow2_state *s = img->priv;
+    const uint64_t cs = s->cluster_size;
+    const uint64_t in = offset & (cs - 1);
+    const bool has_backing = img->backing_name != NULL;
+    const uint64_t unit = s->has_subclusters ? cs / QCOW2_SUBCLUSTERS : cs;
+
+    /* partial units, raw data files and v2 images with a backing file
+     * take zero data */
+    if ((in % unit) || (n % unit) || s->is_data_file_raw ||
+        (s->h.version < 3 && has_backing)) {
+        return write_in_cluster(img, NULL, n, offset);
+    }
+    const uint64_t cluster_index = offset >> s->cluster_bits;
+    const uint64_t l1_index = cluster_index >> s->l2_bits;
+    const size_t i = (size_t)(cluster_index & ((1ull << s->l2_bits) - 1));
+    /* nothing to do where it already reads as zeroes by itself */
+    struct qcow2_mapping m;
+    int ret = qcow2_get_mapping_locked(img, offset, n, &m);
+    if (ret < 0) {
+        return ret;
+    }
+    if (m.length == n && (m.type == QCOW2_SC_ZERO_PLAIN ||
+                          (m.type == QCOW2_SC_UNALLOCATED && !has_backing))) {
+        return 0;
+    }
+    uint64_t l2_off, entry, bitmap;
+    ret = l2_for_write(img, l1_index, &l2_off);
+    if (ret == 0) {
+        ret = l2_entry(img, l2_off, i, &entry, &bitmap, false);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    const bool is_compressed = entry & QCOW2_OFLAG_COMPRESSED;
+    const bool is_copied = entry & QCOW2_OFLAG_COPIED;
+    const bool has_host = !is_compressed &&
+                          ((entry & QCOW2_L2E_OFFSET_MASK) ||
+                           (s->has_data_file && is_copied));
+    uint64_t new_entry, new_bitmap = 0;
+    bool is_released = false;
+
+    if (s->has_subclusters) {
+        if (is_compressed && n != cs) {
+            return write_in_cluster(img, NULL, n, offset);
+        }
+        uint32_t mask = 0;
+        for (uint64_t k = in / unit; k < (in + n) / unit; k++) {
+            mask |= 1u << k;
+        }
+        uint32_t alloc = is_compressed ? 0 : (uint32_t)bitmap & ~mask;
+        uint32_t zero = is_compressed ? 0 : (uint32_t)(bitmap >> 32);
+        if (is_discard && !has_backing) {
+            zero &= ~mask; /* unallocated reads as zeroes */
+        } else {
+            zero |= mask;
+        }
+        new_entry = is_compressed ? 0 : entry;
+        is_released = is_compressed;
+        if (alloc == 0 && has_host && (is_unmap || is_discard) &&
+            !s->has_data_file) {
+            /* no allocated subcluster left: give the host cluster back */
+            new_entry = 0;
+            is_released = true;
+        }
+        new_bitmap = (uint64_t)zero << 32 | alloc;
+    } else if (n != cs) {
+        return write_in_cluster(img, NULL, n, offset);
+    } else if (is_discard && !has_backing) {
+        new_entry = 0;
+        is_released = true;
+    } else if (s->h.version < 3) {
+        new_entry = 0; /* v2 without backing: unallocated reads zeroes */
+        is_released = true;
+    } else if (has_host && is_copied && !is_unmap) {
+        new_entry = entry | QCOW2_OFLAG_ZERO; /* keep the preallocation */
+    } else {
+        new_entry = QCOW2_OFLAG_ZERO;
+        is_released = true;
+    }
+    ret = l2_entry(img, l2_off, i, &new_entry, &new_bitmap, true);
+    if (ret == 0 && is_released && !s->has_data_file) {
+        ret = release_entry(img, entry);
+    }
+    return ret;
+}
+
+static int zero_range(struct vimg_image *img, uint64_t offset,
+                      uint64_t count, bool is_unmap, bool is_discard)
+{
+    struct qcow2_state *s = img->priv;
+    int ret = 0;
+
+    pthread_mutex_lock(&s->lock);
+    if (s->is_broken) {
+        ret = vimg_error(-EIO, "%s: image is marked corrupt; no more writes",
+                         img->filename);
+    }
+    if (ret == 0) {
+        ret = mark_dirty(img);
+    }
+    while (ret == 0 && count > 0) {
+        const uint64_t room = s->cluster_size - (offset & (s->cluster_size - 1));
+        const size_t n = (size_t)VIMG_MIN(count, room);
+        ret = zero_in_cluster(img, n, offset, is_unmap, is_discard);
+        offset += n;
+        count -= n;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+int qcow2_write_zeroes(struct vimg_image *img, uint64_t offset,
+                       uint64_t count, unsigned flags)
+{
+    return zero_range(img, offset, count, flags & VIMG_ZERO_MAY_UNMAP, false);
+}
+
+int qcow2_discard(struct vimg_image *img, uint64_t offset, uint64_t count)
+{
+    return zero_range(img, offset, count, true, true);
+}
+
+/* ------------------------------------------------------- flush, open */
+
+static int flush_locked(struct vimg_image *img)
+{
+    struct qcow2_state *s = img->priv;
+
+    /* data and refcounts, then L2 tables, then L1, then frees */
+    int ret = sync_refcounts(img);
+    if (ret == 0) {
+        ret = qcow2_cache_flush(s->l2_cache);
+    }
+    if (ret == 0 && s->is_l1_dirty) {
+        ret = sync_files(img);
+        const size_t bytes = (size_t)s->h.l1_size * 8;
+        uint8_t *buf = ret == 0 ? malloc(bytes ? bytes : 1) : NULL;
+        if (ret == 0 && !buf) {
+            ret = vimg_error(-ENOMEM, "out of memory");
+        }
+        if (ret == 0) {
+            for (uint32_t k = 0; k < s->h.l1_size; k++) {
+                store_be64(buf + k * 8, s->l1[k]);
+            }
+            ret = write_meta(img, s->h.l1_table_offset, buf, bytes);
+        }
+        free(buf);
+        if (ret == 0) {
+            s->is_l1_dirty = false;
+        }
+    }
+    if (ret == 0) {
+        ret = sync_files(img);
+    }
+    if (ret == 0 && s->nb_pending) {
+        ret = apply_pending_frees(img);
+        if (ret == 0) {
+            ret = sync_refcounts(img);
+        }
+    }
+    return ret;
+}
+
+int qcow2_flush(struct vimg_image *img)
+{
+    struct qcow2_state *s = img->priv;
+
+    pthread_mutex_lock(&s->lock);
+    int ret = flush_locked(img);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+int qcow2_open_write(struct vimg_image *img)
+{
+    struct qcow2_state *s = img->priv;
+
+    if (s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY) {
+        return vimg_error(-EIO,
+                          "%s: image is dirty (lazy refcounts, not closed "
+                          "cleanly); repair it with 'qemu-img check -r all' "
+                          "before writing",
+                          img->filename);
+    }
+    s->is_lazy = s->h.compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS;
+    s->rb_entries = (s->cluster_size * 8) >> s->h.refcount_order;
+    s->reftable_entries =
+        ((uint64_t)s->h.refcount_table_clusters << s->cluster_bits) / 8;
+    s->reftable = calloc(s->reftable_entries, sizeof(uint64_t));
+    if (!s->reftable) {
+        return vimg_error(-ENOMEM, "out of memory");
+    }
+    int ret = vimg_io_pread(img->io, s->reftable,
+                            (size_t)s->reftable_entries * 8,
+                            s->h.refcount_table_offset);
+    if (ret < 0) {
+        return ret;
+    }
+    for (uint64_t i = 0; i < s->reftable_entries; i++) {
+        s->reftable[i] = load_be64((const uint8_t *)&s->reftable[i]);
+        const uint64_t rb = s->reftable[i] & QCOW2_REFT_OFFSET_MASK;
+        if ((rb & (s->cluster_size - 1)) || rb >= s->file_size) {
+            return qcow2_corrupt(img, "refcount table entry %llu (0x%llx) "
+                                      "is invalid",
+                                 (unsigned long long)i,
+                                 (unsigned long long)rb);
+        }
+    }
+    size_t slots = RB_CACHE_BYTES >> s->cluster_bits;
+    slots = VIMG_MAX(slots, (size_t)8);
+    s->rb_cache = qcow2_cache_new((size_t)s->cluster_size, slots);
+    if (!s->rb_cache) {
+        return vimg_error(-ENOMEM, "out of memory");
+    }
+    qcow2_cache_set_writeback(s->rb_cache, rb_writeback, img);
+    qcow2_cache_set_writeback(s->l2_cache, l2_writeback, img);
+    s->end_cluster = VIMG_DIV_ROUND_UP(s->file_size, s->cluster_size);
+    s->free_cluster_index = 1;
+    return 0;
+}
+
+void qcow2_close_write(struct vimg_image *img)
+{
+    struct qcow2_state *s = img->priv;
+
+    if (!s->rb_cache) {
+        return;
+    }
+    pthread_mutex_lock(&s->lock);
+    int ret = s->is_broken ? -EIO : flush_locked(img);
+    if (ret == 0 && s->is_lazy &&
+        (s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+        /* clean close: the refcounts are right again */
+        s->h.incompatible_features &= ~QCOW2_INCOMPAT_DIRTY;
+        uint8_t b[8];
+        store_be64(b, s->h.incompatible_features);
+        ret = write_meta(img, QCOW2_HDR_INCOMPAT, b, sizeof(b));
+        if (ret == 0) {
+            sync_files(img);
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    qcow2_cache_free(s->rb_cache);
+    s->rb_cache = NULL;
+    free(s->reftable);
+    free(s->pending);
+}
