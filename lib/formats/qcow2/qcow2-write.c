@@ -14,8 +14,12 @@
  * from refcounts only after the L2/L1 changes that removed them are
  * durable (pending frees).  A crash therefore leaks clusters at worst.
  *
- * Concurrency: every write holds the driver lock for its whole duration,
- * so allocating writes never race; reads only hold it for the lookup.
+ * Concurrency: a write into a cluster that is already allocated and ours
+ * alone (COPIED) only looks up the mapping under the driver lock and
+ * writes without it, so such writes run in parallel.  Every other write
+ * holds the lock for its whole duration, so allocating writes never race.
+ * A flush waits for in-place writes in flight, so their clusters cannot
+ * be freed and reused under them.  Reads only hold the lock for lookups.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -700,16 +704,30 @@ int qcow2_pwrite(struct vimg_image *img, const void *buf, size_t count,
         ret = vimg_error(-EIO, "%s: image is marked corrupt; no more writes",
                          img->filename);
     }
-    if (ret == 0) {
-        ret = mark_dirty(img);
-    }
     while (ret == 0 && count > 0) {
         const uint64_t room = s->cluster_size - (offset & (s->cluster_size - 1));
         const size_t n = (size_t)VIMG_MIN((uint64_t)count, room);
-        ret = write_in_cluster(img, p ? p : NULL, n, offset);
-        if (p) {
-            p += n;
+        struct qcow2_mapping m;
+        ret = s->nb_flush_waiters ? 1
+                                  : qcow2_get_mapping_locked(img, offset, n, &m);
+        if (ret == 0 && m.type == QCOW2_SC_NORMAL && m.is_copied &&
+            m.length == n) {
+            /* in place: no metadata changes, no lock during the I/O */
+            s->nb_inflight++;
+            pthread_mutex_unlock(&s->lock);
+            ret = vimg_io_pwrite(s->data_io, p, n, m.host_offset);
+            pthread_mutex_lock(&s->lock);
+            s->is_unsynced = true;
+            if (--s->nb_inflight == 0) {
+                pthread_cond_broadcast(&s->inflight_done);
+            }
+        } else if (ret >= 0) {
+            ret = mark_dirty(img);
+            if (ret == 0) {
+                ret = write_in_cluster(img, p, n, offset);
+            }
         }
+        p += n;
         offset += n;
         count -= n;
     }
@@ -853,6 +871,14 @@ int qcow2_discard(struct vimg_image *img, uint64_t offset, uint64_t count)
 static int flush_locked(struct vimg_image *img)
 {
     struct qcow2_state *s = img->priv;
+
+    /* in-place writes in flight finish first: they are part of what is
+     * flushed, and their clusters must not be freed under them */
+    s->nb_flush_waiters++;
+    while (s->nb_inflight) {
+        pthread_cond_wait(&s->inflight_done, &s->lock);
+    }
+    s->nb_flush_waiters--;
 
     /* data and refcounts, then L2 tables, then L1, then frees */
     int ret = sync_refcounts(img);

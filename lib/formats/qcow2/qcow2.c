@@ -41,6 +41,7 @@ static void qcow2_close(struct vimg_image *img)
     qcow2_snapshots_free(s->snapshots, s->nb_snapshots);
     qcow2_bitmaps_free(s->bitmaps, s->nb_bitmaps);
     pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->inflight_done);
     free(s);
     img->priv = NULL;
 }
@@ -200,6 +201,7 @@ static int qcow2_open(struct vimg_image *img, unsigned flags)
         return vimg_error(-ENOMEM, "out of memory");
     }
     pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->inflight_done, NULL);
     s->metadata_prealloc = -1;
     img->priv = s;
 

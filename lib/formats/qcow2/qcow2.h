@@ -239,6 +239,9 @@ struct qcow2_state {
         uint64_t count;
     } *pending;               /* dropped after the next metadata sync */
     size_t nb_pending, cap_pending;
+    unsigned nb_inflight;     /* in-place writes running without the lock */
+    unsigned nb_flush_waiters;
+    pthread_cond_t inflight_done;
 };
 
 /* qcow2-header.c */
