@@ -118,6 +118,27 @@ VIMG_API int vimg_discard(vimg_image *img, uint64_t offset, uint64_t count);
 /* Make everything written so far durable. */
 VIMG_API int vimg_flush(vimg_image *img);
 
+/* The allocation unit of IMG (qcow2 cluster size), or 512 for raw. */
+VIMG_API uint32_t vimg_cluster_size(const vimg_image *img);
+
+/*
+ * Compress one cluster of data (LEN bytes, at most the cluster size; a
+ * short last cluster is padded with zeroes) with IMG's compression type,
+ * into OUT (OUT_CAP bytes, at least the cluster size).  Returns the
+ * compressed length, 0 when the data does not get smaller (write it
+ * uncompressed), or a negative errno; -ENOTSUP for formats without
+ * compression.  Needs no lock: call it from many threads.
+ */
+VIMG_API int vimg_compress_cluster(vimg_image *img, const void *data,
+                                   size_t len, void *out, size_t out_cap);
+
+/*
+ * Store LEN bytes made by vimg_compress_cluster() as the compressed
+ * cluster at virtual OFFSET (cluster aligned), replacing what was there.
+ */
+VIMG_API int vimg_pwrite_compressed(vimg_image *img, const void *data,
+                                    size_t len, uint64_t offset);
+
 /* The virtual disk size in bytes. */
 VIMG_API uint64_t vimg_size(const vimg_image *img);
 
@@ -254,9 +275,14 @@ struct vimg_convert_opts {
     /* Flush the output before returning.  Off by default, as qemu-img
      * convert does not flush either; the caller may sync instead. */
     bool do_flush;
+    /* qcow2 output: how to create it (format and size are filled in),
+     * NULL for defaults; and whether to write compressed clusters. */
+    const struct vimg_create_opts *create;
+    bool is_compressed;
 };
 #define VIMG_CONVERT_OPTS_INIT                                                 \
-    { VIMG_CONVERT_OPTS_VERSION, "raw", 4096, 0, false, NULL, NULL, false }
+    { VIMG_CONVERT_OPTS_VERSION, "raw", 4096, 0, false, NULL, NULL, false,    \
+      NULL, false }
 
 /*
  * Copy the guest content of NB_SRCS images, one after the other, into a

@@ -297,6 +297,58 @@ int vimg_discard(vimg_image *img, uint64_t offset, uint64_t count)
     return vimg_write_zeroes(img, offset, count, VIMG_ZERO_MAY_UNMAP);
 }
 
+uint32_t vimg_cluster_size(const vimg_image *img)
+{
+    if (!img) {
+        return 0;
+    }
+    return img->drv->cluster_size ? img->drv->cluster_size(
+                                        (struct vimg_image *)img)
+                                  : 512;
+}
+
+int vimg_compress_cluster(vimg_image *img, const void *data, size_t len,
+                          void *out, size_t out_cap)
+{
+    if (!img || !data || !out) {
+        return vimg_error(-EINVAL, "vimg_compress_cluster: NULL argument");
+    }
+    if (!img->drv->compress_cluster) {
+        return vimg_error(-ENOTSUP, "%s: %s images have no compressed "
+                                    "clusters",
+                          img->filename, img->drv->name);
+    }
+    const uint32_t cs = vimg_cluster_size(img);
+    if (len == 0 || len > cs || out_cap < cs) {
+        return vimg_error(-EINVAL, "vimg_compress_cluster: bad length");
+    }
+    return img->drv->compress_cluster(img, data, len, out, out_cap);
+}
+
+int vimg_pwrite_compressed(vimg_image *img, const void *data, size_t len,
+                           uint64_t offset)
+{
+    if (!img || !data) {
+        return vimg_error(-EINVAL, "vimg_pwrite_compressed: NULL argument");
+    }
+    if (!img->is_writable) {
+        return vimg_error(-EROFS, "%s: image is opened read-only",
+                          img->filename);
+    }
+    if (!img->drv->pwrite_compressed) {
+        return vimg_error(-ENOTSUP, "%s: %s images have no compressed "
+                                    "clusters",
+                          img->filename, img->drv->name);
+    }
+    const uint32_t cs = vimg_cluster_size(img);
+    if (offset % cs || offset >= img->size || len == 0 || len >= cs) {
+        return vimg_error(-EINVAL, "vimg_pwrite_compressed: offset 0x%llx "
+                                   "or length %zu invalid",
+                          (unsigned long long)offset, len);
+    }
+    return img->drv->pwrite_compressed(img, data, len, offset);
+}
+
 int vimg_flush(vimg_image *img)
 {
     if (!img) {

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <zlib.h>
 #include <zstd.h>
+#include <zstd_errors.h>
 
 #include "codec/codec.h"
 #include "vimg-internal.h"
@@ -113,4 +114,64 @@ int vimg_zstd_decompress(const uint8_t *in, size_t in_len, uint8_t *out,
                           n, out_len);
     }
     return 0;
+}
+
+int vimg_deflate_raw(const uint8_t *in, size_t in_len, uint8_t *out,
+                     size_t out_cap)
+{
+    z_stream z;
+
+    memset(&z, 0, sizeof(z));
+    if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9,
+                     Z_DEFAULT_STRATEGY) != Z_OK) {
+        return vimg_error(-ENOMEM, "zlib: cannot initialise deflate");
+    }
+    z.next_in = (Bytef *)in;
+    z.avail_in = (uInt)in_len;
+    z.next_out = out;
+    z.avail_out = (uInt)out_cap;
+    int ret = deflate(&z, Z_FINISH);
+    const size_t produced = out_cap - z.avail_out;
+    deflateEnd(&z);
+    if (ret == Z_STREAM_END) {
+        return (int)produced;
+    }
+    return ret == Z_OK || ret == Z_BUF_ERROR
+               ? 0
+               : vimg_error(-EIO, "zlib: deflate failed (%d)", ret);
+}
+
+static pthread_key_t zstd_cctx_key;
+static pthread_once_t cctx_once = PTHREAD_ONCE_INIT;
+
+static void free_cctx(void *p)
+{
+    ZSTD_freeCCtx(p);
+}
+
+static void make_cctx_key(void)
+{
+    pthread_key_create(&zstd_cctx_key, free_cctx);
+}
+
+int vimg_zstd_compress(const uint8_t *in, size_t in_len, uint8_t *out,
+                       size_t out_cap)
+{
+    pthread_once(&cctx_once, make_cctx_key);
+    ZSTD_CCtx *c = pthread_getspecific(zstd_cctx_key);
+    if (!c) {
+        c = ZSTD_createCCtx();
+        if (!c) {
+            return vimg_error(-ENOMEM, "zstd: cannot create a context");
+        }
+        pthread_setspecific(zstd_cctx_key, c);
+    }
+    size_t n = ZSTD_compressCCtx(c, out, out_cap, in, in_len,
+                                 ZSTD_CLEVEL_DEFAULT);
+    if (ZSTD_isError(n)) {
+        return ZSTD_getErrorCode(n) == ZSTD_error_dstSize_tooSmall
+                   ? 0
+                   : vimg_error(-EIO, "zstd: %s", ZSTD_getErrorName(n));
+    }
+    return (int)n;
 }

@@ -21,4 +21,13 @@ int vimg_inflate_raw(const uint8_t *in, size_t in_len, uint8_t *out,
 int vimg_zstd_decompress(const uint8_t *in, size_t in_len, uint8_t *out,
                          size_t out_len);
 
+/* Compress IN (a cluster) as a raw deflate stream with a 4 KiB window
+ * (windowBits -12, which qcow2 readers require) into OUT.  Returns the
+ * length, 0 if it does not fit in OUT_CAP, or a negative errno. */
+int vimg_deflate_raw(const uint8_t *in, size_t in_len, uint8_t *out,
+                     size_t out_cap);
+/* One zstd frame (qemu's level) of IN into OUT; same returns. */
+int vimg_zstd_compress(const uint8_t *in, size_t in_len, uint8_t *out,
+                       size_t out_cap);
+
 #endif

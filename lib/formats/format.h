@@ -38,6 +38,11 @@ struct vimg_format {
     int (*write_zeroes)(struct vimg_image *img, uint64_t offset,
                         uint64_t count, unsigned flags);
     int (*discard)(struct vimg_image *img, uint64_t offset, uint64_t count);
+    uint32_t (*cluster_size)(struct vimg_image *img);
+    int (*compress_cluster)(struct vimg_image *img, const void *data,
+                            size_t len, void *out, size_t out_cap);
+    int (*pwrite_compressed)(struct vimg_image *img, const void *data,
+                             size_t len, uint64_t offset);
     /* OFFSET < img->size, 0 < COUNT <= img->size - OFFSET. */
     int (*block_status)(struct vimg_image *img, uint64_t offset,
                         uint64_t count, struct vimg_layer_status *out);

@@ -26,8 +26,16 @@ struct convert_job {
     uint64_t *src_start;     /* output offset of each source */
     uint64_t *chunk_start;   /* first chunk number of each source */
     uint64_t nb_chunks;
-    struct vimg_io *out;
+    struct vimg_io *out;     /* raw output */
+    vimg_image *out_img;     /* other formats */
+    uint64_t total;
     const struct vimg_convert_opts *opts;
+
+    /* image outputs commit chunks in order, so the file is the same
+     * whatever the number of threads */
+    pthread_mutex_t commit_lock;
+    pthread_cond_t commit_turn;
+    uint64_t next_commit;
 
     atomic_uint_fast64_t next_chunk;
     atomic_uint_fast64_t bytes_done;
@@ -228,26 +236,132 @@ static int convert_chunk(struct convert_job *job, uint8_t *buf,
     return 0;
 }
 
+/* Read output bytes [off, off+len) from the concatenated sources; *is_zero
+ * tells whether all of it reads as zeroes without looking at data. */
+static int read_output_range(struct convert_job *job, uint8_t *buf,
+                             uint64_t off, uint64_t len)
+{
+    size_t s = 0;
+    while (s + 1 < job->nb_srcs && job->src_start[s + 1] <= off) {
+        s++;
+    }
+    while (len > 0) {
+        vimg_image *src = job->srcs[s];
+        const uint64_t src_off = off - job->src_start[s];
+        const uint64_t n = VIMG_MIN(len, vimg_size(src) - src_off);
+        for (uint64_t pos = 0; pos < n;) {
+            struct vimg_extent e;
+            int ret = vimg_block_status(src, src_off + pos, n - pos, &e);
+            if (ret < 0) {
+                return ret;
+            }
+            if (e.flags & VIMG_EXTENT_ZERO) {
+                memset(buf + pos, 0, (size_t)e.length);
+            } else {
+                ret = vimg_pread(src, buf + pos, (size_t)e.length,
+                                 src_off + pos);
+                if (ret < 0) {
+                    return ret;
+                }
+            }
+            pos += e.length;
+        }
+        buf += n;
+        off += n;
+        len -= n;
+        s++;
+    }
+    return 0;
+}
+
+/* One chunk into an image output: read, compress (in parallel), then
+ * write in chunk order.  All-zero clusters are not written: the new image
+ * reads them as zeroes already. */
+static int convert_chunk_image(struct convert_job *job, uint8_t *buf,
+                               uint8_t *zbuf, int *zlen, uint64_t chunk)
+{
+    const uint64_t off = chunk * CONVERT_CHUNK_BYTES;
+    const uint64_t len = VIMG_MIN((uint64_t)CONVERT_CHUNK_BYTES,
+                                  job->total - off);
+    const uint32_t cs = vimg_cluster_size(job->out_img);
+    const size_t nb = (size_t)VIMG_DIV_ROUND_UP(len, cs);
+    int ret = read_output_range(job, buf, off, len);
+
+    for (size_t i = 0; i < nb && ret >= 0; i++) {
+        const size_t n = (size_t)VIMG_MIN((uint64_t)cs, len - i * cs);
+        const uint8_t *c = buf + i * cs;
+        if (vimg_buffer_is_zero(c, n)) {
+            zlen[i] = -1; /* skip */
+        } else if (job->opts->is_compressed) {
+            ret = vimg_compress_cluster(job->out_img, c, n, zbuf + i * cs, cs);
+            zlen[i] = ret;
+        } else {
+            zlen[i] = 0; /* plain */
+        }
+    }
+
+    pthread_mutex_lock(&job->commit_lock);
+    while (job->next_commit != chunk && atomic_load(&job->error) == 0) {
+        pthread_cond_wait(&job->commit_turn, &job->commit_lock);
+    }
+    pthread_mutex_unlock(&job->commit_lock);
+    for (size_t i = 0; i < nb && ret >= 0 && atomic_load(&job->error) == 0;) {
+        const uint64_t at = off + (uint64_t)i * cs;
+        if (zlen[i] > 0) {
+            ret = vimg_pwrite_compressed(job->out_img, zbuf + i * cs,
+                                         (size_t)zlen[i], at);
+            i++;
+        } else if (zlen[i] == 0) {
+            size_t j = i;
+            while (j < nb && zlen[j] == 0) {
+                j++; /* plain clusters in a row: one write */
+            }
+            const size_t n =
+                (size_t)VIMG_MIN((uint64_t)(j - i) * cs, len - i * cs);
+            ret = vimg_pwrite(job->out_img, buf + i * cs, n, at);
+            i = j;
+        } else {
+            i++;
+        }
+    }
+    pthread_mutex_lock(&job->commit_lock);
+    job->next_commit = chunk + 1;
+    pthread_cond_broadcast(&job->commit_turn);
+    pthread_mutex_unlock(&job->commit_lock);
+    atomic_fetch_add(&job->bytes_done, len);
+    return ret < 0 ? ret : 0;
+}
+
 static void *convert_worker(void *opaque)
 {
     struct convert_job *job = opaque;
     uint8_t *buf = malloc(CONVERT_CHUNK_BYTES);
+    uint8_t *zbuf = job->out_img ? malloc(CONVERT_CHUNK_BYTES) : NULL;
+    int *zlen = job->out_img ? calloc(CONVERT_CHUNK_BYTES / 512, sizeof(int))
+                             : NULL;
 
-    if (!buf) {
+    if (!buf || (job->out_img && (!zbuf || !zlen))) {
         set_error(job, vimg_error(-ENOMEM, "out of memory"));
-        return NULL;
     }
     while (atomic_load(&job->error) == 0) {
         const uint64_t chunk = atomic_fetch_add(&job->next_chunk, 1);
         if (chunk >= job->nb_chunks) {
             break;
         }
-        int ret = convert_chunk(job, buf, chunk);
+        int ret = job->out_img
+                      ? convert_chunk_image(job, buf, zbuf, zlen, chunk)
+                      : convert_chunk(job, buf, chunk);
         if (ret < 0) {
             set_error(job, ret);
         }
     }
+    /* wake anyone waiting for a turn that will not come */
+    pthread_mutex_lock(&job->commit_lock);
+    pthread_cond_broadcast(&job->commit_turn);
+    pthread_mutex_unlock(&job->commit_lock);
     free(buf);
+    free(zbuf);
+    free(zlen);
     return NULL;
 }
 
@@ -268,10 +382,16 @@ int vimg_convert(vimg_image *const *srcs, size_t nb_srcs,
         opts->version != VIMG_CONVERT_OPTS_VERSION) {
         return vimg_error(-EINVAL, "vimg_convert: bad argument");
     }
-    if (opts->out_format && strcmp(opts->out_format, "raw") != 0) {
+    const bool is_raw = !opts->out_format ||
+                        strcmp(opts->out_format, "raw") == 0;
+    if (!is_raw && strcmp(opts->out_format, "qcow2") != 0) {
         return vimg_error(-ENOTSUP,
-                          "converting to %s is not supported yet (only raw)",
+                          "converting to %s is not supported yet (raw and "
+                          "qcow2 are)",
                           opts->out_format);
+    }
+    if (is_raw && opts->is_compressed) {
+        return vimg_error(-EINVAL, "raw images cannot be compressed");
     }
     if (opts->sparse_size % 512 != 0) {
         return vimg_error(-EINVAL, "sparse size %llu is not a multiple of 512",
@@ -284,6 +404,8 @@ int vimg_convert(vimg_image *const *srcs, size_t nb_srcs,
         .opts = opts,
     };
     pthread_mutex_init(&job.error_lock, NULL);
+    pthread_mutex_init(&job.commit_lock, NULL);
+    pthread_cond_init(&job.commit_turn, NULL);
     job.src_start = calloc(nb_srcs, sizeof(uint64_t));
     job.chunk_start = calloc(nb_srcs, sizeof(uint64_t));
     int ret = 0;
@@ -303,12 +425,37 @@ int vimg_convert(vimg_image *const *srcs, size_t nb_srcs,
             VIMG_DIV_ROUND_UP(vimg_size(srcs[i]), CONVERT_CHUNK_BYTES);
     }
 
-    ret = vimg_io_file_open(&job.out, out_path, true,
-                            !opts->is_existing_target);
+    job.total = total;
+    if (!is_raw) {
+        if (opts->is_existing_target) {
+            ret = vimg_error(-ENOTSUP, "-n is supported for raw targets only");
+            goto out;
+        }
+        struct vimg_create_opts co = VIMG_CREATE_OPTS_INIT;
+        if (opts->create) {
+            co = *opts->create;
+        }
+        co.format = opts->out_format;
+        co.size = total;
+        ret = vimg_create(out_path, &co);
+        if (ret == 0) {
+            ret = vimg_open(&job.out_img, out_path, opts->out_format,
+                            VIMG_OPEN_RDWR | VIMG_OPEN_NO_BACKING);
+        }
+        if (ret < 0) {
+            goto out;
+        }
+        /* chunks in output space, a multiple of any cluster size */
+        job.nb_chunks = VIMG_DIV_ROUND_UP(total, CONVERT_CHUNK_BYTES);
+    }
+    if (is_raw) {
+        ret = vimg_io_file_open(&job.out, out_path, true,
+                                !opts->is_existing_target);
+    }
     if (ret < 0) {
         goto out;
     }
-    if (!opts->is_existing_target) {
+    if (is_raw && !opts->is_existing_target) {
         ret = vimg_io_truncate(job.out, total);
         if (ret < 0) {
             goto out;
@@ -359,11 +506,17 @@ int vimg_convert(vimg_image *const *srcs, size_t nb_srcs,
         vimg_error(ret, "%s", job.error_msg);
         goto out;
     }
-    if (opts->do_flush) {
+    if (job.out_img) {
+        /* an image's metadata must reach the file in any case */
+        ret = vimg_flush(job.out_img);
+    } else if (opts->do_flush) {
         ret = vimg_io_flush(job.out);
     }
 out:
     vimg_io_close(job.out);
+    vimg_close(job.out_img);
+    pthread_mutex_destroy(&job.commit_lock);
+    pthread_cond_destroy(&job.commit_turn);
     free(job.src_start);
     free(job.chunk_start);
     pthread_mutex_destroy(&job.error_lock);

@@ -38,6 +38,11 @@ int64_t cli_actual_size(const char *path);
 /* Print OBJ as qemu prints JSON: 4-space indent, keys in insert order. */
 void cli_print_json(FILE *f, struct json_object *obj);
 
+/* Apply one "key=value" of a -o list to O (strings point into KV, which
+ * is modified); *has_size is set by "size=".  Prints the error; -1. */
+int cli_apply_create_option(struct vimg_create_opts *o, char *kv,
+                            bool *has_size);
+
 /* A progress bar on stderr, drawn when enabled. */
 struct cli_progress {
     bool is_enabled;

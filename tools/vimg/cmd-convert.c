@@ -38,11 +38,13 @@ int cmd_convert(int argc, char **argv)
     struct cli_progress progress = {.last_permille = -1};
     const char *format = NULL;
     const char *out_format = "raw";
+    struct vimg_create_opts create = VIMG_CREATE_OPTS_INIT;
+    bool has_size = false;
     bool is_quiet = false;
     int c;
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "+f:O:pqnS:m:Wt:T:hU", longopts,
+    while ((c = getopt_long(argc, argv, "+f:O:o:cpqnS:m:Wt:T:hU", longopts,
                             NULL)) != -1) {
         switch (c) {
         case 'f':
@@ -50,6 +52,16 @@ int cmd_convert(int argc, char **argv)
             break;
         case 'O':
             out_format = optarg;
+            break;
+        case 'o':
+            for (char *kv = strtok(optarg, ","); kv; kv = strtok(NULL, ",")) {
+                if (cli_apply_create_option(&create, kv, &has_size) < 0) {
+                    return 1;
+                }
+            }
+            break;
+        case 'c':
+            opts.is_compressed = true;
             break;
         case 'p':
             progress.is_enabled = true;
@@ -110,12 +122,22 @@ int cmd_convert(int argc, char **argv)
         cli_error("Expecting image file name and output file name");
         return cli_usage("convert");
     }
-    if (strcmp(out_format, "raw") != 0) {
-        cli_error("output format '%s' is not supported yet (only raw)",
+    if (strcmp(out_format, "raw") != 0 && strcmp(out_format, "qcow2") != 0) {
+        cli_error("output format '%s' is not supported yet (raw and qcow2 "
+                  "are)",
                   out_format);
         return 1;
     }
+    if (opts.is_compressed && strcmp(out_format, "qcow2") != 0) {
+        cli_error("Compression not supported for this file format");
+        return 1;
+    }
+    if (has_size || create.backing_file) {
+        cli_error("convert: -o size and backing_file are not supported");
+        return 1;
+    }
     opts.out_format = out_format;
+    opts.create = &create;
     const char *out_path = argv[argc - 1];
     const size_t nb_srcs = (size_t)(argc - optind - 1);
     vimg_image **srcs = calloc(nb_srcs, sizeof(*srcs));

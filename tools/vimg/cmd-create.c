@@ -11,18 +11,6 @@
 
 int cmd_create(int argc, char **argv);
 
-static bool parse_bool(const char *v, bool *out)
-{
-    if (!strcmp(v, "on") || !strcmp(v, "yes") || !strcmp(v, "true")) {
-        *out = true;
-    } else if (!strcmp(v, "off") || !strcmp(v, "no") || !strcmp(v, "false")) {
-        *out = false;
-    } else {
-        return false;
-    }
-    return true;
-}
-
 static void print_options_help(const char *format)
 {
     printf("Supported options:\n");
@@ -42,87 +30,6 @@ static void print_options_help(const char *format)
            "  extended_l2=<bool>     Extended L2 tables (subclusters)\n"
            "  lazy_refcounts=<bool>  Postpone refcount updates\n"
            "  refcount_bits=<num>    Width of a reference count (1..64)\n");
-}
-
-/* Apply one "key=value" of -o to O.  Strings point into the argument. */
-static int apply_option(struct vimg_create_opts *o, char *kv, bool *has_size)
-{
-    char *eq = strchr(kv, '=');
-    if (!eq) {
-        cli_error("Invalid option '%s': expected key=value", kv);
-        return -1;
-    }
-    *eq = '\0';
-    const char *key = kv, *val = eq + 1;
-    uint64_t n;
-    bool b;
-
-    if (!strcmp(key, "size")) {
-        if (!cli_parse_size(val, &o->size)) {
-            goto bad;
-        }
-        *has_size = true;
-    } else if (!strcmp(key, "compat")) {
-        if (!strcmp(val, "0.10") || !strcmp(val, "v2")) {
-            o->qcow2_version = 2;
-        } else if (!strcmp(val, "1.1") || !strcmp(val, "v3")) {
-            o->qcow2_version = 3;
-        } else {
-            cli_error("Invalid compatibility level: '%s'", val);
-            return -1;
-        }
-    } else if (!strcmp(key, "cluster_size")) {
-        if (!cli_parse_size(val, &n) || n > UINT32_MAX) {
-            goto bad;
-        }
-        o->cluster_size = (uint32_t)n;
-    } else if (!strcmp(key, "refcount_bits")) {
-        char *end;
-        unsigned long v = strtoul(val, &end, 10);
-        if (*end || v == 0 || v > 64) {
-            cli_error("Refcount width must be a power of two and may not "
-                      "exceed 64 bits");
-            return -1;
-        }
-        o->refcount_bits = (unsigned)v;
-    } else if (!strcmp(key, "lazy_refcounts") ||
-               !strcmp(key, "extended_l2") ||
-               !strcmp(key, "data_file_raw")) {
-        if (!parse_bool(val, &b)) {
-            goto bad;
-        }
-        if (key[0] == 'l') {
-            o->lazy_refcounts = b;
-        } else if (key[0] == 'e') {
-            o->extended_l2 = b;
-        } else {
-            o->data_file_raw = b;
-        }
-    } else if (!strcmp(key, "data_file")) {
-        o->data_file = val;
-    } else if (!strcmp(key, "compression_type")) {
-        o->compression_type = val;
-    } else if (!strcmp(key, "preallocation")) {
-        o->preallocation = val;
-    } else if (!strcmp(key, "backing_file")) {
-        o->backing_file = val;
-    } else if (!strcmp(key, "backing_fmt")) {
-        o->backing_format = val;
-    } else if (!strcmp(key, "encryption") || !strncmp(key, "encrypt", 7)) {
-        cli_error("encrypted images are not supported yet");
-        return -1;
-    } else {
-        cli_error("Invalid parameter '%s'", key);
-        return -1;
-    }
-    return 0;
-bad:
-    cli_error("Parameter '%s' expects a %s, not '%s'", key,
-              !strcmp(key, "size") || !strcmp(key, "cluster_size")
-                  ? "size (with an optional k, M, G, T suffix)"
-                  : "boolean (on or off)",
-              val);
-    return -1;
 }
 
 int cmd_create(int argc, char **argv)
@@ -185,7 +92,7 @@ int cmd_create(int argc, char **argv)
         }
         for (char *kv = strtok(optstrings[i], ","); kv;
              kv = strtok(NULL, ",")) {
-            if (apply_option(&o, kv, &has_size) < 0) {
+            if (cli_apply_create_option(&o, kv, &has_size) < 0) {
                 return 1;
             }
         }

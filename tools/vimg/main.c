@@ -24,7 +24,8 @@ const struct cli_command cli_commands[] = {
      "[--max-length=N] FILE",
      "show where each range of the virtual disk comes from"},
     {"convert", cmd_convert,
-     "convert [-f FMT] [-O raw] [-p] [-q] [-n] [-S SIZE] [-m THREADS] [-t CACHE] [-W] "
+     "convert [-f FMT] [-O raw|qcow2] [-o OPTIONS] [-c] [-p] [-q] [-n] [-S SIZE] "
+     "[-m THREADS] [-t CACHE] [-W] "
      "IN... OUT",
      "copy images into a new image (sparse; several inputs concatenate)"},
     {"compare", cmd_compare,

@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec/codec.h"
 #include "formats/qcow2/qcow2.h"
 #include "vimg-endian.h"
 
@@ -312,6 +313,7 @@ int qcow2_alloc_clusters(struct vimg_image *img, uint64_t n,
 {
     struct qcow2_state *s = img->priv;
     uint64_t run_start = s->free_cluster_index, run = 0;
+    uint64_t first_free = UINT64_MAX;
 
     /* first fit from the hint; everything past end_cluster is free */
     for (uint64_t c = s->free_cluster_index;; c++) {
@@ -330,6 +332,7 @@ int qcow2_alloc_clusters(struct vimg_image *img, uint64_t n,
             run = 0;
             continue;
         }
+        first_free = VIMG_MIN(first_free, c);
         if (run++ == 0) {
             run_start = c;
         }
@@ -354,9 +357,10 @@ int qcow2_alloc_clusters(struct vimg_image *img, uint64_t n,
             return ret;
         }
     }
-    if (run_start == s->free_cluster_index) {
-        s->free_cluster_index = run_start + n;
-    }
+    /* no free cluster before the first one seen: next search starts
+     * there (or after this run) */
+    s->free_cluster_index =
+        first_free < run_start ? first_free : run_start + n;
     s->end_cluster = VIMG_MAX(s->end_cluster, run_start + n);
     const uint64_t end_bytes = s->end_cluster << s->cluster_bits;
     if (end_bytes > s->file_size) {
@@ -998,4 +1002,147 @@ void qcow2_close_write(struct vimg_image *img)
     s->rb_cache = NULL;
     free(s->reftable);
     free(s->pending);
+}
+
+/* ------------------------------------------------- compressed clusters */
+
+uint32_t qcow2_cluster_size(struct vimg_image *img)
+{
+    return (uint32_t)((struct qcow2_state *)img->priv)->cluster_size;
+}
+
+int qcow2_compress_cluster(struct vimg_image *img, const void *data,
+                           size_t len, void *out, size_t out_cap)
+{
+    struct qcow2_state *s = img->priv;
+    const size_t cs = (size_t)s->cluster_size;
+    const uint8_t *in = data;
+    uint8_t *padded = NULL;
+
+    if (len < cs) {
+        /* the last cluster of an odd-sized disk: zero padding */
+        padded = calloc(1, cs);
+        if (!padded) {
+            return vimg_error(-ENOMEM, "out of memory");
+        }
+        memcpy(padded, data, len);
+        in = padded;
+    }
+    /* worth it only if it saves at least a byte of the cluster */
+    const size_t cap = VIMG_MIN(out_cap, cs - 1);
+    int ret = s->h.compression_type == QCOW2_COMPRESSION_ZSTD
+                  ? vimg_zstd_compress(in, cs, out, cap)
+                  : vimg_deflate_raw(in, cs, out, cap);
+    free(padded);
+    return ret;
+}
+
+/*
+ * Room for LEN compressed bytes: packed after the previous compressed
+ * cluster when they fit in its host cluster (or the clusters right after
+ * it are free), else in new clusters.  Every host cluster the bytes touch
+ * gains one reference.
+ */
+static int alloc_bytes(struct vimg_image *img, size_t len,
+                       uint64_t *offset_out)
+{
+    struct qcow2_state *s = img->priv;
+    const uint64_t cs = s->cluster_size;
+    uint64_t off = s->free_byte_offset;
+    int ret;
+
+    if (off && (off & (cs - 1))) {
+        const uint64_t first = cluster_of(s, off);
+        const uint64_t last = cluster_of(s, off + len - 1);
+        bool is_free = true;
+        for (uint64_t c = first + 1; c <= last && is_free; c++) {
+            uint64_t rc;
+            ret = qcow2_get_refcount_locked(img, c, &rc);
+            if (ret < 0) {
+                return ret;
+            }
+            is_free = rc == 0;
+        }
+        if (is_free) {
+            uint64_t rc;
+            ret = qcow2_get_refcount_locked(img, first, &rc);
+            if (ret == 0) {
+                ret = set_refcount(img, first, rc + 1);
+            }
+            for (uint64_t c = first + 1; c <= last && ret == 0; c++) {
+                ret = ensure_refblock(img, c / s->rb_entries, c, 1);
+                if (ret == 0) {
+                    ret = set_refcount(img, c, 1);
+                }
+            }
+            if (ret < 0) {
+                return ret;
+            }
+            s->end_cluster = VIMG_MAX(s->end_cluster, last + 1);
+            if (s->free_cluster_index <= last) {
+                s->free_cluster_index = last + 1;
+            }
+            *offset_out = off;
+            s->free_byte_offset = off + len;
+            return 0;
+        }
+    }
+    ret = qcow2_alloc_clusters(img, VIMG_DIV_ROUND_UP(len, cs), &off);
+    if (ret < 0) {
+        return ret;
+    }
+    *offset_out = off;
+    s->free_byte_offset = off + len;
+    return 0;
+}
+
+int qcow2_pwrite_compressed(struct vimg_image *img, const void *data,
+                            size_t len, uint64_t offset)
+{
+    struct qcow2_state *s = img->priv;
+    int ret = 0;
+
+    if (s->has_data_file) {
+        return vimg_error(-ENOTSUP, "%s: compressed clusters cannot live in "
+                                    "an external data file",
+                          img->filename);
+    }
+    pthread_mutex_lock(&s->lock);
+    if (s->is_broken) {
+        ret = vimg_error(-EIO, "%s: image is marked corrupt; no more writes",
+                         img->filename);
+    }
+    if (ret == 0) {
+        ret = mark_dirty(img);
+    }
+    const uint64_t cluster_index = offset >> s->cluster_bits;
+    const uint64_t l1_index = cluster_index >> s->l2_bits;
+    const size_t i = (size_t)(cluster_index & ((1ull << s->l2_bits) - 1));
+    uint64_t l2_off, entry, bitmap, host = 0;
+    if (ret == 0) {
+        ret = l2_for_write(img, l1_index, &l2_off);
+    }
+    if (ret == 0) {
+        ret = l2_entry(img, l2_off, i, &entry, &bitmap, false);
+    }
+    if (ret == 0) {
+        ret = alloc_bytes(img, len, &host);
+    }
+    if (ret == 0) {
+        ret = vimg_io_pwrite(img->io, data, len, host);
+        s->is_unsynced = true;
+    }
+    if (ret == 0) {
+        /* descriptor: offset, then the number of extra 512-byte sectors */
+        const uint64_t sectors = (host + len - 1) / 512 - host / 512;
+        uint64_t new_entry = QCOW2_OFLAG_COMPRESSED | host |
+                             (sectors << s->csize_shift);
+        uint64_t new_bitmap = 0;
+        ret = l2_entry(img, l2_off, i, &new_entry, &new_bitmap, true);
+        if (ret == 0) {
+            ret = release_entry(img, entry); /* whatever was there */
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    return ret;
 }

@@ -234,6 +234,7 @@ struct qcow2_state {
     bool is_broken;           /* corruption found: no more writes */
     uint64_t free_cluster_index; /* allocation search starts here */
     uint64_t end_cluster;     /* first cluster past everything in use */
+    uint64_t free_byte_offset; /* where the next compressed cluster goes */
     struct qcow2_pending_free {
         uint64_t cluster;
         uint64_t count;
@@ -331,6 +332,11 @@ int qcow2_write_zeroes(struct vimg_image *img, uint64_t offset,
                        uint64_t count, unsigned flags);
 int qcow2_discard(struct vimg_image *img, uint64_t offset, uint64_t count);
 int qcow2_flush(struct vimg_image *img);
+uint32_t qcow2_cluster_size(struct vimg_image *img);
+int qcow2_compress_cluster(struct vimg_image *img, const void *data,
+                           size_t len, void *out, size_t out_cap);
+int qcow2_pwrite_compressed(struct vimg_image *img, const void *data,
+                            size_t len, uint64_t offset);
 int qcow2_get_refcount_locked(struct vimg_image *img, uint64_t cluster,
                               uint64_t *out);
 /* Allocate N contiguous clusters (refcount 1); *offset_out is the first. */
