@@ -118,6 +118,17 @@ VIMG_API int vimg_discard(vimg_image *img, uint64_t offset, uint64_t count);
 /* Make everything written so far durable. */
 VIMG_API int vimg_flush(vimg_image *img);
 
+#define VIMG_RESIZE_SHRINK 0x1u /* allow a smaller size (data is lost) */
+
+/*
+ * Change the virtual size of IMG to NEW_SIZE.  Shrinking needs
+ * VIMG_RESIZE_SHRINK and releases what lies beyond the new end.  New space
+ * reads as zeroes; PREALLOCATION ("off" or NULL, "falloc", "full"; raw
+ * only for now) reserves it.
+ */
+VIMG_API int vimg_resize(vimg_image *img, uint64_t new_size,
+                         const char *preallocation, unsigned flags);
+
 /* The allocation unit of IMG (qcow2 cluster size), or 512 for raw. */
 VIMG_API uint32_t vimg_cluster_size(const vimg_image *img);
 

@@ -297,6 +297,34 @@ int vimg_discard(vimg_image *img, uint64_t offset, uint64_t count)
     return vimg_write_zeroes(img, offset, count, VIMG_ZERO_MAY_UNMAP);
 }
 
+int vimg_resize(vimg_image *img, uint64_t new_size,
+                const char *preallocation, unsigned flags)
+{
+    if (!img) {
+        return vimg_error(-EINVAL, "vimg_resize: NULL argument");
+    }
+    if (!img->is_writable) {
+        return vimg_error(-EROFS, "%s: image is opened read-only",
+                          img->filename);
+    }
+    if (!img->drv->resize) {
+        return vimg_error(-ENOTSUP, "%s: resizing %s images is not supported",
+                          img->filename, img->drv->name);
+    }
+    if (new_size < img->size && !(flags & VIMG_RESIZE_SHRINK)) {
+        return vimg_error(-EINVAL, "%s: shrinking needs the shrink flag "
+                                   "(data beyond the new end is lost)",
+                          img->filename);
+    }
+    if (preallocation && strcmp(preallocation, "off") &&
+        strcmp(preallocation, "falloc") && strcmp(preallocation, "full") &&
+        strcmp(preallocation, "metadata")) {
+        return vimg_error(-EINVAL, "unknown preallocation mode '%s'",
+                          preallocation);
+    }
+    return img->drv->resize(img, new_size, preallocation, flags);
+}
+
 uint32_t vimg_cluster_size(const vimg_image *img)
 {
     if (!img) {

@@ -39,6 +39,8 @@ struct vimg_format {
                         uint64_t count, unsigned flags);
     int (*discard)(struct vimg_image *img, uint64_t offset, uint64_t count);
     uint32_t (*cluster_size)(struct vimg_image *img);
+    int (*resize)(struct vimg_image *img, uint64_t new_size,
+                  const char *preallocation, unsigned flags);
     int (*compress_cluster)(struct vimg_image *img, const void *data,
                             size_t len, void *out, size_t out_cap);
     int (*pwrite_compressed)(struct vimg_image *img, const void *data,

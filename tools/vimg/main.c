@@ -13,6 +13,7 @@ int cmd_map(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
 int cmd_create(int argc, char **argv);
+int cmd_resize(int argc, char **argv);
 static int cmd_help(int argc, char **argv);
 
 const struct cli_command cli_commands[] = {
@@ -34,6 +35,9 @@ const struct cli_command cli_commands[] = {
     {"create", cmd_create,
      "create -f FMT [-b BACKING [-F FMT]] [-u] [-o OPTIONS] [-q] FILE [SIZE]",
      "create a new raw or qcow2 image ('-o help' lists the options)"},
+    {"resize", cmd_resize,
+     "resize [-f FMT] [--shrink] [--preallocation=MODE] [-q] FILE [+|-]SIZE",
+     "change the virtual size of an image"},
     {"help", cmd_help, "help [COMMAND]", "show help"},
     {NULL, NULL, NULL, NULL},
 };

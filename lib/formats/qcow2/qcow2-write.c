@@ -267,10 +267,27 @@ static int grow_reftable(struct vimg_image *img, uint64_t need_entries)
     return ret;
 }
 
-/* Make sure refcount block RT_INDEX exists; a new one is placed in the
- * range it describes (so it counts itself), avoiding [avoid, avoid+n). */
-static int ensure_refblock(struct vimg_image *img, uint64_t rt_index,
-                           uint64_t avoid, uint64_t n)
+/* Clusters taken but not counted yet, which a new refcount block must
+ * not land on: the run being allocated and blocks placed on the way. */
+struct taken {
+    uint64_t start, count;
+    const struct taken *next;
+};
+
+static bool is_taken(const struct taken *t, uint64_t c)
+{
+    for (; t; t = t->next) {
+        if (c >= t->start && c < t->start + t->count) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Make sure refcount block RT_INDEX exists.  A new one goes in the range
+ * it describes (so it counts itself), else past the end of everything. */
+static int ensure_refblock_taken(struct vimg_image *img, uint64_t rt_index,
+                                 const struct taken *taken)
 {
     struct qcow2_state *s = img->priv;
 
@@ -283,29 +300,48 @@ static int ensure_refblock(struct vimg_image *img, uint64_t rt_index,
     if (s->reftable[rt_index] & QCOW2_REFT_OFFSET_MASK) {
         return 0;
     }
-    /* Without a block every cluster of the range is free: take the first
-     * one not being allocated right now. */
+    /* Without a block no cluster of the range is in use: take the first
+     * one not taken by the allocation in progress. */
     uint64_t c = rt_index * s->rb_entries;
-    while (c >= avoid && c < avoid + n) {
+    while (c == 0 || is_taken(taken, c)) {
         c++;
     }
-    if (c >= (rt_index + 1) * s->rb_entries || c == 0) {
-        return vimg_error(-ENOSPC, "%s: no room for a refcount block",
-                          img->filename);
+    const bool is_self = c < (rt_index + 1) * s->rb_entries;
+    int ret;
+    if (!is_self) {
+        /* the whole range is being allocated: the block goes past the end
+         * of everything and is counted by the block of its own range */
+        c = VIMG_MAX(s->end_cluster, (rt_index + 1) * s->rb_entries);
+        s->end_cluster = c + 1;
+        const struct taken me = {c, 1, taken};
+        ret = ensure_refblock_taken(img, c / s->rb_entries, &me);
+        if (ret < 0) {
+            return ret;
+        }
     }
     const uint8_t *b;
-    int ret = qcow2_cache_get(s->rb_cache, c * s->cluster_size, zero_table,
-                              img, &b);
+    ret = qcow2_cache_get(s->rb_cache, c * s->cluster_size, zero_table, img,
+                          &b);
     if (ret < 0) {
         return ret;
     }
-    qcow2_refcount_set((uint8_t *)b, c % s->rb_entries, s->h.refcount_order,
-                       1);
+    if (is_self) {
+        qcow2_refcount_set((uint8_t *)b, c % s->rb_entries,
+                           s->h.refcount_order, 1);
+    }
     qcow2_cache_mark_dirty(s->rb_cache, b);
     s->reftable[rt_index] = c * s->cluster_size;
     s->is_reftable_dirty = true;
     s->end_cluster = VIMG_MAX(s->end_cluster, c + 1);
-    return 0;
+    return is_self ? 0 : set_refcount(img, c, 1);
+}
+
+static int ensure_refblock(struct vimg_image *img, uint64_t rt_index,
+                           uint64_t avoid, uint64_t n)
+{
+    const struct taken run = {avoid, n, NULL};
+
+    return ensure_refblock_taken(img, rt_index, &run);
 }
 
 int qcow2_alloc_clusters(struct vimg_image *img, uint64_t n,
@@ -1144,5 +1180,187 @@ int qcow2_pwrite_compressed(struct vimg_image *img, const void *data,
         }
     }
     pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* ------------------------------------------------------------- resize */
+
+/* Drop every cluster at or after FIRST_CLUSTER (guest) from the tables. */
+static int drop_clusters_from(struct vimg_image *img, uint64_t first_cluster)
+{
+    struct qcow2_state *s = img->priv;
+    const uint64_t per_table = 1ull << s->l2_bits;
+    int ret = 0;
+
+    for (uint64_t l1i = first_cluster / per_table;
+         l1i < s->h.l1_size && ret == 0; l1i++) {
+        if (!(s->l1[l1i] & QCOW2_L1E_OFFSET_MASK)) {
+            continue;
+        }
+        uint64_t l2_off;
+        ret = l2_for_write(img, l1i, &l2_off);
+        const uint64_t from = l1i == first_cluster / per_table
+                                  ? first_cluster % per_table
+                                  : 0;
+        for (uint64_t i = from; i < per_table && ret == 0; i++) {
+            uint64_t entry, bitmap;
+            ret = l2_entry(img, l2_off, (size_t)i, &entry, &bitmap, false);
+            if (ret < 0 || (entry == 0 && bitmap == 0)) {
+                continue;
+            }
+            uint64_t zero = 0, zero_bitmap = 0;
+            ret = l2_entry(img, l2_off, (size_t)i, &zero, &zero_bitmap, true);
+            if (ret == 0 && !s->has_data_file) {
+                ret = release_entry(img, entry);
+            }
+        }
+    }
+    return ret;
+}
+
+/* Replace the L1 table by one of NEW_SIZE entries at a new place. */
+static int grow_l1(struct vimg_image *img, uint64_t new_entries)
+{
+    struct qcow2_state *s = img->priv;
+    const uint64_t bytes = new_entries * 8;
+
+    if (bytes > QCOW2_MAX_L1_BYTES) {
+        return vimg_error(-EFBIG, "%s: the L1 table would exceed 32 MiB",
+                          img->filename);
+    }
+    uint64_t *l1 = calloc(new_entries, sizeof(uint64_t));
+    uint8_t *buf = calloc(1, (size_t)bytes);
+    int ret = 0;
+    if (!l1 || !buf) {
+        ret = vimg_error(-ENOMEM, "out of memory");
+        goto out;
+    }
+    memcpy(l1, s->l1, (size_t)s->h.l1_size * 8);
+    /* everything the new table points at is durable first */
+    ret = flush_locked(img);
+    uint64_t off = 0;
+    if (ret == 0) {
+        ret = qcow2_alloc_clusters(img,
+                                   VIMG_DIV_ROUND_UP(bytes, s->cluster_size),
+                                   &off);
+    }
+    if (ret == 0) {
+        for (uint64_t i = 0; i < new_entries; i++) {
+            store_be64(buf + i * 8, l1[i]);
+        }
+        ret = write_meta(img, off, buf, (size_t)bytes);
+    }
+    if (ret == 0) {
+        ret = sync_refcounts(img);
+    }
+    if (ret == 0) {
+        uint8_t hdr[12];
+        store_be32(hdr, (uint32_t)new_entries);
+        store_be64(hdr + 4, off);
+        ret = write_meta(img, QCOW2_HDR_L1_SIZE, hdr, sizeof(hdr));
+    }
+    if (ret == 0) {
+        ret = sync_files(img);
+    }
+    if (ret == 0) {
+        const uint64_t old_off = s->h.l1_table_offset;
+        const uint64_t old_clusters =
+            VIMG_DIV_ROUND_UP((uint64_t)s->h.l1_size * 8, s->cluster_size);
+        free(s->l1);
+        s->l1 = l1;
+        l1 = NULL;
+        s->h.l1_size = (uint32_t)new_entries;
+        s->h.l1_table_offset = off;
+        if (old_off && old_clusters) {
+            ret = qcow2_free_clusters_later(img, old_off, old_clusters);
+        }
+    }
+out:
+    free(l1);
+    free(buf);
+    return ret;
+}
+
+int qcow2_resize(struct vimg_image *img, uint64_t new_size,
+                 const char *preallocation, unsigned flags)
+{
+    struct qcow2_state *s = img->priv;
+    const uint64_t old = s->h.size;
+    const uint64_t cs = s->cluster_size;
+    int ret = 0;
+
+    if (new_size % 512) {
+        return vimg_error(-EINVAL, "%s: the new size must be a multiple of "
+                                   "512",
+                          img->filename);
+    }
+    if (preallocation && strcmp(preallocation, "off") != 0) {
+        return vimg_error(-ENOTSUP, "%s: preallocation=%s when resizing "
+                                    "qcow2 is not supported yet",
+                          img->filename, preallocation);
+    }
+    if (s->h.version < 3 && s->nb_snapshots) {
+        return vimg_error(-ENOTSUP, "%s: Can't resize a v2 image which has "
+                                    "snapshots",
+                          img->filename);
+    }
+    if (new_size > QCOW2_MAX_VIRTUAL_SIZE) {
+        return vimg_error(-EFBIG, "%s: size too large", img->filename);
+    }
+    pthread_mutex_lock(&s->lock);
+    if (s->is_broken) {
+        ret = vimg_error(-EIO, "%s: image is marked corrupt; no more writes",
+                         img->filename);
+    }
+    if (ret == 0) {
+        ret = mark_dirty(img);
+    }
+    if (ret == 0 && new_size < old) {
+        /* the part of the new last cluster past the end reads as zeroes
+         * if the image grows again; the clusters after it are released */
+        const uint64_t cut = VIMG_DIV_ROUND_UP(new_size, cs) * cs;
+        if (cut > new_size && cut <= old) {
+            ret = zero_in_cluster(img, (size_t)(cut - new_size), new_size,
+                                  false, false);
+        }
+        if (ret == 0) {
+            ret = drop_clusters_from(img, cut / cs);
+        }
+    }
+    if (ret == 0 && new_size > old) {
+        const uint64_t per_l1 = (1ull << s->l2_bits) * cs;
+        const uint64_t need = VIMG_DIV_ROUND_UP(new_size, per_l1);
+        if (need > s->h.l1_size) {
+            ret = grow_l1(img, need);
+        }
+        /* stale bytes past the old end in its last cluster must not show */
+        const uint64_t tail_end = VIMG_MIN(new_size,
+                                           VIMG_DIV_ROUND_UP(old, cs) * cs);
+        if (ret == 0 && tail_end > old) {
+            ret = zero_in_cluster(img, (size_t)(tail_end - old), old, false,
+                                  false);
+        }
+    }
+    if (ret == 0) {
+        ret = flush_locked(img);
+    }
+    if (ret == 0) {
+        uint8_t b[8];
+        store_be64(b, new_size);
+        ret = write_meta(img, QCOW2_HDR_SIZE, b, sizeof(b));
+    }
+    if (ret == 0) {
+        ret = sync_files(img);
+    }
+    if (ret == 0) {
+        s->h.size = new_size;
+        img->size = new_size;
+        if (s->has_data_file && s->data_io && s->data_size < new_size) {
+            ret = vimg_io_truncate(s->data_io, new_size);
+            s->data_size = new_size;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    (void)flags;
     return ret;
 }

@@ -499,6 +499,7 @@ const struct vimg_format vimg_format_qcow2 = {
     .write_zeroes = qcow2_write_zeroes,
     .discard = qcow2_discard,
     .cluster_size = qcow2_cluster_size,
+    .resize = qcow2_resize,
     .compress_cluster = qcow2_compress_cluster,
     .pwrite_compressed = qcow2_pwrite_compressed,
     .block_status = qcow2_block_status,

@@ -333,6 +333,8 @@ int qcow2_write_zeroes(struct vimg_image *img, uint64_t offset,
 int qcow2_discard(struct vimg_image *img, uint64_t offset, uint64_t count);
 int qcow2_flush(struct vimg_image *img);
 uint32_t qcow2_cluster_size(struct vimg_image *img);
+int qcow2_resize(struct vimg_image *img, uint64_t new_size,
+                 const char *preallocation, unsigned flags);
 int qcow2_compress_cluster(struct vimg_image *img, const void *data,
                            size_t len, void *out, size_t out_cap);
 int qcow2_pwrite_compressed(struct vimg_image *img, const void *data,

@@ -67,6 +67,35 @@ static int raw_block_status(struct vimg_image *img, uint64_t offset,
     return 0;
 }
 
+static int raw_resize(struct vimg_image *img, uint64_t new_size,
+                      const char *preallocation, unsigned flags)
+{
+    const char *mode = preallocation ? preallocation : "off";
+    const uint64_t old = img->size;
+
+    if (strcmp(mode, "metadata") == 0) {
+        return vimg_error(-EINVAL, "%s: Unsupported preallocation mode: "
+                                   "metadata",
+                          img->filename);
+    }
+    int ret = vimg_io_truncate(img->io, new_size);
+    if (ret == 0 && new_size > old && strcmp(mode, "falloc") == 0) {
+        ret = vimg_io_fallocate(img->io, old, new_size - old);
+    }
+    if (ret == 0 && new_size > old && strcmp(mode, "full") == 0) {
+        static const uint8_t zero[64 * 1024];
+        for (uint64_t off = old; off < new_size && ret == 0;) {
+            const size_t n = (size_t)VIMG_MIN(new_size - off, sizeof(zero));
+            ret = vimg_io_pwrite(img->io, zero, n, off);
+            off += n;
+        }
+    }
+    if (ret == 0) {
+        img->size = (new_size + 511) & ~(uint64_t)511;
+    }
+    return ret;
+}
+
 static int raw_create(const char *path, const struct vimg_create_opts *o)
 {
     const char *prealloc = o->preallocation ? o->preallocation : "off";
@@ -123,4 +152,5 @@ const struct vimg_format vimg_format_raw = {
     .flush = raw_flush,
     .block_status = raw_block_status,
     .create = raw_create,
+    .resize = raw_resize,
 };

@@ -1,0 +1,106 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cmd-resize.c: `vimg resize`, qemu-img resize's flags and messages.
+ */
+#include <getopt.h>
+#include <string.h>
+
+#include "cli.h"
+
+int cmd_resize(int argc, char **argv);
+
+int cmd_resize(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"help", no_argument, NULL, 'h'},
+        {"shrink", no_argument, NULL, 's'},
+        {"preallocation", required_argument, NULL, 'P'},
+        {"format", required_argument, NULL, 'f'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *format = NULL, *prealloc = NULL;
+    bool is_shrink = false, is_quiet = false;
+    int c;
+
+    /* the size comes last; take it out first so "-1G" is not an option */
+    if (argc < 3) {
+        cli_error("Expecting image file name and size");
+        return cli_usage("resize");
+    }
+    const char *arg = argv[--argc];
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "f:qh", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'f':
+            format = optarg;
+            break;
+        case 'q':
+            is_quiet = true;
+            break;
+        case 's':
+            is_shrink = true;
+            break;
+        case 'P':
+            prealloc = optarg;
+            break;
+        case 'h':
+            printf("usage: vimg resize [-f FMT] [--shrink] "
+                   "[--preallocation=MODE] [-q] FILE [+|-]SIZE\n");
+            return 0;
+        default:
+            return cli_usage("resize");
+        }
+    }
+    if (argc - optind != 1) {
+        cli_error("Expecting image file name and size");
+        return cli_usage("resize");
+    }
+    const char *file = argv[optind];
+    int sign = 0;
+    if (arg[0] == '+' || arg[0] == '-') {
+        sign = arg[0] == '+' ? 1 : -1;
+        arg++;
+    }
+    uint64_t n;
+    if (!cli_parse_size(arg, &n)) {
+        cli_error("Invalid image size specified. You may use k, M, G, T, P "
+                  "or E suffixes for kilobytes, megabytes, gigabytes, "
+                  "terabytes, petabytes and exabytes.");
+        return 1;
+    }
+    vimg_image *img = NULL;
+    if (cli_open(&img, file, format, VIMG_OPEN_RDWR) < 0) {
+        return 1;
+    }
+    const uint64_t cur = vimg_size(img);
+    uint64_t size = n;
+    if (sign > 0) {
+        size = cur + n;
+        if (size < cur) {
+            cli_error("Image size too large");
+            vimg_close(img);
+            return 1;
+        }
+    } else if (sign < 0) {
+        if (n > cur) {
+            cli_error("New image size must be positive");
+            vimg_close(img);
+            return 1;
+        }
+        size = cur - n;
+    }
+    int rc = 0;
+    if (size < cur && !is_shrink) {
+        cli_error("Use the --shrink option to perform a shrink operation.");
+        rc = 1;
+    } else if (vimg_resize(img, size, prealloc,
+                           is_shrink ? VIMG_RESIZE_SHRINK : 0) < 0 ||
+               vimg_flush(img) < 0) {
+        cli_error("%s", vimg_last_error());
+        rc = 1;
+    } else if (!is_quiet) {
+        printf("Image resized.\n");
+    }
+    vimg_close(img);
+    return rc;
+}
