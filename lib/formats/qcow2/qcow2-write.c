@@ -127,6 +127,188 @@ static int zero_table(void *opaque, uint64_t off, uint8_t *buf, size_t len)
     return 0;
 }
 
+/* ------------------------------------------------------- overlap check */
+
+/*
+ * Before a cluster is handed out, make sure it is not metadata (qemu's
+ * "overlap check"): refcounts that are too low would otherwise let new
+ * data overwrite a table.  Fixed structures are known from the header;
+ * refcount blocks and L2 tables (active and of snapshots) are kept in a
+ * sorted array, built at the first allocation.
+ */
+static bool in_range(uint64_t c, uint64_t off, uint64_t bytes,
+                     unsigned cluster_bits)
+{
+    if (bytes == 0) {
+        return false;
+    }
+    const uint64_t first = off >> cluster_bits;
+    const uint64_t last = (off + bytes - 1) >> cluster_bits;
+    return c >= first && c <= last;
+}
+
+static size_t meta_pos(const struct qcow2_state *s, uint64_t c)
+{
+    size_t lo = 0, hi = s->nb_meta;
+    while (lo < hi) {
+        const size_t mid = lo + (hi - lo) / 2;
+        if (s->meta[mid] < c) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
+static int meta_add(struct qcow2_state *s, uint64_t c)
+{
+    const size_t pos = meta_pos(s, c);
+    if (pos < s->nb_meta && s->meta[pos] == c) {
+        return 0;
+    }
+    if (s->nb_meta == s->cap_meta) {
+        const size_t cap = s->cap_meta ? s->cap_meta * 2 : 256;
+        uint64_t *m = realloc(s->meta, cap * sizeof(*m));
+        if (!m) {
+            return vimg_error(-ENOMEM, "out of memory");
+        }
+        s->meta = m;
+        s->cap_meta = cap;
+    }
+    memmove(s->meta + pos + 1, s->meta + pos,
+            (s->nb_meta - pos) * sizeof(*s->meta));
+    s->meta[pos] = c;
+    s->nb_meta++;
+    return 0;
+}
+
+static void meta_remove(struct qcow2_state *s, uint64_t c)
+{
+    const size_t pos = meta_pos(s, c);
+    if (pos < s->nb_meta && s->meta[pos] == c) {
+        memmove(s->meta + pos, s->meta + pos + 1,
+                (s->nb_meta - pos - 1) * sizeof(*s->meta));
+        s->nb_meta--;
+    }
+}
+
+static int add_l1_tables(struct vimg_image *img, const uint64_t *l1,
+                         uint64_t n)
+{
+    struct qcow2_state *s = img->priv;
+    for (uint64_t i = 0; i < n; i++) {
+        const uint64_t l2 = l1[i] & QCOW2_L1E_OFFSET_MASK;
+        if (l2) {
+            int ret = meta_add(s, l2 >> s->cluster_bits);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+    }
+    return 0;
+}
+
+static int build_meta_index(struct vimg_image *img)
+{
+    struct qcow2_state *s = img->priv;
+    int ret = 0;
+
+    s->has_meta_index = true;
+    for (uint64_t i = 0; i < s->reftable_entries && ret == 0; i++) {
+        const uint64_t rb = s->reftable[i] & QCOW2_REFT_OFFSET_MASK;
+        if (rb) {
+            ret = meta_add(s, rb >> s->cluster_bits);
+        }
+    }
+    if (ret == 0) {
+        ret = add_l1_tables(img, s->l1, s->h.l1_size);
+    }
+    for (size_t k = 0; k < s->nb_snapshots && ret == 0; k++) {
+        const struct qcow2_snapshot *sn = &s->snapshots[k];
+        if (sn->l1_size == 0 || (uint64_t)sn->l1_size * 8 >
+                                    QCOW2_MAX_L1_BYTES) {
+            continue;
+        }
+        uint64_t *l1 = malloc((size_t)sn->l1_size * 8);
+        if (!l1) {
+            return vimg_error(-ENOMEM, "out of memory");
+        }
+        ret = vimg_io_pread(img->io, l1, (size_t)sn->l1_size * 8,
+                            sn->l1_table_offset);
+        for (uint32_t i = 0; ret == 0 && i < sn->l1_size; i++) {
+            l1[i] = load_be64((const uint8_t *)&l1[i]);
+        }
+        if (ret == 0) {
+            ret = add_l1_tables(img, l1, sn->l1_size);
+        }
+        free(l1);
+    }
+    return ret;
+}
+
+/* Does cluster C hold metadata? */
+static bool is_metadata(const struct qcow2_state *s, uint64_t c)
+{
+    const unsigned cb = s->cluster_bits;
+    if (c == 0 ||
+        in_range(c, s->h.l1_table_offset, (uint64_t)s->h.l1_size * 8, cb) ||
+        in_range(c, s->h.refcount_table_offset,
+                 (uint64_t)s->h.refcount_table_clusters << cb, cb)) {
+        return true;
+    }
+    for (size_t k = 0; k < s->nb_snapshots; k++) {
+        if (in_range(c, s->snapshots[k].l1_table_offset,
+                     (uint64_t)s->snapshots[k].l1_size * 8, cb)) {
+            return true;
+        }
+    }
+    if (s->nb_snapshots && in_range(c, s->h.snapshots_offset, 1, cb)) {
+        return true;
+    }
+    const size_t pos = meta_pos(s, c);
+    return pos < s->nb_meta && s->meta[pos] == c;
+}
+
+static int overlap_found(struct vimg_image *img, uint64_t c);
+
+/* Fail (and mark the image corrupt) if cluster C holds metadata. */
+static int check_free_cluster(struct vimg_image *img, uint64_t c)
+{
+    struct qcow2_state *s = img->priv;
+
+    if (!s->has_meta_index) {
+        int ret = build_meta_index(img);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return is_metadata(s, c) ? overlap_found(img, c) : 0;
+}
+
+/* An allocation would overwrite metadata: the refcounts lie.  Mark the
+ * image corrupt (qemu's corrupt bit) and refuse every further write. */
+static int overlap_found(struct vimg_image *img, uint64_t c)
+{
+    struct qcow2_state *s = img->priv;
+
+    s->is_broken = true;
+    s->h.incompatible_features |= QCOW2_INCOMPAT_CORRUPT;
+    if (s->h.version >= 3) {
+        uint8_t b[8];
+        store_be64(b, s->h.incompatible_features);
+        if (vimg_io_pwrite(img->io, b, sizeof(b), QCOW2_HDR_INCOMPAT) == 0) {
+            vimg_io_flush(img->io);
+        }
+    }
+    return vimg_error(-EIO,
+                      "%s: corrupt qcow2 image: cluster 0x%llx has refcount "
+                      "0 but holds metadata; the image is marked corrupt "
+                      "(repair it with 'qemu-img check -r all')",
+                      img->filename,
+                      (unsigned long long)(c << s->cluster_bits));
+}
+
 /* ------------------------------------------------------------ refcounts */
 
 static int refblock(struct vimg_image *img, uint64_t rt_index,
@@ -227,6 +409,10 @@ static int grow_reftable(struct vimg_image *img, uint64_t need_entries)
     /* new blocks start as zeroes in the cache */
     for (uint64_t c = start + table_clusters; c < end; c++) {
         const uint8_t *b;
+        if (meta_add(s, c) < 0) {
+            free(table);
+            return vimg_error(-ENOMEM, "out of memory");
+        }
         int ret = qcow2_cache_get(s->rb_cache, c * s->cluster_size,
                                   zero_table, img, &b);
         if (ret < 0) {
@@ -307,7 +493,10 @@ static int ensure_refblock_taken(struct vimg_image *img, uint64_t rt_index,
         c++;
     }
     const bool is_self = c < (rt_index + 1) * s->rb_entries;
-    int ret;
+    int ret = is_self && c < s->end_cluster ? check_free_cluster(img, c) : 0;
+    if (ret < 0) {
+        return ret;
+    }
     if (!is_self) {
         /* the whole range is being allocated: the block goes past the end
          * of everything and is counted by the block of its own range */
@@ -333,6 +522,10 @@ static int ensure_refblock_taken(struct vimg_image *img, uint64_t rt_index,
     s->reftable[rt_index] = c * s->cluster_size;
     s->is_reftable_dirty = true;
     s->end_cluster = VIMG_MAX(s->end_cluster, c + 1);
+    ret = meta_add(s, c);
+    if (ret < 0) {
+        return ret;
+    }
     return is_self ? 0 : set_refcount(img, c, 1);
 }
 
@@ -381,6 +574,13 @@ int qcow2_alloc_clusters(struct vimg_image *img, uint64_t n,
         return vimg_error(-ENOSPC, "%s: image file would exceed the largest "
                                    "qcow2 offset",
                           img->filename);
+    }
+    for (uint64_t c = run_start; c < VIMG_MIN(run_start + n, s->end_cluster);
+         c++) {
+        int ret = check_free_cluster(img, c);
+        if (ret < 0) {
+            return ret;
+        }
     }
     /* claim the run first, so a growing refcount table goes after it */
     s->end_cluster = VIMG_MAX(s->end_cluster, run_start + n);
@@ -463,6 +663,7 @@ static int apply_pending_frees(struct vimg_image *img)
             if (ret == 0 && rc == 1) {
                 /* it may have been an L2 table: forget any cached copy */
                 qcow2_cache_drop(s->l2_cache, c << s->cluster_bits);
+                meta_remove(s, c);
                 if (c < s->free_cluster_index) {
                     s->free_cluster_index = c;
                 }
@@ -521,6 +722,7 @@ static int l2_for_write(struct vimg_image *img, uint64_t l1_index,
             memcpy((uint8_t *)t, copy, (size_t)s->cluster_size);
         }
         qcow2_cache_mark_dirty(s->l2_cache, t);
+        ret = meta_add(s, cluster_of(s, fresh));
         s->l1[l1_index] = fresh | QCOW2_OFLAG_COPIED;
         s->is_l1_dirty = true;
         if (old) {
@@ -1038,6 +1240,7 @@ void qcow2_close_write(struct vimg_image *img)
     s->rb_cache = NULL;
     free(s->reftable);
     free(s->pending);
+    free(s->meta);
 }
 
 /* ------------------------------------------------- compressed clusters */

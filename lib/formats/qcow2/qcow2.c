@@ -262,7 +262,7 @@ static int qcow2_open(struct vimg_image *img, unsigned flags)
         (flags & VIMG_OPEN_RDWR)) {
         ret = vimg_error(-EIO,
                          "%s: image is marked corrupt; it can only be opened "
-                         "read-only (repair it with 'vimg check -r all')",
+                         "read-only (repair it with 'qemu-img check -r all')",
                          img->filename);
         goto out;
     }

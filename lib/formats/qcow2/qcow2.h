@@ -240,6 +240,9 @@ struct qcow2_state {
         uint64_t count;
     } *pending;               /* dropped after the next metadata sync */
     size_t nb_pending, cap_pending;
+    uint64_t *meta;           /* sorted: refcount blocks and L2 tables */
+    size_t nb_meta, cap_meta;
+    bool has_meta_index;
     unsigned nb_inflight;     /* in-place writes running without the lock */
     unsigned nb_flush_waiters;
     pthread_cond_t inflight_done;
