@@ -123,30 +123,31 @@ int main(int argc, char **argv)
     uint32_t *perm = make_perm(seed, nb_slots);
     uint8_t *buf = malloc(SLOT), *got = malloc(SLOT);
 
+    int rc = 2;
     if (is_verify) {
         const uint32_t k = (uint32_t)strtoul(argv[4], NULL, 0);
-        for (uint32_t i = 0; i < k && i < nb_slots; i++) {
+        rc = 0;
+        for (uint32_t i = 0; i < k && i < nb_slots && rc == 0; i++) {
             const struct op op = make_op(seed, perm, i);
             fill(buf, &op);
             if (vimg_pread(img, got, op.len, op.offset) < 0) {
                 fprintf(stderr, "crash-writer: read: %s\n",
                         vimg_last_error());
-                return 1;
-            }
-            if (memcmp(buf, got, op.len) != 0) {
+                rc = 1;
+            } else if (memcmp(buf, got, op.len) != 0) {
                 fprintf(stderr,
                         "crash-writer: op %u (%u bytes at 0x%llx) was "
                         "flushed but does not read back\n",
                         i, op.len, (unsigned long long)op.offset);
-                return 1;
+                rc = 1;
             }
         }
-        printf("verified %u ops\n", k);
-        vimg_close(img);
-        return 0;
+        if (rc == 0) {
+            printf("verified %u ops\n", k);
+        }
+        goto out;
     }
 
-    int rc = 2;
     for (uint32_t i = 0; i < nb_slots; i++) {
         const struct op op = make_op(seed, perm, i);
         fill(buf, &op);
@@ -164,7 +165,8 @@ int main(int argc, char **argv)
             if (!fault || vimg_io_fault_count(fio) == 0) {
                 fprintf(stderr, "crash-writer: op %u: %s\n", i,
                         vimg_last_error());
-                return 1;
+                rc = 1;
+                goto out;
             }
             rc = 0; /* the fault reached the caller as an error */
             break;
@@ -180,7 +182,14 @@ int main(int argc, char **argv)
                         "failed\n");
         rc = 1;
     }
-    vimg_close(img);
     printf(rc == 2 ? "done\n" : "failed cleanly\n");
-    return fault ? rc : 0;
+    if (!fault && rc == 2) {
+        rc = 0;
+    }
+out:
+    vimg_close(img);
+    free(perm);
+    free(buf);
+    free(got);
+    return rc;
 }
