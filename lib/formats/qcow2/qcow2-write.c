@@ -789,6 +789,19 @@ static int mark_dirty(struct vimg_image *img)
     return ret == 0 ? sync_files(img) : ret;
 }
 
+/* Refuse writes to an image found corrupt; before a metadata change
+ * (IS_CHANGE) set the dirty bit of a lazy-refcount image. */
+static int begin_change(struct vimg_image *img, bool is_change)
+{
+    struct qcow2_state *s = img->priv;
+
+    if (s->is_broken) {
+        return vimg_error(-EIO, "%s: image is marked corrupt; no more writes",
+                          img->filename);
+    }
+    return is_change ? mark_dirty(img) : 0;
+}
+
 /* ------------------------------------------------------------- writes */
 
 /*
@@ -942,10 +955,7 @@ int qcow2_pwrite(struct vimg_image *img, const void *buf, size_t count,
     int ret = 0;
 
     pthread_mutex_lock(&s->lock);
-    if (s->is_broken) {
-        ret = vimg_error(-EIO, "%s: image is marked corrupt; no more writes",
-                         img->filename);
-    }
+    ret = begin_change(img, false);
     while (ret == 0 && count > 0) {
         const uint64_t room = s->cluster_size - (offset & (s->cluster_size - 1));
         const size_t n = (size_t)VIMG_MIN((uint64_t)count, room);
@@ -1079,13 +1089,7 @@ static int zero_range(struct vimg_image *img, uint64_t offset,
     int ret = 0;
 
     pthread_mutex_lock(&s->lock);
-    if (s->is_broken) {
-        ret = vimg_error(-EIO, "%s: image is marked corrupt; no more writes",
-                         img->filename);
-    }
-    if (ret == 0) {
-        ret = mark_dirty(img);
-    }
+    ret = begin_change(img, true);
     while (ret == 0 && count > 0) {
         const uint64_t room = s->cluster_size - (offset & (s->cluster_size - 1));
         const size_t n = (size_t)VIMG_MIN(count, room);
@@ -1347,13 +1351,7 @@ int qcow2_pwrite_compressed(struct vimg_image *img, const void *data,
                           img->filename);
     }
     pthread_mutex_lock(&s->lock);
-    if (s->is_broken) {
-        ret = vimg_error(-EIO, "%s: image is marked corrupt; no more writes",
-                         img->filename);
-    }
-    if (ret == 0) {
-        ret = mark_dirty(img);
-    }
+    ret = begin_change(img, true);
     const uint64_t cluster_index = offset >> s->cluster_bits;
     const uint64_t l1_index = cluster_index >> s->l2_bits;
     const size_t i = (size_t)(cluster_index & ((1ull << s->l2_bits) - 1));
@@ -1511,13 +1509,7 @@ int qcow2_resize(struct vimg_image *img, uint64_t new_size,
         return vimg_error(-EFBIG, "%s: size too large", img->filename);
     }
     pthread_mutex_lock(&s->lock);
-    if (s->is_broken) {
-        ret = vimg_error(-EIO, "%s: image is marked corrupt; no more writes",
-                         img->filename);
-    }
-    if (ret == 0) {
-        ret = mark_dirty(img);
-    }
+    ret = begin_change(img, true);
     if (ret == 0 && new_size < old) {
         /* the part of the new last cluster past the end reads as zeroes
          * if the image grows again; the clusters after it are released */
