@@ -59,6 +59,11 @@ typedef struct vimg_image vimg_image;
 /* Open for inspection (info) only: an external data file is not opened
  * and guest data cannot be read. */
 #define VIMG_OPEN_INFO_ONLY 0x4u
+/* Never sync to stable storage (qemu's cache=unsafe): vimg_flush() still
+ * writes every cache back to the files, but does not wait for the disk.
+ * For outputs that are worthless after a crash anyway, such as a convert
+ * target. */
+#define VIMG_OPEN_CACHE_UNSAFE 0x10u
 
 /*
  * Open PATH.  FORMAT is "raw", "qcow2", or NULL to probe the contents.
@@ -283,11 +288,16 @@ struct vimg_convert_opts {
     bool is_existing_target; /* write into an existing file (-n) */
     vimg_progress_fn progress;
     void *progress_opaque;
-    /* Flush the output before returning.  Off by default, as qemu-img
-     * convert does not flush either; the caller may sync instead. */
+    /* Sync the output to the disk before returning.  Off by default, as
+     * qemu-img convert (cache=unsafe) does not either; an image target's
+     * metadata is written to the file in any case. */
     bool do_flush;
     /* qcow2 output: how to create it (format and size are filled in),
-     * NULL for defaults; and whether to write compressed clusters. */
+     * NULL for defaults; and whether to write compressed clusters.  With
+     * create->backing_file set (qemu-img convert -B), only what each
+     * source's top layer allocates is copied: the rest is left to the
+     * target's backing file, which should hold the sources' backing
+     * content.  That also holds with is_existing_target. */
     const struct vimg_create_opts *create;
     bool is_compressed;
 };

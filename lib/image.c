@@ -171,6 +171,7 @@ int vimg_open(vimg_image **out, const char *path, const char *format,
     if (ret < 0) {
         return ret;
     }
+    io->is_unsafe = flags & VIMG_OPEN_CACHE_UNSAFE;
     return open_io(out, io, path, format, flags, 0, NULL);
 }
 

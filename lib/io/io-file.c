@@ -172,6 +172,47 @@ static int file_fallocate(struct vimg_io *io, uint64_t off, uint64_t len)
     return 0;
 }
 
+static int file_punch_hole(struct vimg_io *io, uint64_t off, uint64_t len)
+{
+    struct io_file *f = (struct io_file *)io;
+
+    if (fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                  (off_t)off, (off_t)len) == 0) {
+        return 0;
+    }
+    if (errno == EOPNOTSUPP || errno == ENOSYS) {
+        return -ENOTSUP; /* no message: the caller falls back */
+    }
+    return vimg_error(-errno, "%s: cannot punch a hole of %llu bytes at "
+                              "0x%llx: %s",
+                      f->path, (unsigned long long)len,
+                      (unsigned long long)off, strerror(errno));
+}
+
+/* Write zeroes, or punch a hole where IS_UNMAP allows it. */
+int vimg_io_zero(struct vimg_io *io, uint64_t off, uint64_t len,
+                 bool is_unmap)
+{
+    static const uint8_t zero[64 * 1024];
+
+    if (is_unmap && io->ops->punch_hole) {
+        int ret = io->ops->punch_hole(io, off, len);
+        if (ret != -ENOTSUP) {
+            return ret;
+        }
+    }
+    while (len > 0) {
+        const size_t n = (size_t)VIMG_MIN(len, (uint64_t)sizeof(zero));
+        int ret = vimg_io_pwrite(io, zero, n, off);
+        if (ret < 0) {
+            return ret;
+        }
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
 static void file_close(struct vimg_io *io)
 {
     struct io_file *f = (struct io_file *)io;
@@ -190,6 +231,7 @@ static const struct vimg_io_ops file_ops = {
     .data_status = file_data_status,
     .allocated_size = file_allocated_size,
     .fallocate = file_fallocate,
+    .punch_hole = file_punch_hole,
     .close = file_close,
 };
 

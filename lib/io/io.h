@@ -30,6 +30,9 @@ struct vimg_io_ops {
                        uint64_t *len_out);
     /* Optional: reserve [off, off+len) on disk (posix_fallocate). */
     int (*fallocate)(struct vimg_io *io, uint64_t off, uint64_t len);
+    /* Optional: deallocate [off, off+len), which then reads as zeroes;
+     * the size stays.  -ENOTSUP where the file system cannot. */
+    int (*punch_hole)(struct vimg_io *io, uint64_t off, uint64_t len);
     /* Optional: bytes the file really occupies (st_blocks * 512). */
     int (*allocated_size)(struct vimg_io *io, uint64_t *out);
     void (*close)(struct vimg_io *io);
@@ -38,6 +41,7 @@ struct vimg_io_ops {
 struct vimg_io {
     const struct vimg_io_ops *ops;
     const char *name; /* for messages */
+    bool is_unsafe;   /* flush writes nothing to stable storage */
 };
 
 static inline int vimg_io_pread(struct vimg_io *io, void *buf, size_t count,
@@ -54,6 +58,9 @@ static inline int vimg_io_pwrite(struct vimg_io *io, const void *buf,
 
 static inline int vimg_io_flush(struct vimg_io *io)
 {
+    if (io->is_unsafe) {
+        return 0;
+    }
     return io->ops->flush(io);
 }
 
@@ -66,6 +73,13 @@ static inline int vimg_io_truncate(struct vimg_io *io, uint64_t size)
 {
     return io->ops->truncate(io, size);
 }
+
+/*
+ * Make [off, off+len) read as zeroes: punch a hole when IS_UNMAP and the
+ * file can, else write zeroes.
+ */
+int vimg_io_zero(struct vimg_io *io, uint64_t off, uint64_t len,
+                 bool is_unmap);
 
 static inline void vimg_io_close(struct vimg_io *io)
 {

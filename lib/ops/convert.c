@@ -30,6 +30,8 @@ struct convert_job {
     vimg_image *out_img;     /* other formats */
     uint64_t total;
     const struct vimg_convert_opts *opts;
+    bool has_target_backing; /* copy only what the sources' tops hold */
+    bool is_zero_init;       /* the target reads as zeroes before we write */
 
     /* image outputs commit chunks in order, so the file is the same
      * whatever the number of threads */
@@ -135,13 +137,20 @@ static uint64_t sparse_run(const uint8_t *buf, size_t len, uint64_t first,
     return used;
 }
 
+/* Zero [off, off+len) of an existing raw target (-n) or of one that must
+ * be fully allocated (-S 0). */
+static int write_zeroes(struct convert_job *job, uint64_t len, uint64_t off)
+{
+    return vimg_io_zero(job->out, off, len, job->opts->sparse_size != 0);
+}
+
 /* Write BUF (LEN bytes at output offset OFF, a sector boundary), leaving
  * long enough runs of zeroes as holes. */
 static int write_sparse(struct convert_job *job, const uint8_t *buf,
                         size_t len, uint64_t off)
 {
     const uint64_t sparse = job->opts->sparse_size;
-    if (sparse == 0 || job->opts->is_existing_target) {
+    if (sparse == 0) {
         return vimg_io_pwrite(job->out, buf, len, off);
     }
     struct sparse_rule rule = {.min = sparse / SECTOR, .align = 1};
@@ -163,24 +172,17 @@ static int write_sparse(struct convert_job *job, const uint8_t *buf,
             if (ret < 0) {
                 return ret;
             }
+        } else if (job->opts->is_existing_target) {
+            /* the target's old data must go */
+            const size_t at = (size_t)(pos * SECTOR);
+            const size_t bytes =
+                (size_t)VIMG_MIN(run * SECTOR, (uint64_t)len - at);
+            int ret = write_zeroes(job, bytes, off + at);
+            if (ret < 0) {
+                return ret;
+            }
         }
         pos += run;
-    }
-    return 0;
-}
-
-static int write_zeroes(struct convert_job *job, uint8_t *buf, uint64_t len,
-                        uint64_t off)
-{
-    memset(buf, 0, (size_t)VIMG_MIN(len, (uint64_t)CONVERT_CHUNK_BYTES));
-    while (len > 0) {
-        const size_t n = (size_t)VIMG_MIN(len, (uint64_t)CONVERT_CHUNK_BYTES);
-        int ret = vimg_io_pwrite(job->out, buf, n, off);
-        if (ret < 0) {
-            return ret;
-        }
-        off += n;
-        len -= n;
     }
     return 0;
 }
@@ -212,7 +214,7 @@ static int convert_chunk(struct convert_job *job, uint8_t *buf,
         const uint64_t n = e.length;
         if (e.flags & VIMG_EXTENT_ZERO) {
             if (must_write_zeroes) {
-                ret = write_zeroes(job, buf, n, out_base + off);
+                ret = write_zeroes(job, n, out_base + off);
             }
         } else {
             /* data is looked at in pieces of at most 2 MiB from the start
@@ -236,12 +238,97 @@ static int convert_chunk(struct convert_job *job, uint8_t *buf,
     return 0;
 }
 
-/* Read output bytes [off, off+len) from the concatenated sources; *is_zero
- * tells whether all of it reads as zeroes without looking at data. */
-static int read_output_range(struct convert_job *job, uint8_t *buf,
+/* What a range of the output is, seen from the sources */
+enum seg_kind {
+    SEG_DATA,    /* bytes to copy (may still be zeroes) */
+    SEG_ZERO,    /* reads as zeroes */
+    SEG_BACKING, /* not allocated in a source's top layer, and the target
+                    has a backing file that supplies it (-B) */
+};
+
+struct seg {
+    uint64_t off; /* in the output */
+    uint64_t len;
+    enum seg_kind kind;
+};
+
+/* A worker's buffers for one chunk of an image output */
+struct chunk_buf {
+    uint8_t *data;
+    uint8_t *zdata;   /* compressed clusters */
+    int *zlen;        /* per cluster: one of the CL_* or a compressed length */
+    size_t len;       /* bytes of the chunk in data */
+    struct seg *segs;
+    size_t nb_segs, cap_segs;
+};
+
+static int add_seg(struct chunk_buf *cb, uint64_t off, uint64_t len,
+                   enum seg_kind kind)
+{
+    if (cb->nb_segs && cb->segs[cb->nb_segs - 1].kind == kind) {
+        cb->segs[cb->nb_segs - 1].len += len;
+        return 0;
+    }
+    if (cb->nb_segs == cb->cap_segs) {
+        const size_t cap = cb->cap_segs ? cb->cap_segs * 2 : 64;
+        struct seg *n = realloc(cb->segs, cap * sizeof(*n));
+        if (!n) {
+            return vimg_error(-ENOMEM, "out of memory");
+        }
+        cb->segs = n;
+        cb->cap_segs = cap;
+    }
+    cb->segs[cb->nb_segs++] = (struct seg){off, len, kind};
+    return 0;
+}
+
+/*
+ * With a target backing file, is extent E of SRC (at output offset OUT_OFF)
+ * left to it?  Yes where the source's top layer does not allocate it and
+ * its backing chain supplies it.  Past the end of the source's backing
+ * file the top reads zeroes: left alone too if the target already reads
+ * zeroes there.  (qemu-img leaves such a range alone or writes zeroes
+ * depending on where its block status extents start, even where the
+ * target has data, which changes the guest content.)
+ */
+static int is_left_to_backing(const struct convert_job *job,
+                              vimg_image *src, const struct vimg_extent *e,
+                              uint64_t out_off)
+{
+    if (e->depth > 0) {
+        return 1;
+    }
+    if (e->flags & VIMG_EXTENT_PRESENT || !vimg_backing(src)) {
+        return 0;
+    }
+    for (uint64_t done = 0; done < e->length;) {
+        struct vimg_extent t;
+        int ret = vimg_block_status(job->out_img, out_off + done,
+                                    e->length - done, &t);
+        if (ret < 0) {
+            return ret;
+        }
+        if (!(t.flags & VIMG_EXTENT_ZERO)) {
+            return 0;
+        }
+        done += t.length;
+    }
+    return 1;
+}
+
+/*
+ * Read output bytes [off, off+len) from the concatenated sources into
+ * cb->data and describe them in cb->segs.  Zero ranges are not read.  With
+ * a target backing file, only each source's top layer counts: what it
+ * leaves to its backing chain is left to the target's.
+ */
+static int read_output_range(struct convert_job *job, struct chunk_buf *cb,
                              uint64_t off, uint64_t len)
 {
+    uint8_t *buf = cb->data;
     size_t s = 0;
+
+    cb->nb_segs = 0;
     while (s + 1 < job->nb_srcs && job->src_start[s + 1] <= off) {
         s++;
     }
@@ -255,14 +342,27 @@ static int read_output_range(struct convert_job *job, uint8_t *buf,
             if (ret < 0) {
                 return ret;
             }
-            if (e.flags & VIMG_EXTENT_ZERO) {
-                memset(buf + pos, 0, (size_t)e.length);
-            } else {
-                ret = vimg_pread(src, buf + pos, (size_t)e.length,
-                                 src_off + pos);
+            enum seg_kind kind = e.flags & VIMG_EXTENT_ZERO ? SEG_ZERO
+                                                            : SEG_DATA;
+            if (job->has_target_backing) {
+                ret = is_left_to_backing(job, src, &e, off + pos);
                 if (ret < 0) {
                     return ret;
                 }
+                kind = ret ? SEG_BACKING : kind;
+                ret = 0;
+            }
+            if (kind == SEG_DATA) {
+                ret = vimg_pread(src, buf + pos, (size_t)e.length,
+                                 src_off + pos);
+            } else {
+                memset(buf + pos, 0, (size_t)e.length);
+            }
+            if (ret == 0) {
+                ret = add_seg(cb, off + pos, e.length, kind);
+            }
+            if (ret < 0) {
+                return ret;
             }
             pos += e.length;
         }
@@ -274,29 +374,127 @@ static int read_output_range(struct convert_job *job, uint8_t *buf,
     return 0;
 }
 
+/* What to do with one cluster of a chunk (cb->zlen), besides a positive
+ * compressed length */
+enum {
+    CL_PLAIN = 0,    /* write it */
+    CL_SKIP = -1,    /* leave it: the target already reads it right */
+    CL_ZERO = -2,    /* write zeroes */
+    CL_MIXED = -3,   /* partly from the backing file: write the other
+                        parts one by one */
+};
+
+/*
+ * Is the cluster at C (N bytes) zero for -S?  qemu-img looks for zeroes in
+ * aligned pieces of the -S size (4k by default) or of the cluster size,
+ * whichever is larger: a small cluster is skipped only if its whole piece
+ * is zero.  Compressed clusters are looked at one by one.
+ */
+static bool is_zero_granule(const struct convert_job *job,
+                            const struct chunk_buf *cb, const uint8_t *c,
+                            size_t n)
+{
+    uint64_t g = 1;
+    while (!job->opts->is_compressed && g * 2 <= job->opts->sparse_size &&
+           g * 2 <= CONVERT_CHUNK_BYTES) {
+        g *= 2;
+    }
+    if (g <= n) {
+        return vimg_buffer_is_zero(c, n);
+    }
+    const size_t at = (size_t)(c - cb->data);
+    const size_t start = at - at % (size_t)g;
+    const size_t end = VIMG_MIN(start + (size_t)g, cb->len);
+    return vimg_buffer_is_zero(cb->data + start, end - start);
+}
+
+/* Classify the cluster [at, at+n) whose bytes are at C; *seg is the first
+ * segment that may overlap it and is advanced. */
+static int classify_cluster(struct convert_job *job, struct chunk_buf *cb,
+                            size_t *seg, const uint8_t *c, uint64_t at,
+                            size_t n)
+{
+    bool has_backing = false, has_other = false, has_data = false;
+
+    while (cb->segs[*seg].off + cb->segs[*seg].len <= at) {
+        (*seg)++;
+    }
+    for (size_t i = *seg; i < cb->nb_segs && cb->segs[i].off < at + n; i++) {
+        if (cb->segs[i].kind == SEG_BACKING) {
+            has_backing = true;
+        } else {
+            has_other = true;
+            has_data |= cb->segs[i].kind == SEG_DATA;
+        }
+    }
+    if (!has_other) {
+        return CL_SKIP;
+    }
+    if (has_backing) {
+        return CL_MIXED;
+    }
+    if (job->opts->sparse_size == 0) {
+        return CL_PLAIN; /* -S 0: everything is allocated */
+    }
+    if (!has_data || is_zero_granule(job, cb, c, n)) {
+        return job->is_zero_init ? CL_SKIP : CL_ZERO;
+    }
+    return CL_PLAIN;
+}
+
+/* Write the parts of cluster [at, at+n) that do not come from the backing
+ * file (CL_MIXED). */
+static int write_mixed(struct convert_job *job, const struct chunk_buf *cb,
+                       uint64_t chunk_off, uint64_t at, size_t n)
+{
+    const unsigned zflags =
+        job->opts->is_existing_target ? VIMG_ZERO_MAY_UNMAP : 0;
+
+    for (size_t i = 0; i < cb->nb_segs; i++) {
+        const struct seg *g = &cb->segs[i];
+        const uint64_t a = VIMG_MAX(g->off, at);
+        const uint64_t b = VIMG_MIN(g->off + g->len, at + n);
+        if (a >= b || g->kind == SEG_BACKING) {
+            continue;
+        }
+        int ret = g->kind == SEG_ZERO
+                      ? vimg_write_zeroes(job->out_img, a, b - a, zflags)
+                      : vimg_pwrite(job->out_img, cb->data + (a - chunk_off),
+                                    (size_t)(b - a), a);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return 0;
+}
+
 /* One chunk into an image output: read, compress (in parallel), then
- * write in chunk order.  All-zero clusters are not written: the new image
- * reads them as zeroes already. */
-static int convert_chunk_image(struct convert_job *job, uint8_t *buf,
-                               uint8_t *zbuf, int *zlen, uint64_t chunk)
+ * write in chunk order.  Clusters the new image already reads right are
+ * not written. */
+static int convert_chunk_image(struct convert_job *job, struct chunk_buf *cb,
+                               uint64_t chunk)
 {
     const uint64_t off = chunk * CONVERT_CHUNK_BYTES;
     const uint64_t len = VIMG_MIN((uint64_t)CONVERT_CHUNK_BYTES,
                                   job->total - off);
     const uint32_t cs = vimg_cluster_size(job->out_img);
     const size_t nb = (size_t)VIMG_DIV_ROUND_UP(len, cs);
-    int ret = read_output_range(job, buf, off, len);
+    const unsigned zflags =
+        job->opts->is_existing_target ? VIMG_ZERO_MAY_UNMAP : 0;
+    int *zlen = cb->zlen;
+    size_t seg = 0;
+    int ret = read_output_range(job, cb, off, len);
+
+    cb->len = (size_t)len;
 
     for (size_t i = 0; i < nb && ret >= 0; i++) {
         const size_t n = (size_t)VIMG_MIN((uint64_t)cs, len - i * cs);
-        const uint8_t *c = buf + i * cs;
-        if (vimg_buffer_is_zero(c, n)) {
-            zlen[i] = -1; /* skip */
-        } else if (job->opts->is_compressed) {
-            ret = vimg_compress_cluster(job->out_img, c, n, zbuf + i * cs, cs);
+        const uint8_t *c = cb->data + i * cs;
+        zlen[i] = classify_cluster(job, cb, &seg, c, off + i * cs, n);
+        if (zlen[i] == CL_PLAIN && job->opts->is_compressed) {
+            ret = vimg_compress_cluster(job->out_img, c, n,
+                                        cb->zdata + i * cs, cs);
             zlen[i] = ret;
-        } else {
-            zlen[i] = 0; /* plain */
         }
     }
 
@@ -307,18 +505,27 @@ static int convert_chunk_image(struct convert_job *job, uint8_t *buf,
     pthread_mutex_unlock(&job->commit_lock);
     for (size_t i = 0; i < nb && ret >= 0 && atomic_load(&job->error) == 0;) {
         const uint64_t at = off + (uint64_t)i * cs;
+        const size_t n = (size_t)VIMG_MIN((uint64_t)cs, len - i * cs);
         if (zlen[i] > 0) {
-            ret = vimg_pwrite_compressed(job->out_img, zbuf + i * cs,
+            ret = vimg_pwrite_compressed(job->out_img, cb->zdata + i * cs,
                                          (size_t)zlen[i], at);
             i++;
-        } else if (zlen[i] == 0) {
+        } else if (zlen[i] == CL_MIXED) {
+            ret = write_mixed(job, cb, off, at, n);
+            i++;
+        } else if (zlen[i] == CL_PLAIN || zlen[i] == CL_ZERO) {
+            /* clusters of one kind in a row: one request */
+            const int kind = zlen[i];
             size_t j = i;
-            while (j < nb && zlen[j] == 0) {
-                j++; /* plain clusters in a row: one write */
+            while (j < nb && zlen[j] == kind) {
+                j++;
             }
-            const size_t n =
+            const size_t bytes =
                 (size_t)VIMG_MIN((uint64_t)(j - i) * cs, len - i * cs);
-            ret = vimg_pwrite(job->out_img, buf + i * cs, n, at);
+            ret = kind == CL_PLAIN
+                      ? vimg_pwrite(job->out_img, cb->data + i * cs, bytes,
+                                    at)
+                      : vimg_write_zeroes(job->out_img, at, bytes, zflags);
             i = j;
         } else {
             i++;
@@ -335,12 +542,14 @@ static int convert_chunk_image(struct convert_job *job, uint8_t *buf,
 static void *convert_worker(void *opaque)
 {
     struct convert_job *job = opaque;
-    uint8_t *buf = malloc(CONVERT_CHUNK_BYTES);
-    uint8_t *zbuf = job->out_img ? malloc(CONVERT_CHUNK_BYTES) : NULL;
-    int *zlen = job->out_img ? calloc(CONVERT_CHUNK_BYTES / 512, sizeof(int))
-                             : NULL;
+    struct chunk_buf cb = {.data = malloc(CONVERT_CHUNK_BYTES)};
+    uint8_t *buf = cb.data;
 
-    if (!buf || (job->out_img && (!zbuf || !zlen))) {
+    if (job->out_img) {
+        cb.zdata = malloc(CONVERT_CHUNK_BYTES);
+        cb.zlen = calloc(CONVERT_CHUNK_BYTES / 512, sizeof(int));
+    }
+    if (!buf || (job->out_img && (!cb.zdata || !cb.zlen))) {
         set_error(job, vimg_error(-ENOMEM, "out of memory"));
     }
     while (atomic_load(&job->error) == 0) {
@@ -349,7 +558,7 @@ static void *convert_worker(void *opaque)
             break;
         }
         int ret = job->out_img
-                      ? convert_chunk_image(job, buf, zbuf, zlen, chunk)
+                      ? convert_chunk_image(job, &cb, chunk)
                       : convert_chunk(job, buf, chunk);
         if (ret < 0) {
             set_error(job, ret);
@@ -360,9 +569,49 @@ static void *convert_worker(void *opaque)
     pthread_cond_broadcast(&job->commit_turn);
     pthread_mutex_unlock(&job->commit_lock);
     free(buf);
-    free(zbuf);
-    free(zlen);
+    free(cb.zdata);
+    free(cb.zlen);
+    free(cb.segs);
     return NULL;
+}
+
+/* Create (or, with -n, open) an image target for JOB; fills job->out_img
+ * and what the target reads before anything is written. */
+static int open_image_target(struct convert_job *job, const char *out_path)
+{
+    const struct vimg_convert_opts *opts = job->opts;
+    const unsigned unsafe = opts->do_flush ? 0 : VIMG_OPEN_CACHE_UNSAFE;
+    int ret;
+
+    job->has_target_backing = opts->create && opts->create->backing_file;
+    if (opts->is_existing_target) {
+        ret = vimg_open(&job->out_img, out_path, opts->out_format,
+                        VIMG_OPEN_RDWR | unsafe);
+        if (ret == 0 && vimg_size(job->out_img) < job->total) {
+            ret = vimg_error(-EINVAL, "output file is smaller than input "
+                                      "file");
+        }
+        return ret;
+    }
+    struct vimg_create_opts co = VIMG_CREATE_OPTS_INIT;
+    if (opts->create) {
+        co = *opts->create;
+    }
+    co.format = opts->out_format;
+    co.size = job->total;
+    ret = vimg_create(out_path, &co);
+    if (ret == 0) {
+        /* with its backing file: partial clusters copy the rest from it */
+        ret = vimg_open(&job->out_img, out_path, opts->out_format,
+                        VIMG_OPEN_RDWR | unsafe |
+                            (job->has_target_backing ? 0
+                                                     : VIMG_OPEN_NO_BACKING));
+        if (ret < 0) {
+            unlink(out_path); /* ours, and useless */
+        }
+    }
+    job->is_zero_init = ret == 0 && !job->has_target_backing;
+    return ret;
 }
 
 static unsigned default_threads(void)
@@ -392,6 +641,10 @@ int vimg_convert(vimg_image *const *srcs, size_t nb_srcs,
     }
     if (is_raw && opts->is_compressed) {
         return vimg_error(-EINVAL, "raw images cannot be compressed");
+    }
+    if (is_raw && opts->create && opts->create->backing_file) {
+        return vimg_error(-EINVAL, "Backing file not supported for file "
+                                   "format 'raw'");
     }
     if (opts->sparse_size % 512 != 0) {
         return vimg_error(-EINVAL, "sparse size %llu is not a multiple of 512",
@@ -427,21 +680,7 @@ int vimg_convert(vimg_image *const *srcs, size_t nb_srcs,
 
     job.total = total;
     if (!is_raw) {
-        if (opts->is_existing_target) {
-            ret = vimg_error(-ENOTSUP, "-n is supported for raw targets only");
-            goto out;
-        }
-        struct vimg_create_opts co = VIMG_CREATE_OPTS_INIT;
-        if (opts->create) {
-            co = *opts->create;
-        }
-        co.format = opts->out_format;
-        co.size = total;
-        ret = vimg_create(out_path, &co);
-        if (ret == 0) {
-            ret = vimg_open(&job.out_img, out_path, opts->out_format,
-                            VIMG_OPEN_RDWR | VIMG_OPEN_NO_BACKING);
-        }
+        ret = open_image_target(&job, out_path);
         if (ret < 0) {
             goto out;
         }
@@ -451,6 +690,14 @@ int vimg_convert(vimg_image *const *srcs, size_t nb_srcs,
     if (is_raw) {
         ret = vimg_io_file_open(&job.out, out_path, true,
                                 !opts->is_existing_target);
+    }
+    if (ret == 0 && is_raw && opts->is_existing_target) {
+        uint64_t have = 0;
+        ret = vimg_io_get_size(job.out, &have);
+        if (ret == 0 && have < total) {
+            ret = vimg_error(-EINVAL, "output file is smaller than input "
+                                      "file");
+        }
     }
     if (ret < 0) {
         goto out;
@@ -507,7 +754,8 @@ int vimg_convert(vimg_image *const *srcs, size_t nb_srcs,
         goto out;
     }
     if (job.out_img) {
-        /* an image's metadata must reach the file in any case */
+        /* an image's metadata must reach the file in any case; it reaches
+         * the disk too unless the target was opened unsafe */
         ret = vimg_flush(job.out_img);
     } else if (opts->do_flush) {
         ret = vimg_io_flush(job.out);

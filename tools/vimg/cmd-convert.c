@@ -44,7 +44,7 @@ int cmd_convert(int argc, char **argv)
     int c;
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "+f:O:o:cpqnS:m:Wt:T:hU", longopts,
+    while ((c = getopt_long(argc, argv, "+f:O:o:B:F:cpqnS:m:Wt:T:hU", longopts,
                             NULL)) != -1) {
         switch (c) {
         case 'f':
@@ -59,6 +59,12 @@ int cmd_convert(int argc, char **argv)
                     return 1;
                 }
             }
+            break;
+        case 'B':
+            create.backing_file = optarg;
+            break;
+        case 'F':
+            create.backing_format = optarg;
             break;
         case 'c':
             opts.is_compressed = true;
@@ -132,8 +138,16 @@ int cmd_convert(int argc, char **argv)
         cli_error("Compression not supported for this file format");
         return 1;
     }
-    if (has_size || create.backing_file) {
-        cli_error("convert: -o size and backing_file are not supported");
+    if (has_size) {
+        cli_error("convert: -o size is not supported");
+        return 1;
+    }
+    if (create.backing_file && !create.backing_format) {
+        cli_error("Use of backing file requires explicit backing format");
+        return 1;
+    }
+    if (create.backing_format && !create.backing_file) {
+        cli_error("Backing format cannot be used without backing file");
         return 1;
     }
     opts.out_format = out_format;

@@ -347,6 +347,10 @@ static int write_header(struct vimg_io *io, const struct layout *L,
     ext.backing_format = (char *)o->backing_format;
     if (version >= 3) {
         ext.data_file = (char *)o->data_file;
+    }
+    if (version >= 3 && L->cs >= 8192) {
+        /* qemu-img leaves the feature name table out of smaller clusters,
+         * where it would crowd out a backing file name */
         ext.features = (struct qcow2_feature *)feature_table;
         ext.nb_features = sizeof(feature_table) / sizeof(feature_table[0]);
     }

@@ -188,6 +188,7 @@ static int open_data_file(struct vimg_image *img, struct qcow2_state *s,
                           img->filename);
         return ret;
     }
+    s->data_io->is_unsafe = img->io->is_unsafe;
     return vimg_io_get_size(s->data_io, &s->data_size);
 }
 

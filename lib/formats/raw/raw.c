@@ -47,6 +47,13 @@ static int raw_pwrite(struct vimg_image *img, const void *buf, size_t count,
     return vimg_io_pwrite(img->io, buf, count, offset);
 }
 
+/* Zeroes: a hole when unmapping is allowed and the file system can */
+static int raw_write_zeroes(struct vimg_image *img, uint64_t offset,
+                            uint64_t count, unsigned flags)
+{
+    return vimg_io_zero(img->io, offset, count, flags & VIMG_ZERO_MAY_UNMAP);
+}
+
 static int raw_flush(struct vimg_image *img)
 {
     return vimg_io_flush(img->io);
@@ -150,6 +157,7 @@ const struct vimg_format vimg_format_raw = {
     .pread = raw_pread,
     .pwrite = raw_pwrite,
     .flush = raw_flush,
+    .write_zeroes = raw_write_zeroes,
     .block_status = raw_block_status,
     .create = raw_create,
     .resize = raw_resize,
