@@ -209,6 +209,43 @@ static int add_l1_tables(struct vimg_image *img, const uint64_t *l1,
     return 0;
 }
 
+/* Persistent bitmaps: each bitmap table and the clusters it points at
+ * (the directory itself is a fixed range, see is_metadata()). */
+static int add_bitmap_tables(struct vimg_image *img)
+{
+    struct qcow2_state *s = img->priv;
+    int ret = 0;
+
+    for (size_t k = 0; k < s->nb_bitmaps && ret == 0; k++) {
+        const struct qcow2_bitmap *bm = &s->bitmaps[k];
+        const uint64_t bytes = (uint64_t)bm->table_size * 8;
+        if (bm->table_offset == 0 || bytes == 0 ||
+            bytes > QCOW2_MAX_L1_BYTES) {
+            continue; /* open validated what it uses */
+        }
+        uint8_t *t = malloc((size_t)bytes);
+        if (!t) {
+            return vimg_error(-ENOMEM, "out of memory");
+        }
+        ret = vimg_io_pread(img->io, t, (size_t)bytes, bm->table_offset);
+        const uint64_t first = bm->table_offset >> s->cluster_bits;
+        const uint64_t last = (bm->table_offset + bytes - 1) >> s->cluster_bits;
+        for (uint64_t c = first; ret == 0 && c <= last; c++) {
+            ret = meta_add(s, c);
+        }
+        for (uint32_t i = 0; ret == 0 && i < bm->table_size; i++) {
+            /* bits 9-55: a data cluster; 0 or 1 in bit 0 means none */
+            const uint64_t off = load_be64(t + (size_t)i * 8) &
+                                 QCOW2_L2E_OFFSET_MASK;
+            if (off) {
+                ret = meta_add(s, off >> s->cluster_bits);
+            }
+        }
+        free(t);
+    }
+    return ret;
+}
+
 static int build_meta_index(struct vimg_image *img)
 {
     struct qcow2_state *s = img->priv;
@@ -223,6 +260,9 @@ static int build_meta_index(struct vimg_image *img)
     }
     if (ret == 0) {
         ret = add_l1_tables(img, s->l1, s->h.l1_size);
+    }
+    if (ret == 0) {
+        ret = add_bitmap_tables(img);
     }
     for (size_t k = 0; k < s->nb_snapshots && ret == 0; k++) {
         const struct qcow2_snapshot *sn = &s->snapshots[k];
@@ -263,7 +303,14 @@ static bool is_metadata(const struct qcow2_state *s, uint64_t c)
             return true;
         }
     }
-    if (s->nb_snapshots && in_range(c, s->h.snapshots_offset, 1, cb)) {
+    if (s->nb_snapshots &&
+        in_range(c, s->h.snapshots_offset, s->snapshots_size, cb)) {
+        return true;
+    }
+    if ((s->ext.has_bitmaps &&
+         in_range(c, s->ext.bitmap_dir_offset, s->ext.bitmap_dir_size, cb)) ||
+        (s->ext.has_crypto &&
+         in_range(c, s->ext.crypto_offset, s->ext.crypto_length, cb))) {
         return true;
     }
     const size_t pos = meta_pos(s, c);

@@ -94,8 +94,10 @@ static int load_snapshots(struct vimg_image *img, struct qcow2_state *s)
         }
         int ret = vimg_io_pread(img->io, buf, n, s->h.snapshots_offset);
         if (ret == 0) {
+            size_t used = 0;
             ret = qcow2_snapshots_decode(&s->snapshots, s->h.nb_snapshots,
-                                         buf, n, NULL);
+                                         buf, n, &used);
+            s->snapshots_size = used;
         }
         free(buf);
         if (ret == 0) {

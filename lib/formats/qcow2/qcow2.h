@@ -197,6 +197,7 @@ struct qcow2_cache;
 struct qcow2_state {
     struct qcow2_header h;
     struct qcow2_extensions ext;
+    uint64_t snapshots_size;  /* bytes of the snapshot table */
     unsigned cluster_bits;
     uint64_t cluster_size;
     unsigned l2_bits;         /* log2(entries per L2 table) */
