@@ -223,8 +223,9 @@ static int plan_table(struct plan *p, uint64_t l1_index, uint64_t first,
 /*
  * Data the new clusters need before they are mapped: the guest content
  * before the old end in its cluster (qemu's copy-on-write head) and, for
- * metadata preallocation, zeroes after the new end in its unit (qemu's
- * copy-on-write tail, which also sets where the file ends).
+ * metadata preallocation or a data file, zeroes after the new end in its
+ * unit (qemu's copy-on-write tail, which also sets where the file ends:
+ * a data file already that long is not fallocated further, as in qemu).
  */
 static int write_edges(struct plan *p, const struct run *r)
 {
@@ -250,9 +251,10 @@ static int write_edges(struct plan *p, const struct run *r)
     }
     const uint64_t tail_end = VIMG_DIV_ROUND_UP(p->new_size, p->unit) *
                               p->unit;
-    if (ret == 0 && p->mode == QCOW2_PREALLOC_METADATA &&
-        tail_end > p->new_size && p->new_size > guest0 &&
-        p->new_size < guest_end) {
+    const bool has_tail =
+        p->mode == QCOW2_PREALLOC_METADATA || s->has_data_file;
+    if (ret == 0 && has_tail && tail_end > p->new_size &&
+        p->new_size > guest0 && p->new_size < guest_end) {
         const size_t len = (size_t)(tail_end - p->new_size);
         uint8_t *zero = calloc(1, len);
         if (!zero) {
