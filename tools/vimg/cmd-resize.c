@@ -56,6 +56,12 @@ int cmd_resize(int argc, char **argv)
         return cli_usage("resize");
     }
     const char *file = argv[optind];
+    const bool has_prealloc = prealloc && strcmp(prealloc, "off") != 0;
+    if (has_prealloc && strcmp(prealloc, "metadata") != 0 &&
+        strcmp(prealloc, "falloc") != 0 && strcmp(prealloc, "full") != 0) {
+        cli_error("Invalid preallocation mode '%s'", prealloc);
+        return 1;
+    }
     int sign = 0;
     if (arg[0] == '+' || arg[0] == '-') {
         sign = arg[0] == '+' ? 1 : -1;
@@ -90,7 +96,11 @@ int cmd_resize(int argc, char **argv)
         size = cur - n;
     }
     int rc = 0;
-    if (size < cur && !is_shrink) {
+    if (has_prealloc && size <= cur) {
+        /* qemu-img checks this before --shrink, whatever the format */
+        cli_error("Preallocation can only be used for growing images");
+        rc = 1;
+    } else if (size < cur && !is_shrink) {
         cli_error("Use the --shrink option to perform a shrink operation.");
         rc = 1;
     } else if (vimg_resize(img, size, prealloc,

@@ -1542,10 +1542,20 @@ int qcow2_resize(struct vimg_image *img, uint64_t new_size,
                                    "512",
                           img->filename);
     }
-    if (preallocation && strcmp(preallocation, "off") != 0) {
-        return vimg_error(-ENOTSUP, "%s: preallocation=%s when resizing "
-                                    "qcow2 is not supported yet",
-                          img->filename, preallocation);
+    enum qcow2_prealloc mode;
+    ret = qcow2_prealloc_parse(preallocation, &mode);
+    if (ret < 0) {
+        return ret;
+    }
+    if (mode != QCOW2_PREALLOC_OFF && new_size <= old) {
+        return vimg_error(-EINVAL, "Preallocation can only be used for "
+                                   "growing images");
+    }
+    if (mode == QCOW2_PREALLOC_METADATA && s->h.version < 3 &&
+        img->backing && img->backing->size > old) {
+        /* qemu cannot zero the new clusters over the backing file */
+        return vimg_error(-ENOTSUP, "Failed to zero out new clusters: "
+                                    "Operation not supported");
     }
     if (s->h.version < 3 && s->nb_snapshots) {
         return vimg_error(-ENOTSUP, "%s: Can't resize a v2 image which has "
@@ -1578,9 +1588,21 @@ int qcow2_resize(struct vimg_image *img, uint64_t new_size,
         /* stale bytes past the old end in its last cluster must not show */
         const uint64_t tail_end = VIMG_MIN(new_size,
                                            VIMG_DIV_ROUND_UP(old, cs) * cs);
-        if (ret == 0 && tail_end > old) {
+        bool must_zero = tail_end > old;
+        if (ret == 0 && must_zero && mode != QCOW2_PREALLOC_OFF) {
+            /* qemu leaves that part alone when preallocating: do not
+             * write it if it already reads as zeroes */
+            const int is_zero =
+                qcow2_prealloc_is_zero_locked(img, old, tail_end - old);
+            ret = is_zero < 0 ? is_zero : 0;
+            must_zero = is_zero == 0;
+        }
+        if (ret == 0 && must_zero) {
             ret = zero_in_cluster(img, (size_t)(tail_end - old), old, false,
                                   false);
+        }
+        if (ret == 0 && mode != QCOW2_PREALLOC_OFF) {
+            ret = qcow2_prealloc_grow_locked(img, old, new_size, mode);
         }
     }
     if (ret == 0) {
@@ -1605,4 +1627,71 @@ int qcow2_resize(struct vimg_image *img, uint64_t new_size,
     pthread_mutex_unlock(&s->lock);
     (void)flags;
     return ret;
+}
+
+/* ------------------------------------- helpers for qcow2-prealloc.c */
+
+int qcow2_flush_locked(struct vimg_image *img)
+{
+    return flush_locked(img);
+}
+
+int qcow2_sync_refcounts(struct vimg_image *img)
+{
+    return sync_refcounts(img);
+}
+
+int qcow2_write_meta(struct vimg_image *img, uint64_t file_offset,
+                     const void *buf, size_t len)
+{
+    return write_meta(img, file_offset, buf, len);
+}
+
+int qcow2_sync_files(struct vimg_image *img)
+{
+    return sync_files(img);
+}
+
+int qcow2_set_refcount(struct vimg_image *img, uint64_t cluster,
+                       uint64_t value)
+{
+    return set_refcount(img, cluster, value);
+}
+
+int qcow2_new_refblock(struct vimg_image *img, uint64_t cluster)
+{
+    struct qcow2_state *s = img->priv;
+    const uint8_t *b;
+    int ret = meta_add(s, cluster);
+
+    if (ret == 0) {
+        ret = qcow2_cache_get(s->rb_cache, cluster << s->cluster_bits,
+                              zero_table, img, &b);
+    }
+    if (ret == 0) {
+        qcow2_cache_mark_dirty(s->rb_cache, b);
+    }
+    return ret;
+}
+
+int qcow2_add_l2_table(struct vimg_image *img, uint64_t cluster)
+{
+    return meta_add(img->priv, cluster);
+}
+
+int qcow2_l2_for_write(struct vimg_image *img, uint64_t l1_index,
+                       uint64_t *l2_offset_out)
+{
+    return l2_for_write(img, l1_index, l2_offset_out);
+}
+
+int qcow2_l2_entry(struct vimg_image *img, uint64_t l2_offset, size_t i,
+                   uint64_t *entry, uint64_t *bitmap, bool is_store)
+{
+    return l2_entry(img, l2_offset, i, entry, bitmap, is_store);
+}
+
+int qcow2_release_entry(struct vimg_image *img, uint64_t entry)
+{
+    return release_entry(img, entry);
 }

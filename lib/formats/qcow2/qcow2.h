@@ -352,6 +352,49 @@ int qcow2_alloc_clusters(struct vimg_image *img, uint64_t n,
 int qcow2_free_clusters_later(struct vimg_image *img, uint64_t offset,
                               uint64_t n);
 
+/* Used by qcow2-prealloc.c; the caller holds the driver lock.  The flush
+ * writes data and refcounts, then L2 tables, then L1, then applies the
+ * pending frees. */
+int qcow2_flush_locked(struct vimg_image *img);
+int qcow2_sync_refcounts(struct vimg_image *img);
+int qcow2_sync_files(struct vimg_image *img);
+int qcow2_write_meta(struct vimg_image *img, uint64_t file_offset,
+                     const void *buf, size_t len);
+/* Set the refcount of CLUSTER, whose refcount block must exist. */
+int qcow2_set_refcount(struct vimg_image *img, uint64_t cluster,
+                       uint64_t value);
+/* CLUSTER becomes a new, zeroed (dirty) refcount block. */
+int qcow2_new_refblock(struct vimg_image *img, uint64_t cluster);
+/* CLUSTER now holds an L2 table (for the overlap check). */
+int qcow2_add_l2_table(struct vimg_image *img, uint64_t cluster);
+int qcow2_l2_for_write(struct vimg_image *img, uint64_t l1_index,
+                       uint64_t *l2_offset_out);
+int qcow2_l2_entry(struct vimg_image *img, uint64_t l2_offset, size_t i,
+                   uint64_t *entry, uint64_t *bitmap, bool is_store);
+/* Drop (after the next sync) the reference an old L2 entry held. */
+int qcow2_release_entry(struct vimg_image *img, uint64_t entry);
+
+/* qcow2-prealloc.c */
+enum qcow2_prealloc {
+    QCOW2_PREALLOC_OFF,
+    QCOW2_PREALLOC_METADATA,
+    QCOW2_PREALLOC_FALLOC,
+    QCOW2_PREALLOC_FULL,
+};
+/* MODE from its name (NULL is off); -EINVAL for an unknown name. */
+int qcow2_prealloc_parse(const char *name, enum qcow2_prealloc *out);
+/* 1 if guest [OFFSET, OFFSET+LEN) reads as zeroes, 0 if not, or -errno. */
+int qcow2_prealloc_is_zero_locked(struct vimg_image *img, uint64_t offset,
+                                  uint64_t len);
+/*
+ * Growing from OLD_SIZE to NEW_SIZE (the L1 table already covers it):
+ * map [OLD_SIZE, NEW_SIZE) to host clusters as qemu-img resize
+ * --preallocation=MODE does, reserving (falloc) or zeroing (full) them.
+ * The caller holds the lock and writes the new size afterwards.
+ */
+int qcow2_prealloc_grow_locked(struct vimg_image *img, uint64_t old_size,
+                               uint64_t new_size, enum qcow2_prealloc mode);
+
 /* qcow2-refcount.c */
 /* Read refcount block entry INDEX of width 1 << ORDER bits from BLOCK. */
 uint64_t qcow2_refcount_get(const uint8_t *block, uint64_t index,
