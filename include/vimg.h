@@ -138,6 +138,22 @@ VIMG_API int vimg_resize(vimg_image *img, uint64_t new_size,
 VIMG_API uint32_t vimg_cluster_size(const vimg_image *img);
 
 /*
+ * Internal snapshots (qcow2; -ENOTSUP for other formats).  IMG must be
+ * open read-write, and other threads must not use it meanwhile.
+ * create: record the current disk content as snapshot NAME (names need
+ *   not be unique; the ID is one more than the largest).
+ * apply: make the disk content (and size) that of the snapshot whose ID,
+ *   or else name, is ID_OR_NAME; the snapshot stays.
+ * delete: remove the first snapshot named NAME and free what only it
+ *   used.
+ * A crash in the middle leaves an image whose only fault is leaked
+ * clusters.  The snapshots are listed by vimg_get_info().
+ */
+VIMG_API int vimg_snapshot_create(vimg_image *img, const char *name);
+VIMG_API int vimg_snapshot_apply(vimg_image *img, const char *id_or_name);
+VIMG_API int vimg_snapshot_delete(vimg_image *img, const char *name);
+
+/*
  * Compress one cluster of data (LEN bytes, at most the cluster size; a
  * short last cluster is padded with zeroes) with IMG's compression type,
  * into OUT (OUT_CAP bytes, at least the cluster size).  Returns the

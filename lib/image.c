@@ -298,6 +298,44 @@ int vimg_discard(vimg_image *img, uint64_t offset, uint64_t count)
     return vimg_write_zeroes(img, offset, count, VIMG_ZERO_MAY_UNMAP);
 }
 
+/* The snapshot operations share their argument checks. */
+static int snapshot_op(vimg_image *img, const char *name,
+                       int (*op)(struct vimg_image *, const char *))
+{
+    if (!img || !name) {
+        return vimg_error(-EINVAL, "snapshot: NULL argument");
+    }
+    if (!op) {
+        return vimg_error(-ENOTSUP, "%s: %s images have no internal "
+                                    "snapshots",
+                          img->filename, img->drv->name);
+    }
+    if (!img->is_writable) {
+        return vimg_error(-EROFS, "%s: image is opened read-only",
+                          img->filename);
+    }
+    return op(img, name);
+}
+
+int vimg_snapshot_create(vimg_image *img, const char *name)
+{
+    if (name && !*name) {
+        return vimg_error(-EINVAL, "a snapshot needs a name");
+    }
+    return snapshot_op(img, name, img ? img->drv->snapshot_create : NULL);
+}
+
+int vimg_snapshot_apply(vimg_image *img, const char *id_or_name)
+{
+    return snapshot_op(img, id_or_name,
+                       img ? img->drv->snapshot_apply : NULL);
+}
+
+int vimg_snapshot_delete(vimg_image *img, const char *name)
+{
+    return snapshot_op(img, name, img ? img->drv->snapshot_delete : NULL);
+}
+
 int vimg_resize(vimg_image *img, uint64_t new_size,
                 const char *preallocation, unsigned flags)
 {

@@ -48,6 +48,10 @@ struct vimg_format {
     /* OFFSET < img->size, 0 < COUNT <= img->size - OFFSET. */
     int (*block_status)(struct vimg_image *img, uint64_t offset,
                         uint64_t count, struct vimg_layer_status *out);
+    /* Optional: internal snapshots (qcow2) */
+    int (*snapshot_create)(struct vimg_image *img, const char *name);
+    int (*snapshot_apply)(struct vimg_image *img, const char *id_or_name);
+    int (*snapshot_delete)(struct vimg_image *img, const char *name);
     /* Fill the format-specific part of INFO. */
     int (*info)(struct vimg_image *img, struct vimg_info *info);
     /* Make a new image at PATH; options already checked for NULLs. */

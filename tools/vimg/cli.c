@@ -3,11 +3,13 @@
  * cli.c: helpers shared by the subcommands.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "cli.h"
 
@@ -88,6 +90,54 @@ void cli_human_size(uint64_t bytes, char *buf, size_t len)
     snprintf(buf, len, "%0.3g %sB", (double)bytes / (double)(1ull << (i * 10)),
              suffixes[i]);
 }
+
+#ifdef VIMG_FAULT_HOOK
+/*
+ * The test build of the CLI (vimg-faulty, tests only): with VIMG_FAULT=wN
+ * or fN, the Nth write or flush of the first image opened read-write
+ * fails, and every one after it, as a dying disk would.  At exit it says
+ * on stderr whether the fault fired.
+ */
+#include "vimg-internal.h"
+
+static struct vimg_io *fault_io;
+
+static void report_fault(void)
+{
+    fprintf(stderr, "vimg-faulty: %u faults injected\n",
+            vimg_io_fault_count(fault_io));
+}
+
+static int open_faulty(vimg_image **out, const char *file,
+                       const char *format, unsigned flags)
+{
+    const char *spec = getenv("VIMG_FAULT");
+    if (!spec || !(flags & VIMG_OPEN_RDWR) || fault_io) {
+        return vimg_open(out, file, format, flags);
+    }
+    struct vimg_io_fault_plan plan = {.sticky = true};
+    const unsigned n = (unsigned)strtoul(spec + 1, NULL, 10);
+    if (spec[0] == 'w') {
+        plan.fail_write_n = n;
+    } else {
+        plan.fail_flush_n = n;
+    }
+    struct vimg_io *io = NULL;
+    int ret = vimg_io_file_open(&io, file, true, false);
+    if (ret == 0) {
+        ret = vimg_io_fault_new(&fault_io, io, &plan);
+        if (ret < 0) {
+            vimg_io_close(io);
+        }
+    }
+    if (ret == 0) {
+        atexit(report_fault);
+        ret = vimg_open_io(out, fault_io, file, format, flags);
+    }
+    return ret;
+}
+#define vimg_open open_faulty
+#endif
 
 int cli_open(vimg_image **out, const char *file, const char *format,
              unsigned flags)
@@ -290,3 +340,27 @@ bad:
     return -1;
 }
 
+void cli_print_snapshots(const struct vimg_info *info)
+{
+    printf("Snapshot list:\n");
+    printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE",
+           "VM CLOCK", "ICOUNT");
+    for (size_t i = 0; i < info->nb_snapshots; i++) {
+        const struct vimg_snapshot_info *s = &info->snapshots[i];
+        char size[32], date[32], clock[32], icount[32] = "";
+        cli_human_size(s->vm_state_size, size, sizeof(size));
+        const time_t t = s->date_sec;
+        struct tm tm;
+        localtime_r(&t, &tm);
+        strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm);
+        const uint64_t ms = s->vm_clock_nsec / 1000000;
+        snprintf(clock, sizeof(clock), "%02" PRIu64 ":%02u:%02u.%03u",
+                 ms / 3600000, (unsigned)(ms / 60000 % 60),
+                 (unsigned)(ms / 1000 % 60), (unsigned)(ms % 1000));
+        if (s->has_icount) {
+            snprintf(icount, sizeof(icount), "%" PRIu64, s->icount);
+        }
+        printf("%-9s %-16s %8s%20s%13s%11s\n", s->id, s->name, size, date,
+               clock, icount);
+    }
+}

@@ -33,6 +33,8 @@ void cli_human_size(uint64_t bytes, char *buf, size_t len);
 /* Open FILE (with FORMAT or probing), printing qemu-style errors. */
 int cli_open(vimg_image **out, const char *file, const char *format,
              unsigned flags);
+/* qemu-img's "Snapshot list:" table of INFO's snapshots. */
+void cli_print_snapshots(const struct vimg_info *info);
 /* Bytes the file occupies on disk, or -1. */
 int64_t cli_actual_size(const char *path);
 /* Print OBJ as qemu prints JSON: 4-space indent, keys in insert order. */

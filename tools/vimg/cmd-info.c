@@ -177,31 +177,6 @@ static void dump_human(struct json_object *v, int level)
     }
 }
 
-static void print_snapshots_human(const struct vimg_info *info)
-{
-    printf("Snapshot list:\n");
-    printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE",
-           "VM CLOCK", "ICOUNT");
-    for (size_t i = 0; i < info->nb_snapshots; i++) {
-        const struct vimg_snapshot_info *s = &info->snapshots[i];
-        char size[32], date[32], clock[32], icount[32] = "";
-        cli_human_size(s->vm_state_size, size, sizeof(size));
-        const time_t t = s->date_sec;
-        struct tm tm;
-        localtime_r(&t, &tm);
-        strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm);
-        const uint64_t ms = s->vm_clock_nsec / 1000000;
-        snprintf(clock, sizeof(clock), "%02" PRIu64 ":%02u:%02u.%03u",
-                 ms / 3600000, (unsigned)(ms / 60000 % 60),
-                 (unsigned)(ms / 1000 % 60), (unsigned)(ms % 1000));
-        if (s->has_icount) {
-            snprintf(icount, sizeof(icount), "%" PRIu64, s->icount);
-        }
-        printf("%-9s %-16s %8s%20s%13s%11s\n", s->id, s->name, size, date,
-               clock, icount);
-    }
-}
-
 static void print_human(vimg_image *img, const struct vimg_info *info,
                         struct json_object *json)
 {
@@ -239,7 +214,7 @@ static void print_human(vimg_image *img, const struct vimg_info *info,
         }
     }
     if (info->nb_snapshots) {
-        print_snapshots_human(info);
+        cli_print_snapshots(info);
     }
     struct json_object *fs;
     if (json_object_object_get_ex(json, "format-specific", &fs)) {

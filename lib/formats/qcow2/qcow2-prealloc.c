@@ -550,6 +550,7 @@ int qcow2_prealloc_grow_locked(struct vimg_image *img, uint64_t old_size,
         .new_size = new_size,
         .unit = s->has_subclusters ? cs / QCOW2_SUBCLUSTERS : cs,
     };
+    s->is_unsynced = true; /* data goes to the files below write_meta() */
 
     assert(mode != QCOW2_PREALLOC_OFF && new_size > old_size);
     /* over a backing file that reaches into the new area, qemu zeroes it

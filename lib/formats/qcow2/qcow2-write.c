@@ -1196,7 +1196,7 @@ static int flush_locked(struct vimg_image *img)
             s->is_l1_dirty = false;
         }
     }
-    if (ret == 0) {
+    if (ret == 0 && s->is_unsynced) {
         ret = sync_files(img);
     }
     if (ret == 0 && s->nb_pending) {
@@ -1694,4 +1694,21 @@ int qcow2_l2_entry(struct vimg_image *img, uint64_t l2_offset, size_t i,
 int qcow2_release_entry(struct vimg_image *img, uint64_t entry)
 {
     return release_entry(img, entry);
+}
+
+int qcow2_begin_change(struct vimg_image *img)
+{
+    return begin_change(img, true);
+}
+
+int qcow2_load_l2(struct vimg_image *img, uint64_t off, const uint8_t **out)
+{
+    struct qcow2_state *s = img->priv;
+
+    return qcow2_cache_get(s->l2_cache, off, load_table, img, out);
+}
+
+int qcow2_grow_l1(struct vimg_image *img, uint64_t new_entries)
+{
+    return grow_l1(img, new_entries);
 }

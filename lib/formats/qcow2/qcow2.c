@@ -506,6 +506,9 @@ const struct vimg_format vimg_format_qcow2 = {
     .compress_cluster = qcow2_compress_cluster,
     .pwrite_compressed = qcow2_pwrite_compressed,
     .block_status = qcow2_block_status,
+    .snapshot_create = qcow2_snapshot_create,
+    .snapshot_apply = qcow2_snapshot_apply,
+    .snapshot_delete = qcow2_snapshot_delete,
     .info = qcow2_info,
     .create = qcow2_create,
 };

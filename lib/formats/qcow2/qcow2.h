@@ -352,7 +352,8 @@ int qcow2_alloc_clusters(struct vimg_image *img, uint64_t n,
 int qcow2_free_clusters_later(struct vimg_image *img, uint64_t offset,
                               uint64_t n);
 
-/* Used by qcow2-prealloc.c; the caller holds the driver lock.  The flush
+/* Used by qcow2-prealloc.c and qcow2-snapshot-write.c; the caller holds
+ * the driver lock.  The flush
  * writes data and refcounts, then L2 tables, then L1, then applies the
  * pending frees. */
 int qcow2_flush_locked(struct vimg_image *img);
@@ -394,6 +395,18 @@ int qcow2_prealloc_is_zero_locked(struct vimg_image *img, uint64_t offset,
  */
 int qcow2_prealloc_grow_locked(struct vimg_image *img, uint64_t old_size,
                                uint64_t new_size, enum qcow2_prealloc mode);
+/* Refuse a broken image; set the dirty bit of a lazy-refcount one. */
+int qcow2_begin_change(struct vimg_image *img);
+/* The L2 table at OFF through the cache (valid until the next cache use);
+ * mark it dirty with qcow2_cache_mark_dirty(s->l2_cache, table). */
+int qcow2_load_l2(struct vimg_image *img, uint64_t off, const uint8_t **out);
+/* Move the active L1 table to a larger one of NEW_ENTRIES entries. */
+int qcow2_grow_l1(struct vimg_image *img, uint64_t new_entries);
+
+/* qcow2-snapshot-write.c: internal snapshots (the lock is taken inside) */
+int qcow2_snapshot_create(struct vimg_image *img, const char *name);
+int qcow2_snapshot_apply(struct vimg_image *img, const char *id_or_name);
+int qcow2_snapshot_delete(struct vimg_image *img, const char *name);
 
 /* qcow2-refcount.c */
 /* Read refcount block entry INDEX of width 1 << ORDER bits from BLOCK. */
