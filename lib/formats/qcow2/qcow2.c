@@ -508,4 +508,6 @@ const struct vimg_format vimg_format_qcow2 = {
     .block_status = qcow2_block_status,
     .info = qcow2_info,
     .create = qcow2_create,
+    .measure = qcow2_measure,
+    .snapshot_view = qcow2_snapshot_view,
 };
