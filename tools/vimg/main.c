@@ -14,6 +14,7 @@ int cmd_convert(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
 int cmd_create(int argc, char **argv);
 int cmd_resize(int argc, char **argv);
+int cmd_measure(int argc, char **argv);
 static int cmd_help(int argc, char **argv);
 
 const struct cli_command cli_commands[] = {
@@ -38,6 +39,10 @@ const struct cli_command cli_commands[] = {
     {"resize", cmd_resize,
      "resize [-f FMT] [--shrink] [--preallocation=MODE] [-q] FILE [+|-]SIZE",
      "change the virtual size of an image"},
+    {"measure", cmd_measure,
+     "measure [--output=human|json] [-O FMT] [-o OPTIONS] "
+     "(--size N | [-f FMT] [-l SNAPSHOT] [-U] FILE)",
+     "show how large a new image (empty, or a copy of FILE) would be"},
     {"help", cmd_help, "help [COMMAND]", "show help"},
     {NULL, NULL, NULL, NULL},
 };
