@@ -262,6 +262,18 @@ struct vimg_info {
 VIMG_API int vimg_get_info(vimg_image *img, struct vimg_info **out);
 VIMG_API void vimg_info_free(struct vimg_info *info);
 
+/*
+ * From now on, IMG reads as its internal snapshot whose id is ID and whose
+ * name is NAME (a NULL one is not compared; at least one must be given),
+ * like qemu-img's -l: the content of the snapshot over the image's current
+ * virtual size, with the same backing chain.  IMG must be read-only.  Must
+ * not race with other calls on IMG.  Returns 0, -ENOENT when no snapshot
+ * matches ("Can't find snapshot"), -ENOTSUP for formats without internal
+ * snapshots, -EROFS for a writable handle.
+ */
+VIMG_API int vimg_snapshot_view(vimg_image *img, const char *id,
+                                const char *name);
+
 #define VIMG_CREATE_OPTS_VERSION 1
 /* What a new image looks like (qemu-img create -o names in comments). */
 struct vimg_create_opts {
@@ -289,6 +301,31 @@ struct vimg_create_opts {
  * anything is written.  The backing file is only named, not opened.
  */
 VIMG_API int vimg_create(const char *path, const struct vimg_create_opts *opts);
+
+/* What `qemu-img measure` reports for a new image. */
+struct vimg_measure_result {
+    uint64_t required;        /* file size a copy of the source needs */
+    uint64_t fully_allocated; /* file size with every cluster allocated */
+    bool has_bitmaps;         /* the target can hold the source's bitmaps */
+    uint64_t bitmaps;         /* bytes they need, if has_bitmaps */
+};
+
+/*
+ * How large a new image made with TARGET (format "raw" or "qcow2", and the
+ * options of vimg_create) would be, as `qemu-img measure` computes it.
+ * With SRC, the image is a copy of SRC's guest content (its whole backing
+ * chain, as vimg_convert copies it): only target clusters holding data
+ * that is not known to be zeroes count as required, and a qcow2 v3 target
+ * reports the room for SRC's persistent bitmaps (has_bitmaps is set when
+ * both SRC and the target can store them).  Without SRC (NULL), the image
+ * is an empty one of TARGET->size bytes; with SRC, TARGET->size is still
+ * checked against the format's limits, as qemu-img checks -o size.
+ * Options the target format refuses give -EINVAL (qemu-img's reasons); a
+ * size beyond the format's limits -EFBIG.
+ */
+VIMG_API int vimg_measure(vimg_image *src,
+                          const struct vimg_create_opts *target,
+                          struct vimg_measure_result *out);
 
 /* Progress of a long operation: DONE of TOTAL units (bytes). */
 typedef void (*vimg_progress_fn)(void *opaque, uint64_t done, uint64_t total);

@@ -534,6 +534,44 @@ int vimg_create(const char *path, const struct vimg_create_opts *opts)
     return drv->create(path, opts);
 }
 
+int vimg_image_plan(const struct vimg_create_opts *opts,
+                    uint64_t virtual_size, struct vimg_measure_plan *out)
+{
+    const struct vimg_format *drv = vimg_format_find(opts->format);
+
+    if (!drv) {
+        return vimg_error(-EINVAL, "Unknown file format '%s'", opts->format);
+    }
+    if (!drv->measure) {
+        return vimg_error(-ENOTSUP,
+                          "Block driver '%s' does not support size "
+                          "measurement",
+                          drv->name);
+    }
+    memset(out, 0, sizeof(*out));
+    return drv->measure(opts, virtual_size, out);
+}
+
+int vimg_snapshot_view(vimg_image *img, const char *id, const char *name)
+{
+    if (!img || (!id && !name)) {
+        return vimg_error(-EINVAL, "vimg_snapshot_view: bad argument");
+    }
+    if (!img->drv->snapshot_view) {
+        return vimg_error(-ENOTSUP,
+                          "Block format '%s' used by device '' does not "
+                          "support temporarily loading internal snapshots",
+                          img->drv->name);
+    }
+    if (img->is_writable) {
+        return vimg_error(-EROFS, "%s: a snapshot can only be viewed through "
+                                  "a read-only handle",
+                          img->filename);
+    }
+    vimg_error_clear();
+    return img->drv->snapshot_view(img, id, name);
+}
+
 int vimg_get_info(vimg_image *img, struct vimg_info **out)
 {
     if (!img || !out) {

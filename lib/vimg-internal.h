@@ -59,6 +59,26 @@ int vimg_open_io(vimg_image **out, struct vimg_io *io, const char *name,
 /* Directory part of PATH joined with NAME (absolute NAME is kept). */
 char *vimg_path_join_dir(const char *path, const char *name);
 
+/*
+ * What a new image of some format needs, as the format's measure op sees
+ * it: fully allocated, the file holds metadata_bytes plus every byte of
+ * virtual_size; data is allocated in units of data_unit_bytes.
+ */
+struct vimg_measure_plan {
+    uint64_t virtual_size;    /* as the format rounds it */
+    uint64_t metadata_bytes;  /* headers and tables, fully allocated */
+    uint64_t data_unit_bytes; /* cluster size (allocation granularity) */
+    bool is_preallocated;     /* every data byte is stored, allocated or not
+                                 (raw, preallocation=falloc/full) */
+    bool can_store_bitmaps;   /* persistent dirty bitmaps (qcow2 v3) */
+};
+
+/* Plan a new image made with OPTS (its format's measure op) of
+ * VIRTUAL_SIZE bytes: -EINVAL for an unknown format, -ENOTSUP for one that
+ * cannot be measured. */
+int vimg_image_plan(const struct vimg_create_opts *opts,
+                    uint64_t virtual_size, struct vimg_measure_plan *out);
+
 /* Overflow-checked helpers. */
 static inline bool vimg_add_overflows(uint64_t a, uint64_t b, uint64_t *out)
 {

@@ -56,6 +56,15 @@ struct vimg_format {
     int (*info)(struct vimg_image *img, struct vimg_info *info);
     /* Make a new image at PATH; options already checked for NULLs. */
     int (*create)(const char *path, const struct vimg_create_opts *opts);
+    /* Plan a new image made with OPTS (format and NULLs checked), of
+     * VIRTUAL_SIZE bytes; OPTS->size is only checked against the format's
+     * limits, as qemu-img measure checks the size it was given. */
+    int (*measure)(const struct vimg_create_opts *opts, uint64_t virtual_size,
+                   struct vimg_measure_plan *out);
+    /* Read-only IMG reads as the internal snapshot with ID and/or NAME
+     * (NULL: not compared) from now on. */
+    int (*snapshot_view)(struct vimg_image *img, const char *id,
+                         const char *name);
 };
 
 /* registry.c */

@@ -49,6 +49,7 @@ bool cli_parse_size(const char *s, uint64_t *out)
     if (errno || end == s || v < 0) {
         return false;
     }
+    const size_t num_len = (size_t)(end - s);
     unsigned shift = 0;
     switch (*end) {
     case '\0':
@@ -65,6 +66,17 @@ bool cli_parse_size(const char *s, uint64_t *out)
     }
     if (*end != '\0') {
         return false;
+    }
+    if (strspn(s, "0123456789") == num_len) {
+        /* a plain integer: exact, where a double would round sizes near
+         * 2^63 */
+        errno = 0;
+        const unsigned long long n = strtoull(s, NULL, 10);
+        if (errno || (shift && n > UINT64_MAX >> shift)) {
+            return false;
+        }
+        *out = (uint64_t)n << shift;
+        return true;
     }
     double bytes = ldexp(v, (int)shift);
     if (bytes >= 18446744073709551616.0 || bytes != floor(bytes)) {

@@ -15,6 +15,7 @@ int cmd_compare(int argc, char **argv);
 int cmd_create(int argc, char **argv);
 int cmd_resize(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
+int cmd_measure(int argc, char **argv);
 static int cmd_help(int argc, char **argv);
 
 const struct cli_command cli_commands[] = {
@@ -43,6 +44,10 @@ const struct cli_command cli_commands[] = {
      "snapshot [-l | -a SNAPSHOT | -c SNAPSHOT | -d SNAPSHOT] [-f FMT] [-q] "
      "FILE",
      "list, create, apply or delete internal snapshots"},
+    {"measure", cmd_measure,
+     "measure [--output=human|json] [-O FMT] [-o OPTIONS] "
+     "(--size N | [-f FMT] [-l SNAPSHOT] [-U] FILE)",
+     "show how large a new image (empty, or a copy of FILE) would be"},
     {"help", cmd_help, "help [COMMAND]", "show help"},
     {NULL, NULL, NULL, NULL},
 };

@@ -511,4 +511,6 @@ const struct vimg_format vimg_format_qcow2 = {
     .snapshot_delete = qcow2_snapshot_delete,
     .info = qcow2_info,
     .create = qcow2_create,
+    .measure = qcow2_measure,
+    .snapshot_view = qcow2_snapshot_view,
 };

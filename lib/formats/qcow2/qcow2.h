@@ -327,6 +327,22 @@ int qcow2_decompress_cluster(struct vimg_image *img, uint64_t comp_offset,
 /* qcow2-create.c */
 int qcow2_create(const char *path, const struct vimg_create_opts *opts);
 
+/* qcow2-measure.c */
+/* Bytes of refcount table and blocks that count CLUSTERS clusters and
+ * themselves, with refcounts of 1 << REFCOUNT_ORDER bits. */
+uint64_t qcow2_refcount_metadata_bytes(uint64_t clusters,
+                                       uint64_t cluster_size,
+                                       unsigned refcount_order);
+/* Bytes of metadata (header, L1, L2, refcounts) of an image whose
+ * VIRTUAL_SIZE bytes are all allocated. */
+uint64_t qcow2_prealloc_metadata_bytes(uint64_t virtual_size,
+                                       uint64_t cluster_size,
+                                       unsigned refcount_order,
+                                       bool has_extended_l2);
+/* The format's measure op (qemu-img measure -O qcow2). */
+int qcow2_measure(const struct vimg_create_opts *opts, uint64_t virtual_size,
+                  struct vimg_measure_plan *out);
+
 /* qcow2-write.c */
 int qcow2_open_write(struct vimg_image *img);
 void qcow2_close_write(struct vimg_image *img);
@@ -427,6 +443,10 @@ int qcow2_snapshots_decode(struct qcow2_snapshot **out, uint32_t nb,
 size_t qcow2_snapshots_encode(const struct qcow2_snapshot *sn, size_t nb,
                               uint8_t *buf);
 void qcow2_snapshots_free(struct qcow2_snapshot *sn, size_t nb);
+/* The snapshot_view op: IMG (read-only) maps through the L1 table of the
+ * snapshot with ID and/or NAME.  -ENOENT if there is none. */
+int qcow2_snapshot_view(struct vimg_image *img, const char *id,
+                        const char *name);
 
 /* qcow2-bitmap.c */
 int qcow2_bitmaps_decode(struct qcow2_bitmap **out, uint32_t nb,

@@ -74,6 +74,24 @@ static int raw_block_status(struct vimg_image *img, uint64_t offset,
     return 0;
 }
 
+/* qemu-img measure -O raw: the file is the disk, holes or not; a raw
+ * image takes no options that change that (preallocation is not even
+ * checked, as qemu-img does not check it either). */
+static int raw_measure(const struct vimg_create_opts *opts,
+                       uint64_t virtual_size, struct vimg_measure_plan *out)
+{
+    (void)opts;
+    if (virtual_size > UINT64_MAX - 511) {
+        return vimg_error(-EFBIG, "image size too large");
+    }
+    out->virtual_size = (virtual_size + 511) & ~(uint64_t)511;
+    out->metadata_bytes = 0;
+    out->data_unit_bytes = 512;
+    out->is_preallocated = true;
+    out->can_store_bitmaps = false;
+    return 0;
+}
+
 static int raw_resize(struct vimg_image *img, uint64_t new_size,
                       const char *preallocation, unsigned flags)
 {
@@ -161,4 +179,5 @@ const struct vimg_format vimg_format_raw = {
     .block_status = raw_block_status,
     .create = raw_create,
     .resize = raw_resize,
+    .measure = raw_measure,
 };

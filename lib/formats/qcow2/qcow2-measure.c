@@ -1,0 +1,131 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2-measure.c: how many bytes of metadata a new QCOW2 image needs when
+ * every cluster of its virtual disk is allocated (qemu-img measure): the
+ * header cluster, L2 tables for every guest cluster, the L1 table, and
+ * the refcount table and blocks that count all of it, themselves included
+ * (qcow2.txt, "Host cluster management" and "Cluster mapping").
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "formats/qcow2/qcow2.h"
+
+#define REFTABLE_ENTRY_BYTES 8
+#define L1_ENTRY_BYTES 8
+
+static uint64_t round_up(uint64_t n, uint64_t unit)
+{
+    return VIMG_DIV_ROUND_UP(n, unit) * unit;
+}
+
+uint64_t qcow2_refcount_metadata_bytes(uint64_t clusters,
+                                       uint64_t cluster_size,
+                                       unsigned refcount_order)
+{
+    const uint64_t blocks_per_table_cluster =
+        cluster_size / REFTABLE_ENTRY_BYTES;
+    const uint64_t refcounts_per_block = cluster_size * 8 >> refcount_order;
+    uint64_t table = 0, blocks = 0, n = 0, last;
+
+    /*
+     * Refcount blocks count every cluster, their own and the refcount
+     * table's too, so adding them may call for more.  No closed formula
+     * gives the same answer as qemu in every case: grow both until they
+     * cover clusters + blocks + table, a fixed point reached in a few
+     * rounds (each round adds a tiny fraction of the previous one).
+     */
+    do {
+        last = n;
+        blocks = VIMG_DIV_ROUND_UP(clusters + table + blocks,
+                                   refcounts_per_block);
+        table = VIMG_DIV_ROUND_UP(blocks, blocks_per_table_cluster);
+        n = clusters + blocks + table;
+    } while (n != last);
+    return (blocks + table) * cluster_size;
+}
+
+uint64_t qcow2_prealloc_metadata_bytes(uint64_t virtual_size,
+                                       uint64_t cluster_size,
+                                       unsigned refcount_order,
+                                       bool has_extended_l2)
+{
+    const uint64_t data_bytes = round_up(virtual_size, cluster_size);
+    const uint64_t l2_entry_bytes = has_extended_l2 ? 16 : 8;
+    uint64_t meta = cluster_size; /* the header cluster */
+
+    /* whole L2 tables for every guest cluster */
+    const uint64_t l2_entries =
+        round_up(data_bytes / cluster_size, cluster_size / l2_entry_bytes);
+    meta += l2_entries * l2_entry_bytes;
+    /* one L1 entry per L2 table, in whole clusters */
+    const uint64_t l1_entries =
+        round_up(l2_entries * l2_entry_bytes / cluster_size,
+                 cluster_size / L1_ENTRY_BYTES);
+    meta += l1_entries * L1_ENTRY_BYTES;
+    /* refcounts for all of that and the data */
+    meta += qcow2_refcount_metadata_bytes((meta + data_bytes) / cluster_size,
+                                          cluster_size, refcount_order);
+    return meta;
+}
+
+int qcow2_measure(const struct vimg_create_opts *o, uint64_t virtual_size,
+                  struct vimg_measure_plan *out)
+{
+    const uint64_t cs = o->cluster_size ? o->cluster_size : 65536;
+    const unsigned version = o->qcow2_version ? o->qcow2_version : 3;
+    const unsigned rb = o->refcount_bits ? o->refcount_bits : 16;
+    const char *prealloc = o->preallocation ? o->preallocation : "off";
+
+    /* qemu-img's checks, in its order and words */
+    if (cs < 512 || cs > 2 * 1024 * 1024 || (cs & (cs - 1))) {
+        return vimg_error(-EINVAL, "Cluster size must be a power of two "
+                                   "between 512 and 2048k");
+    }
+    if (o->extended_l2 && cs < 16384) {
+        return vimg_error(-EINVAL, "Extended L2 entries are only supported "
+                                   "with cluster sizes of at least 16384 "
+                                   "bytes");
+    }
+    if (version != 2 && version != 3) {
+        return vimg_error(-EINVAL, "Invalid compatibility level: '%u'",
+                          version);
+    }
+    if (rb > 64 || (rb & (rb - 1))) {
+        return vimg_error(-EINVAL, "Refcount width must be a power of two "
+                                   "and may not exceed 64 bits");
+    }
+    if (version == 2 && rb != 16) {
+        return vimg_error(-EINVAL, "Different refcount widths than 16 bits "
+                                   "require compatibility level 1.1 or above "
+                                   "(use compat=1.1 or greater)");
+    }
+    const bool is_full =
+        strcmp(prealloc, "full") == 0 || strcmp(prealloc, "falloc") == 0;
+    if (!is_full && strcmp(prealloc, "off") != 0 &&
+        strcmp(prealloc, "metadata") != 0) {
+        return vimg_error(-EINVAL, "invalid parameter value: %s", prealloc);
+    }
+    /* The L1 table must stay within qemu's limit for the size asked for
+     * (not for a source image's size, which qemu does not check). */
+    const uint64_t l2_entry_bytes = o->extended_l2 ? 16 : 8;
+    const uint64_t asked = round_up(VIMG_MIN(o->size, UINT64_MAX - cs), cs);
+    const uint64_t l2_tables =
+        VIMG_DIV_ROUND_UP(asked / cs, cs / l2_entry_bytes);
+    if (l2_tables > QCOW2_MAX_L1_BYTES / L1_ENTRY_BYTES) {
+        return vimg_error(-EFBIG, "The image size is too large (try using a "
+                                  "larger cluster size)");
+    }
+    if (virtual_size > INT64_MAX) {
+        /* keeps the arithmetic below from overflowing */
+        return vimg_error(-EFBIG, "The image size is too large");
+    }
+
+    out->virtual_size = round_up(virtual_size, cs);
+    out->metadata_bytes = qcow2_prealloc_metadata_bytes(
+        out->virtual_size, cs, (unsigned)__builtin_ctz(rb), o->extended_l2);
+    out->data_unit_bytes = cs;
+    out->is_preallocated = is_full;
+    out->can_store_bitmaps = version >= 3;
+    return 0;
+}
