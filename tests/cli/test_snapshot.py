@@ -334,3 +334,37 @@ def test_sigkill(tmp_path, op, args):
         p.wait()
         check_after_crash(img)
         assert guest(img, tmp_path) in (before, after), f'kill {i}'
+
+
+@pytest.mark.parametrize('spec', ['s1', '1', 'snapshot.name=s2',
+                                  'snapshot.id=2', 'snapshot.id=1,'
+                                  'snapshot.name=s1'])
+def test_convert_snapshot(tmp_path, spec):
+    """convert -l reads a snapshot as qemu-img convert -l does."""
+    img = tmp_path / 'c.qcow2'
+    qemu('create', '-q', '-f', 'qcow2', img, '2M')
+    qemu_io(img, 'write -P 1 0 1M')
+    snapshot('vimg', '-c', 's1', img)
+    qemu_io(img, 'write -P 2 512k 1M')
+    snapshot('vimg', '-c', 's2', img)
+    qemu_io(img, 'write -z 0 2M')
+    for fmt in ('raw', 'qcow2'):
+        v, q = tmp_path / f'v.{fmt}', tmp_path / f'q.{fmt}'
+        p = run([VIMG, 'convert', '-l', spec, '-O', fmt, img, v])
+        assert p.returncode == 0, p.stderr
+        qemu('convert', '-l', spec, '-O', fmt, img, q)
+        qemu('compare', '-f', fmt, '-F', fmt, v, q)
+    assert guest(tmp_path / 'v.qcow2', tmp_path) != bytes(2 * MiB)
+
+
+def test_convert_snapshot_refusals(tmp_path):
+    img = tmp_path / 'c.qcow2'
+    qemu('create', '-q', '-f', 'qcow2', img, '1M')
+    snapshot('vimg', '-c', 's1', img)
+    for args, words in [(['-l', 'nope', img], 'Failed to load snapshot'),
+                        (['-l', 's1', img, img], 'multiple snapshot')]:
+        q = run(['qemu-img', 'convert', '-O', 'raw', *args,
+                 tmp_path / 'q.raw'])
+        p = run([VIMG, 'convert', '-O', 'raw', *args, tmp_path / 'v.raw'])
+        assert p.returncode == q.returncode == 1
+        assert words in p.stderr, p.stderr

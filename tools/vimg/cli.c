@@ -376,3 +376,52 @@ void cli_print_snapshots(const struct vimg_info *info)
                clock, icount);
     }
 }
+
+/* Select the snapshot ARG names (-l): "snapshot.id=ID,snapshot.name=NAME"
+ * (either part) or an id or name.  Prints the error; returns -1. */
+int cli_view_snapshot(vimg_image *img, const char *arg)
+{
+    int ret;
+
+    if (strncmp(arg, "snapshot.", 9) == 0) {
+        const char *id = NULL, *name = NULL;
+        char *copy = strdup(arg);
+        if (!copy) {
+            cli_error("out of memory");
+            return -1;
+        }
+        for (char *kv = strtok(copy, ","); kv; kv = strtok(NULL, ",")) {
+            char *eq = strchr(kv, '=');
+            if (eq) {
+                *eq = '\0';
+            }
+            if (eq && !strcmp(kv, "snapshot.id")) {
+                id = eq + 1;
+            } else if (eq && !strcmp(kv, "snapshot.name")) {
+                name = eq + 1;
+            } else {
+                cli_error("Invalid parameter '%s'", kv);
+                cli_error("Failed in parsing snapshot param '%s'", arg);
+                free(copy);
+                return -1;
+            }
+        }
+        ret = id || name ? vimg_snapshot_view(img, id, name)
+                         : vimg_snapshot_view(img, "", NULL);
+        if (ret < 0) {
+            cli_error("Failed to load snapshot: %s", vimg_last_error());
+        }
+        free(copy);
+        return ret < 0 ? -1 : 0;
+    }
+    /* an id first, then a name, as qemu-img tries them */
+    ret = vimg_snapshot_view(img, arg, NULL);
+    if (ret == -ENOENT) {
+        ret = vimg_snapshot_view(img, NULL, arg);
+    }
+    if (ret < 0) {
+        cli_error("Failed to load snapshot: %s", vimg_last_error());
+        return -1;
+    }
+    return 0;
+}

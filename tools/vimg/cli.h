@@ -33,6 +33,10 @@ void cli_human_size(uint64_t bytes, char *buf, size_t len);
 /* Open FILE (with FORMAT or probing), printing qemu-style errors. */
 int cli_open(vimg_image **out, const char *file, const char *format,
              unsigned flags);
+/* Make IMG read as the internal snapshot ARG names (-l of convert and
+ * measure): "snapshot.id=ID,snapshot.name=NAME" (either part), or an ID or
+ * else a name.  Prints the error; returns -1. */
+int cli_view_snapshot(vimg_image *img, const char *arg);
 /* qemu-img's "Snapshot list:" table of INFO's snapshots. */
 void cli_print_snapshots(const struct vimg_info *info);
 /* Bytes the file occupies on disk, or -1. */

@@ -36,7 +36,7 @@ int cmd_convert(int argc, char **argv)
     };
     struct vimg_convert_opts opts = VIMG_CONVERT_OPTS_INIT;
     struct cli_progress progress = {.last_permille = -1};
-    const char *format = NULL;
+    const char *format = NULL, *snapshot = NULL;
     const char *out_format = "raw";
     struct vimg_create_opts create = VIMG_CREATE_OPTS_INIT;
     bool has_size = false;
@@ -44,7 +44,7 @@ int cmd_convert(int argc, char **argv)
     int c;
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "+f:O:o:B:F:cpqnS:m:Wt:T:hU", longopts,
+    while ((c = getopt_long(argc, argv, "+f:O:o:B:F:l:cpqnS:m:Wt:T:hU", longopts,
                             NULL)) != -1) {
         switch (c) {
         case 'f':
@@ -62,6 +62,9 @@ int cmd_convert(int argc, char **argv)
             break;
         case 'B':
             create.backing_file = optarg;
+            break;
+        case 'l':
+            snapshot = optarg;
             break;
         case 'F':
             create.backing_format = optarg;
@@ -160,9 +163,16 @@ int cmd_convert(int argc, char **argv)
         cli_error("out of memory");
         return 1;
     }
+    if (snapshot && nb_srcs > 1) {
+        cli_error("No support for concatenating multiple snapshot");
+        goto out;
+    }
     for (size_t i = 0; i < nb_srcs; i++) {
         const char *in = argv[optind + (int)i];
         if (cli_open(&srcs[i], in, format, 0) < 0) {
+            goto out;
+        }
+        if (snapshot && cli_view_snapshot(srcs[i], snapshot) < 0) {
             goto out;
         }
         for (vimg_image *l = srcs[i]; l; l = vimg_backing(l)) {

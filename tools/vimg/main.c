@@ -28,7 +28,7 @@ const struct cli_command cli_commands[] = {
      "show where each range of the virtual disk comes from"},
     {"convert", cmd_convert,
      "convert [-f FMT] [-O raw|qcow2] [-o OPTIONS] [-c] [-p] [-q] [-n] [-S SIZE] "
-     "[-m THREADS] [-t CACHE] [-W] [-B BACKING -F FMT] "
+     "[-m THREADS] [-t CACHE] [-W] [-B BACKING -F FMT] [-l SNAPSHOT] "
      "IN... OUT",
      "copy images into a new image (sparse; several inputs concatenate)"},
     {"compare", cmd_compare,
