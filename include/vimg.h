@@ -302,6 +302,28 @@ struct vimg_create_opts {
  */
 VIMG_API int vimg_create(const char *path, const struct vimg_create_opts *opts);
 
+/* Which fields of a vimg_create_opts vimg_amend() changes */
+#define VIMG_AMEND_SIZE 0x1u
+#define VIMG_AMEND_COMPAT 0x2u          /* qcow2_version */
+#define VIMG_AMEND_LAZY_REFCOUNTS 0x4u
+#define VIMG_AMEND_REFCOUNT_BITS 0x8u
+#define VIMG_AMEND_DATA_FILE 0x10u      /* rename the external data file */
+#define VIMG_AMEND_DATA_FILE_RAW 0x20u  /* always refused, as by qemu */
+#define VIMG_AMEND_BACKING_FILE 0x40u   /* "" removes it (no data copied) */
+#define VIMG_AMEND_BACKING_FMT 0x80u
+
+/*
+ * Change the options WHICH names of an image open read-write, in place
+ * (qemu-img amend), to their values in OPTS.  Whatever would be refused is
+ * refused before anything is written: a downgrade to compat 0.10 of what
+ * it cannot hold (extended L2, a data file, zstd, persistent bitmaps,
+ * lazy refcounts), a refcount width too small for a refcount, a shrink
+ * over data.  A downgrade expands zero clusters; a new refcount width
+ * rewrites the refcount structure.  The guest content never changes.
+ */
+VIMG_API int vimg_amend(vimg_image *img, const struct vimg_create_opts *opts,
+                        unsigned which);
+
 /* What `qemu-img measure` reports for a new image. */
 struct vimg_measure_result {
     uint64_t required;        /* file size a copy of the source needs */

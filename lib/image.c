@@ -336,6 +336,34 @@ int vimg_snapshot_delete(vimg_image *img, const char *name)
     return snapshot_op(img, name, img ? img->drv->snapshot_delete : NULL);
 }
 
+int vimg_amend(vimg_image *img, const struct vimg_create_opts *opts,
+               unsigned which)
+{
+    if (!img || !opts || opts->version != VIMG_CREATE_OPTS_VERSION) {
+        return vimg_error(-EINVAL, "vimg_amend: bad argument");
+    }
+    if (!img->drv->amend) {
+        return vimg_error(-ENOTSUP, "Format driver '%s' does not support "
+                                    "option amendment",
+                          img->drv->name);
+    }
+    if (!img->is_writable) {
+        return vimg_error(-EROFS, "%s: image is opened read-only",
+                          img->filename);
+    }
+    if (((which & VIMG_AMEND_DATA_FILE) && !opts->data_file) ||
+        ((which & VIMG_AMEND_BACKING_FILE) && !opts->backing_file) ||
+        ((which & VIMG_AMEND_BACKING_FMT) && !opts->backing_format)) {
+        return vimg_error(-EINVAL, "vimg_amend: a named option has no value");
+    }
+    if ((which & VIMG_AMEND_SIZE) && opts->size % 512) {
+        return vimg_error(-EINVAL, "%s: the new size must be a multiple of "
+                                   "512",
+                          img->filename);
+    }
+    return img->drv->amend(img, opts, which);
+}
+
 int vimg_resize(vimg_image *img, uint64_t new_size,
                 const char *preallocation, unsigned flags)
 {

@@ -52,6 +52,9 @@ struct vimg_format {
     int (*snapshot_create)(struct vimg_image *img, const char *name);
     int (*snapshot_apply)(struct vimg_image *img, const char *id_or_name);
     int (*snapshot_delete)(struct vimg_image *img, const char *name);
+    /* Optional: change options in place (vimg_amend) */
+    int (*amend)(struct vimg_image *img, const struct vimg_create_opts *o,
+                 unsigned which);
     /* Fill the format-specific part of INFO. */
     int (*info)(struct vimg_image *img, struct vimg_info *info);
     /* Make a new image at PATH; options already checked for NULLs. */

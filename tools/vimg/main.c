@@ -15,6 +15,7 @@ int cmd_compare(int argc, char **argv);
 int cmd_create(int argc, char **argv);
 int cmd_resize(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
+int cmd_amend(int argc, char **argv);
 int cmd_measure(int argc, char **argv);
 static int cmd_help(int argc, char **argv);
 
@@ -48,6 +49,9 @@ const struct cli_command cli_commands[] = {
      "measure [--output=human|json] [-O FMT] [-o OPTIONS] "
      "(--size N | [-f FMT] [-l SNAPSHOT] [-U] FILE)",
      "show how large a new image (empty, or a copy of FILE) would be"},
+    {"amend", cmd_amend, "amend [-f FMT] [-p] [-q] -o OPTIONS FILE",
+     "change an image's options in place (compat, refcount_bits, "
+     "lazy_refcounts, size, ...)"},
     {"help", cmd_help, "help [COMMAND]", "show help"},
     {NULL, NULL, NULL, NULL},
 };

@@ -273,8 +273,8 @@ static int fix_copied(struct vimg_image *img)
 }
 
 /* Read the L1 table of snapshot SN, decoded. */
-static int read_snapshot_l1(struct vimg_image *img,
-                            const struct qcow2_snapshot *sn, uint64_t **out)
+int qcow2_read_snapshot_l1(struct vimg_image *img,
+                           const struct qcow2_snapshot *sn, uint64_t **out)
 {
     struct qcow2_state *s = img->priv;
     const uint64_t bytes = (uint64_t)sn->l1_size * 8;
@@ -578,7 +578,7 @@ static int snapshot_apply_locked(struct vimg_image *img,
     uint64_t *snap_l1 = NULL;
     ret = qcow2_flush_locked(img);
     if (ret == 0) {
-        ret = read_snapshot_l1(img, sn, &snap_l1);
+        ret = qcow2_read_snapshot_l1(img, sn, &snap_l1);
     }
     /* 1. one more reference to everything the snapshot reaches */
     if (ret == 0) {
@@ -662,7 +662,7 @@ static int snapshot_delete_locked(struct vimg_image *img, const char *name,
     uint64_t *snap_l1 = NULL;
     ret = qcow2_flush_locked(img);
     if (ret == 0) {
-        ret = read_snapshot_l1(img, &s->snapshots[k], &snap_l1);
+        ret = qcow2_read_snapshot_l1(img, &s->snapshots[k], &snap_l1);
     }
     if (ret < 0) {
         return ret;

@@ -1712,3 +1712,34 @@ int qcow2_grow_l1(struct vimg_image *img, uint64_t new_entries)
 {
     return grow_l1(img, new_entries);
 }
+
+/*
+ * The refcount structure was replaced on disk (amend refcount_bits): drop
+ * everything cached about the old one and load the new one as open does.
+ * Nothing may be dirty (flush first); the caller holds the lock and has
+ * set s->h to the new header.
+ */
+int qcow2_reload_refcounts(struct vimg_image *img)
+{
+    struct qcow2_state *s = img->priv;
+
+    qcow2_cache_free(s->rb_cache);
+    s->rb_cache = NULL;
+    free(s->reftable);
+    s->reftable = NULL;
+    free(s->meta);
+    s->meta = NULL;
+    s->nb_meta = s->cap_meta = 0;
+    s->has_meta_index = false;
+    s->nb_pending = 0;
+    s->free_byte_offset = 0;
+    if (s->file_size < s->end_cluster << s->cluster_bits) {
+        s->file_size = s->end_cluster << s->cluster_bits;
+    }
+    /* a lazy image we made dirty ourselves is fine */
+    const uint64_t dirty = s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY;
+    s->h.incompatible_features &= ~QCOW2_INCOMPAT_DIRTY;
+    int ret = qcow2_open_write(img);
+    s->h.incompatible_features |= dirty;
+    return ret;
+}

@@ -509,6 +509,7 @@ const struct vimg_format vimg_format_qcow2 = {
     .snapshot_create = qcow2_snapshot_create,
     .snapshot_apply = qcow2_snapshot_apply,
     .snapshot_delete = qcow2_snapshot_delete,
+    .amend = qcow2_amend,
     .info = qcow2_info,
     .create = qcow2_create,
     .measure = qcow2_measure,

@@ -419,10 +419,21 @@ int qcow2_load_l2(struct vimg_image *img, uint64_t off, const uint8_t **out);
 /* Move the active L1 table to a larger one of NEW_ENTRIES entries. */
 int qcow2_grow_l1(struct vimg_image *img, uint64_t new_entries);
 
+/* Load a new refcount structure (s->h says where) after dropping all
+ * state about the old one; nothing may be dirty. */
+int qcow2_reload_refcounts(struct vimg_image *img);
+
 /* qcow2-snapshot-write.c: internal snapshots (the lock is taken inside) */
 int qcow2_snapshot_create(struct vimg_image *img, const char *name);
 int qcow2_snapshot_apply(struct vimg_image *img, const char *id_or_name);
 int qcow2_snapshot_delete(struct vimg_image *img, const char *name);
+/* The L1 table of snapshot SN, decoded (free it); -EIO if it is invalid. */
+int qcow2_read_snapshot_l1(struct vimg_image *img,
+                           const struct qcow2_snapshot *sn, uint64_t **out);
+
+/* qcow2-amend.c */
+int qcow2_amend(struct vimg_image *img, const struct vimg_create_opts *o,
+                unsigned which);
 
 /* qcow2-refcount.c */
 /* Read refcount block entry INDEX of width 1 << ORDER bits from BLOCK. */
