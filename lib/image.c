@@ -323,7 +323,18 @@ int vimg_resize(vimg_image *img, uint64_t new_size,
         return vimg_error(-EINVAL, "unknown preallocation mode '%s'",
                           preallocation);
     }
-    return img->drv->resize(img, new_size, preallocation, flags);
+    const uint64_t old_size = img->size;
+    int ret = img->drv->resize(img, new_size, preallocation, flags);
+    /* Grown over a longer backing file: the new area must read as zeroes,
+     * not as the backing file's data; like qemu's bdrv_co_truncate, zero
+     * all of it.
+     * TODO: the preallocation modes do not do this yet. */
+    const uint64_t backing_size = img->backing ? img->backing->size : 0;
+    if (ret == 0 && new_size > old_size && backing_size > old_size &&
+        (!preallocation || strcmp(preallocation, "off") == 0)) {
+        ret = vimg_write_zeroes(img, old_size, new_size - old_size, 0);
+    }
+    return ret;
 }
 
 uint32_t vimg_cluster_size(const vimg_image *img)
