@@ -1695,3 +1695,8 @@ int qcow2_release_entry(struct vimg_image *img, uint64_t entry)
 {
     return release_entry(img, entry);
 }
+
+int qcow2_begin_change(struct vimg_image *img)
+{
+    return begin_change(img, true);
+}

@@ -508,4 +508,6 @@ const struct vimg_format vimg_format_qcow2 = {
     .block_status = qcow2_block_status,
     .info = qcow2_info,
     .create = qcow2_create,
+    .make_empty = qcow2_make_empty,
+    .change_backing = qcow2_change_backing,
 };
