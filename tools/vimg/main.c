@@ -14,6 +14,8 @@ int cmd_convert(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
 int cmd_create(int argc, char **argv);
 int cmd_resize(int argc, char **argv);
+int cmd_commit(int argc, char **argv);
+int cmd_rebase(int argc, char **argv);
 static int cmd_help(int argc, char **argv);
 
 const struct cli_command cli_commands[] = {
@@ -38,6 +40,13 @@ const struct cli_command cli_commands[] = {
     {"resize", cmd_resize,
      "resize [-f FMT] [--shrink] [--preallocation=MODE] [-q] FILE [+|-]SIZE",
      "change the virtual size of an image"},
+    {"commit", cmd_commit,
+     "commit [-f FMT] [-t CACHE] [-b BASE] [-d] [-p] [-q] FILE",
+     "write an overlay's data into its backing file (or BASE)"},
+    {"rebase", cmd_rebase,
+     "rebase [-f FMT] [-t CACHE] [-u] [-p] [-q] -b BACKING [-F FMT] FILE",
+     "change the backing file of an image, keeping its content (-u: "
+     "only the name)"},
     {"help", cmd_help, "help [COMMAND]", "show help"},
     {NULL, NULL, NULL, NULL},
 };
