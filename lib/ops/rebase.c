@@ -4,7 +4,8 @@
  * content, as `qemu-img rebase` does.  Where the image itself does not
  * allocate, the old chain and the new backing file are read and compared
  * in 512-byte sectors; the sectors that differ get the old content written
- * into the image (as data, like qemu).  Then the header names the new
+ * into the image (as data, like qemu; as zeroes past the end of the old
+ * backing file, like qemu too).  Then the header names the new
  * backing file (vimg_change_backing, after a flush).
  *
  * Chunks of 4 MiB, a multiple of every cluster size, go to worker
@@ -24,6 +25,7 @@ struct rebase_job {
     vimg_image *img;
     vimg_image *new_backing; /* NULL: the image becomes standalone */
     uint64_t size;
+    uint64_t old_size;       /* of the old backing file, 0 without */
 };
 
 /* What the new chain reads at [off, off+len): zeroes past its end. */
@@ -44,13 +46,31 @@ static int read_new(struct rebase_job *job, uint8_t *buf, uint64_t off,
     return 0;
 }
 
+/* Write the old content of the differing sectors [off, off+len) back:
+ * zeroes past the end of the old backing file as zeroes (qemu-img does
+ * the same), the rest as data. */
+static int keep_old(struct rebase_job *job, const uint8_t *old, uint64_t off,
+                    size_t len, bool is_past_old_end)
+{
+    if (is_past_old_end) {
+        return vimg_write_zeroes(job->img, off, len, 0);
+    }
+    return vimg_pwrite(job->img, old, len, off);
+}
+
 /* [off, off+len) is not allocated in the image: keep its old content
  * where the new chain differs. */
 static int rebase_range(struct rebase_job *job, uint8_t *old, uint8_t *new,
                         uint64_t off, uint64_t len)
 {
     while (len > 0) {
-        const size_t n = (size_t)VIMG_MIN(len, (uint64_t)REBASE_PIECE_BYTES);
+        /* pieces end where the old backing file ends */
+        uint64_t max = VIMG_MIN(len, (uint64_t)REBASE_PIECE_BYTES);
+        const bool is_past_old_end = off >= job->old_size;
+        if (!is_past_old_end) {
+            max = VIMG_MIN(max, job->old_size - off);
+        }
+        const size_t n = (size_t)max;
         int ret = vimg_pread(job->img, old, n, off);
         if (ret == 0) {
             ret = read_new(job, new, off, n);
@@ -69,7 +89,7 @@ static int rebase_range(struct rebase_job *job, uint8_t *old, uint8_t *new,
                 }
                 j += t;
             }
-            ret = vimg_pwrite(job->img, old + i, j - i, off + i);
+            ret = keep_old(job, old + i, off + i, j - i, is_past_old_end);
             i = j;
         }
         if (ret < 0) {
@@ -149,7 +169,11 @@ int vimg_rebase(vimg_image *img, const char *backing,
                           img->filename);
     }
 
-    struct rebase_job job = {.img = img, .size = vimg_size(img)};
+    struct rebase_job job = {
+        .img = img,
+        .size = vimg_size(img),
+        .old_size = vimg_size(vimg_backing(img)),
+    };
     int ret = 0;
     if (backing) {
         char *path = vimg_path_join_dir(img->filename, backing);
