@@ -421,6 +421,80 @@ VIMG_API int vimg_compare(vimg_image *a, vimg_image *b,
                           const struct vimg_compare_opts *opts,
                           struct vimg_compare_result *out);
 
+/*
+ * Store NAME (NULL or "": none, the image becomes standalone) and its
+ * format FMT (NULL: none; ignored without NAME) as IMG's backing file, as
+ * `qemu-img rebase -u` does: the guest content is not looked at (see
+ * vimg_rebase() for the safe way).  Everything written before is made
+ * durable first, and the header is replaced in one write, so a crash
+ * leaves the old name or the new one.  IMG must be open read-write;
+ * -ENOTSUP for formats without a backing file (raw), -EINVAL for a name
+ * longer than the format allows, -ENOSPC if it does not fit in the
+ * header.  Unless IMG was opened with VIMG_OPEN_NO_BACKING, the old chain
+ * is closed and the new one opened (resolved against IMG's directory);
+ * if that fails the header is changed all the same, IMG has no backing
+ * image and stays read-only until reopened, and the error is returned.
+ */
+VIMG_API int vimg_change_backing(vimg_image *img, const char *name,
+                                 const char *fmt);
+
+#define VIMG_COMMIT_OPTS_VERSION 1
+struct vimg_commit_opts {
+    unsigned version;   /* VIMG_COMMIT_OPTS_VERSION */
+    /* The image to commit into: a layer of TOP's backing chain, or NULL
+     * for the immediate backing file. */
+    vimg_image *base;
+    /* Leave TOP as it is (qemu-img commit -d).  Implied when BASE is not
+     * the immediate backing file: the images in between are no longer a
+     * valid chain then, and TOP keeps the guest content only with its
+     * own data. */
+    bool is_keep_top;
+    unsigned threads;   /* worker threads; 0: one per CPU (max 8) */
+    vimg_progress_fn progress;
+    void *progress_opaque;
+};
+#define VIMG_COMMIT_OPTS_INIT { VIMG_COMMIT_OPTS_VERSION, NULL, false, 0, \
+    NULL, NULL }
+
+/*
+ * Commit TOP into BASE as `qemu-img commit` does: everything allocated
+ * above BASE (TOP's data and zeroes, and those of the images in between)
+ * is written into BASE, which is reopened read-write in place and first
+ * grown to TOP's size if it is smaller.  Zeroes are written as zeroes, so
+ * they mask BASE's data.  Then, unless is_keep_top, every cluster of TOP
+ * is made unallocated again, so TOP reads through to BASE.  TOP must be
+ * open read-write for that.  Reads and writes run in worker threads; no
+ * other call may use TOP's chain meanwhile.
+ */
+VIMG_API int vimg_commit(vimg_image *top, const struct vimg_commit_opts *opts);
+
+#define VIMG_REBASE_OPTS_VERSION 1
+struct vimg_rebase_opts {
+    unsigned version;   /* VIMG_REBASE_OPTS_VERSION */
+    /* Only rewrite the backing file name and format (qemu-img rebase -u),
+     * as vimg_change_backing() does. */
+    bool is_unsafe;
+    unsigned threads;   /* worker threads; 0: one per CPU (max 8) */
+    vimg_progress_fn progress;
+    void *progress_opaque;
+};
+#define VIMG_REBASE_OPTS_INIT { VIMG_REBASE_OPTS_VERSION, false, 0, NULL, \
+    NULL }
+
+/*
+ * Give IMG the backing file BACKING (NULL or "": none) of format
+ * BACKING_FMT (NULL: probe it) without changing its guest content, as
+ * `qemu-img rebase` does: wherever IMG itself does not allocate and the
+ * old chain (the one IMG was opened with) reads differently from the new
+ * one, the old content is copied into IMG (in 512-byte sectors); then the
+ * header names the new backing file (see vimg_change_backing()).  BACKING
+ * is resolved against IMG's directory.  IMG must be open read-write with
+ * its backing chain; -ENOTSUP for formats without a backing file.
+ */
+VIMG_API int vimg_rebase(vimg_image *img, const char *backing,
+                         const char *backing_fmt,
+                         const struct vimg_rebase_opts *opts);
+
 #ifdef __cplusplus
 }
 #endif

@@ -5,6 +5,7 @@
  * here, so any format can back any other.
  */
 #include <assert.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -25,6 +26,46 @@ struct chain_link {
 static int open_io(struct vimg_image **out, struct vimg_io *io,
                    const char *path, const char *format, unsigned flags,
                    unsigned depth, const struct chain_link *up);
+
+/* What a layer runs on after vimg_reopen_rw() lost it: every access
+ * fails with -EIO instead of touching freed driver state. */
+static int dead_open(struct vimg_image *img, unsigned flags)
+{
+    (void)flags;
+    return vimg_error(-EIO, "%s: image was lost in a failed reopen",
+                      img->filename);
+}
+
+static void dead_close(struct vimg_image *img)
+{
+    (void)img;
+}
+
+static int dead_pread(struct vimg_image *img, void *buf, size_t count,
+                      uint64_t offset)
+{
+    (void)buf;
+    (void)count;
+    (void)offset;
+    return dead_open(img, 0);
+}
+
+static int dead_block_status(struct vimg_image *img, uint64_t offset,
+                             uint64_t count, struct vimg_layer_status *out)
+{
+    (void)offset;
+    (void)count;
+    (void)out;
+    return dead_open(img, 0);
+}
+
+static const struct vimg_format vimg_format_dead = {
+    .name = "lost",
+    .open = dead_open,
+    .close = dead_close,
+    .pread = dead_pread,
+    .block_status = dead_block_status,
+};
 
 char *vimg_path_join_dir(const char *path, const char *name)
 {
@@ -389,7 +430,18 @@ int vimg_resize(vimg_image *img, uint64_t new_size,
         return vimg_error(-EINVAL, "unknown preallocation mode '%s'",
                           preallocation);
     }
-    return img->drv->resize(img, new_size, preallocation, flags);
+    const uint64_t old_size = img->size;
+    int ret = img->drv->resize(img, new_size, preallocation, flags);
+    /* Grown over a longer backing file: the new area must read as zeroes,
+     * not as the backing file's data; like qemu's bdrv_co_truncate, zero
+     * all of it.
+     * TODO: the preallocation modes do not do this yet. */
+    const uint64_t backing_size = img->backing ? img->backing->size : 0;
+    if (ret == 0 && new_size > old_size && backing_size > old_size &&
+        (!preallocation || strcmp(preallocation, "off") == 0)) {
+        ret = vimg_write_zeroes(img, old_size, new_size - old_size, 0);
+    }
+    return ret;
 }
 
 uint32_t vimg_cluster_size(const vimg_image *img)
@@ -542,6 +594,165 @@ int vimg_block_status(vimg_image *img, uint64_t offset, uint64_t count,
         layer = b;
         depth++;
     }
+}
+
+/*
+ * Reopen IMG (a layer of some chain, so its backing image and the image
+ * above it keep pointing at the same struct) read-write in place: the
+ * driver state and the file are replaced, the backing chain below stays.
+ * A throwaway read-write open first checks that the driver will accept
+ * it (corrupt or dirty images, unwritable files), so the in-place step
+ * only fails on I/O errors; then the read-only state is restored.
+ */
+int vimg_reopen_rw(struct vimg_image *img)
+{
+    if (img->is_writable) {
+        return 0;
+    }
+    if (img->flags & VIMG_OPEN_MEMORY) {
+        return vimg_error(-EROFS, "%s: in-memory images are read-only",
+                          img->filename);
+    }
+    const unsigned flags =
+        (img->flags | VIMG_OPEN_RDWR) & ~VIMG_OPEN_INFO_ONLY;
+    struct vimg_image *probe = NULL;
+    struct vimg_io *io = NULL;
+    int ret = vimg_io_file_open(&io, img->filename, true, false);
+    if (ret == 0) {
+        ret = open_io(&probe, io, img->filename, img->drv->name,
+                      flags | VIMG_OPEN_NO_BACKING, 0, NULL);
+        vimg_close(probe);
+    }
+    if (ret == 0) {
+        ret = vimg_io_file_open(&io, img->filename, true, false);
+    }
+    if (ret < 0) {
+        vimg_error_prefix("could not reopen '%s' read-write", img->filename);
+        return ret;
+    }
+    io->is_unsafe = flags & VIMG_OPEN_CACHE_UNSAFE;
+
+    for (int attempt = 0; attempt < 2; attempt++) {
+        const unsigned f = attempt == 0 ? flags : img->flags;
+        img->drv->close(img);
+        img->priv = NULL;
+        vimg_io_close(img->io);
+        img->io = io;
+        io = NULL;
+        free(img->backing_name);
+        free(img->backing_fmt);
+        img->backing_name = img->backing_fmt = NULL;
+        int r = img->drv->open(img, f);
+        if (r == 0) {
+            img->flags = f;
+            img->is_writable = f & VIMG_OPEN_RDWR;
+            return ret;
+        }
+        if (attempt == 0) {
+            /* back to read-only, keeping the first error */
+            ret = r;
+            char msg[512];
+            snprintf(msg, sizeof(msg), "%s", vimg_last_error());
+            r = vimg_io_file_open(&io, img->filename, false, false);
+            vimg_error(ret, "%s", msg);
+            if (r < 0) {
+                break;
+            }
+            io->is_unsafe = img->io->is_unsafe;
+        }
+    }
+    /* Neither state could be restored: nothing of the driver is left.
+     * Reads and writes fail from now on (see dead_ops below). */
+    if (img->priv) {
+        img->drv->close(img);
+        img->priv = NULL;
+    }
+    img->drv = &vimg_format_dead;
+    return ret;
+}
+
+int vimg_make_empty(struct vimg_image *img)
+{
+    if (!img->is_writable) {
+        return vimg_error(-EROFS, "%s: image is opened read-only",
+                          img->filename);
+    }
+    if (!img->drv->make_empty) {
+        return vimg_error(-ENOTSUP, "%s: %s images cannot be emptied",
+                          img->filename, img->drv->name);
+    }
+    return img->drv->make_empty(img);
+}
+
+bool vimg_can_change_backing(const struct vimg_image *img)
+{
+    return img->drv->change_backing != NULL;
+}
+
+int vimg_change_backing(vimg_image *img, const char *name, const char *fmt)
+{
+    if (!img) {
+        return vimg_error(-EINVAL, "vimg_change_backing: NULL argument");
+    }
+    if (!img->is_writable) {
+        return vimg_error(-EROFS, "%s: image is opened read-only",
+                          img->filename);
+    }
+    if (!img->drv->change_backing) {
+        return vimg_error(-ENOTSUP, "Operation not supported");
+    }
+    if (name && !*name) {
+        name = NULL;
+    }
+    if (!name) {
+        fmt = NULL;
+    }
+    char *new_name = name ? strdup(name) : NULL;
+    char *new_fmt = fmt ? strdup(fmt) : NULL;
+    char *new_path = name ? vimg_path_join_dir(img->filename, name) : NULL;
+    int ret = 0;
+    if ((name && (!new_name || !new_path)) || (fmt && !new_fmt)) {
+        ret = vimg_error(-ENOMEM, "out of memory");
+    }
+    if (ret == 0) {
+        ret = img->drv->change_backing(img, name, fmt);
+    }
+    if (ret < 0) {
+        free(new_name);
+        free(new_fmt);
+        free(new_path);
+        return ret;
+    }
+    free(img->backing_name);
+    free(img->backing_fmt);
+    free(img->backing_path);
+    img->backing_name = new_name;
+    img->backing_fmt = new_fmt;
+    img->backing_path = new_path;
+
+    /* The handle reads through the new chain from now on */
+    if (img->flags & VIMG_OPEN_NO_BACKING) {
+        return 0;
+    }
+    vimg_close(img->backing);
+    img->backing = NULL;
+    if (name) {
+        struct chain_link self = {.name = img->filename};
+        struct stat st;
+        if (stat(img->filename, &st) == 0) {
+            self.dev = st.st_dev;
+            self.ino = st.st_ino;
+        }
+        ret = open_backing(img, 0, &self);
+        if (ret < 0) {
+            /* without its backing file a write could copy wrong data */
+            img->is_writable = false;
+            vimg_error_prefix("%s: backing file changed to '%s', but the "
+                              "image is read-only until reopened",
+                              img->filename, name);
+        }
+    }
+    return ret;
 }
 
 int vimg_create(const char *path, const struct vimg_create_opts *opts)

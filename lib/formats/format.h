@@ -68,6 +68,15 @@ struct vimg_format {
      * (NULL: not compared) from now on. */
     int (*snapshot_view)(struct vimg_image *img, const char *id,
                          const char *name);
+    /* Optional (formats with a backing file): make every cluster
+     * unallocated again, so the whole disk reads from the backing file
+     * (qemu's bdrv_make_empty, used by commit).  Durable on return. */
+    int (*make_empty)(struct vimg_image *img);
+    /* Optional: store NAME (NULL: none) and FMT (NULL: none) as the
+     * backing file, crash-safely, after everything written so far is
+     * durable.  The image layer updates backing_name/_fmt afterwards. */
+    int (*change_backing)(struct vimg_image *img, const char *name,
+                          const char *fmt);
 };
 
 /* registry.c */

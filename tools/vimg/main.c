@@ -17,6 +17,8 @@ int cmd_resize(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
 int cmd_amend(int argc, char **argv);
 int cmd_measure(int argc, char **argv);
+int cmd_commit(int argc, char **argv);
+int cmd_rebase(int argc, char **argv);
 static int cmd_help(int argc, char **argv);
 
 const struct cli_command cli_commands[] = {
@@ -52,6 +54,13 @@ const struct cli_command cli_commands[] = {
     {"amend", cmd_amend, "amend [-f FMT] [-p] [-q] -o OPTIONS FILE",
      "change an image's options in place (compat, refcount_bits, "
      "lazy_refcounts, size, ...)"},
+    {"commit", cmd_commit,
+     "commit [-f FMT] [-t CACHE] [-b BASE] [-d] [-p] [-q] FILE",
+     "write an overlay's data into its backing file (or BASE)"},
+    {"rebase", cmd_rebase,
+     "rebase [-f FMT] [-t CACHE] [-u] [-p] [-q] -b BACKING [-F FMT] FILE",
+     "change the backing file of an image, keeping its content (-u: "
+     "only the name)"},
     {"help", cmd_help, "help [COMMAND]", "show help"},
     {NULL, NULL, NULL, NULL},
 };

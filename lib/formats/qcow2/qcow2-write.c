@@ -1064,8 +1064,12 @@ static int zero_in_cluster(struct vimg_image *img, size_t n, uint64_t offset,
     if (ret < 0) {
         return ret;
     }
+    /* (an unallocated range without a backing file reads as zeroes too,
+     * but writing zeroes records them, as qemu does: a backing file given
+     * later, by rebase, must not show through) */
     if (m.length == n && (m.type == QCOW2_SC_ZERO_PLAIN ||
-                          (m.type == QCOW2_SC_UNALLOCATED && !has_backing))) {
+                          (m.type == QCOW2_SC_UNALLOCATED && !has_backing &&
+                           is_discard))) {
         return 0;
     }
     uint64_t l2_off, entry, bitmap;

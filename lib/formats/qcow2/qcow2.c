@@ -514,4 +514,6 @@ const struct vimg_format vimg_format_qcow2 = {
     .create = qcow2_create,
     .measure = qcow2_measure,
     .snapshot_view = qcow2_snapshot_view,
+    .make_empty = qcow2_make_empty,
+    .change_backing = qcow2_change_backing,
 };

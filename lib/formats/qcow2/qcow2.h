@@ -390,6 +390,22 @@ int qcow2_l2_entry(struct vimg_image *img, uint64_t l2_offset, size_t i,
                    uint64_t *entry, uint64_t *bitmap, bool is_store);
 /* Drop (after the next sync) the reference an old L2 entry held. */
 int qcow2_release_entry(struct vimg_image *img, uint64_t entry);
+/* Refuse changes to an image found corrupt; set the dirty bit of a
+ * lazy-refcount image before its first metadata change. */
+int qcow2_begin_change(struct vimg_image *img);
+
+/* qcow2-backing.c: what commit and rebase need from the driver */
+/* Make every guest cluster unallocated (reads go to the backing file). */
+int qcow2_make_empty(struct vimg_image *img);
+/*
+ * Rewrite the first cluster so that it names backing file NAME (NULL:
+ * none) with format FMT (NULL: no backing format extension).  Everything
+ * written before is made durable first; the new header goes out in one
+ * write of cluster 0.  -EINVAL if NAME is longer than 1023 bytes, -ENOSPC
+ * if the header, its extensions and NAME do not fit in the first cluster.
+ */
+int qcow2_change_backing(struct vimg_image *img, const char *name,
+                         const char *fmt);
 
 /* qcow2-prealloc.c */
 enum qcow2_prealloc {
