@@ -295,7 +295,7 @@ int cli_apply_create_option(struct vimg_create_opts *o, char *kv,
         } else if (!strcmp(val, "1.1") || !strcmp(val, "v3")) {
             o->qcow2_version = 3;
         } else {
-            cli_error("Unknown compatibility level %s", val);
+            cli_error("Invalid compatibility level: '%s'", val);
             return -1;
         }
     } else if (!strcmp(key, "cluster_size")) {

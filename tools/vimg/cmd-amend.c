@@ -41,6 +41,13 @@ static int apply_option(struct vimg_create_opts *o, char *kv, unsigned *which)
         if (strlen(amendable[i].key) == n &&
             strncmp(kv, amendable[i].key, n) == 0) {
             *which |= amendable[i].which;
+            const char *val = kv[n] ? kv + n + 1 : "";
+            if (amendable[i].which == VIMG_AMEND_COMPAT &&
+                strcmp(val, "0.10") && strcmp(val, "1.1") &&
+                strcmp(val, "v2") && strcmp(val, "v3")) {
+                cli_error("Unknown compatibility level %s", val); /* qemu's */
+                return -1;
+            }
             return cli_apply_create_option(o, kv, &has_size);
         }
     }

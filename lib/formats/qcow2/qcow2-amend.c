@@ -34,126 +34,6 @@ static const struct qcow2_feature feature_table[] = {
     {2, 1, "raw external data"},
 };
 
-/* ------------------------------------------------------- the header */
-
-/* The first cluster as it is on disk: header, extensions, backing name. */
-struct first_cluster {
-    struct qcow2_header h;
-    struct qcow2_extensions ext;
-    char *backing;
-};
-
-static void first_cluster_free(struct first_cluster *fc)
-{
-    qcow2_extensions_free(&fc->ext);
-    free(fc->backing);
-}
-
-static int read_first_cluster(struct vimg_image *img, struct first_cluster *fc)
-{
-    struct qcow2_state *s = img->priv;
-    const size_t cs = (size_t)s->cluster_size;
-    uint8_t *buf = malloc(cs);
-    int ret = 0;
-
-    memset(fc, 0, sizeof(*fc));
-    if (!buf) {
-        return vimg_error(-ENOMEM, "out of memory");
-    }
-    ret = vimg_io_pread(img->io, buf, cs, 0);
-    if (ret == 0) {
-        ret = qcow2_header_decode(&fc->h, buf, cs, VIMG_MAX(s->file_size, cs));
-    }
-    size_t ext_end = cs;
-    if (ret == 0 && fc->h.backing_file_offset) {
-        ext_end = (size_t)VIMG_MIN((uint64_t)cs, fc->h.backing_file_offset);
-    }
-    if (ret == 0) {
-        ret = qcow2_extensions_decode(&fc->ext, buf, fc->h.header_length,
-                                      ext_end);
-    }
-    if (ret == 0 && fc->h.backing_file_size) {
-        const uint64_t at = fc->h.backing_file_offset;
-        const size_t n = fc->h.backing_file_size;
-        if (at + n > cs) {
-            ret = vimg_error(-EIO, "%s: the backing file name is not in the "
-                                   "first cluster",
-                             img->filename);
-        } else {
-            fc->backing = malloc(n + 1);
-            if (!fc->backing) {
-                ret = vimg_error(-ENOMEM, "out of memory");
-            } else {
-                memcpy(fc->backing, buf + at, n);
-                fc->backing[n] = '\0';
-            }
-        }
-    }
-    free(buf);
-    if (ret < 0) {
-        first_cluster_free(fc);
-    }
-    return ret;
-}
-
-/* Encode FC into one cluster; -ENOSPC (with qemu's words) if it does not
- * fit.  BUF has the cluster size. */
-static int encode_first_cluster(struct vimg_image *img,
-                                struct first_cluster *fc, uint8_t *buf)
-{
-    struct qcow2_state *s = img->priv;
-    const size_t cs = (size_t)s->cluster_size;
-    const size_t name_len = fc->backing ? strlen(fc->backing) : 0;
-
-    memset(buf, 0, cs);
-    int ret = qcow2_header_encode(&fc->h, buf, cs);
-    const size_t hlen = ret < 0 ? 0 : (size_t)ret;
-    if (ret >= 0) {
-        ret = qcow2_extensions_encode(&fc->ext, buf + hlen, cs - hlen);
-    }
-    const size_t name_off = ret < 0 ? 0 : hlen + (size_t)ret;
-    if (ret == -ENOSPC || (ret >= 0 && name_len > cs - name_off)) {
-        return vimg_error(-ENOSPC, "%s: No space left in the file header",
-                          img->filename);
-    }
-    if (ret < 0) {
-        return ret;
-    }
-    fc->h.backing_file_offset = name_len ? name_off : 0;
-    fc->h.backing_file_size = (uint32_t)name_len;
-    store_be64(buf + QCOW2_HDR_BACKING_OFFSET, fc->h.backing_file_offset);
-    store_be32(buf + QCOW2_HDR_BACKING_SIZE, fc->h.backing_file_size);
-    memcpy(buf + name_off, fc->backing ? fc->backing : "", name_len);
-    return 0;
-}
-
-/* Write BUF as the first cluster in one write, after everything it may
- * point at is durable, and make the state match FC. */
-static int write_first_cluster(struct vimg_image *img,
-                               struct first_cluster *fc, const uint8_t *buf)
-{
-    struct qcow2_state *s = img->priv;
-    int ret = qcow2_flush_locked(img);
-
-    if (ret == 0) {
-        ret = qcow2_write_meta(img, 0, buf, (size_t)s->cluster_size);
-    }
-    if (ret == 0) {
-        ret = qcow2_sync_files(img);
-    }
-    if (ret < 0) {
-        return ret;
-    }
-    s->h = fc->h;
-    /* the state keeps what it parsed; swap in the new extensions */
-    struct qcow2_extensions old = s->ext;
-    s->ext = fc->ext;
-    fc->ext = old;
-    s->is_lazy = s->h.version >= 3 &&
-                 (s->h.compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS);
-    return 0;
-}
-
 /* -------------------------------------------------- refcount width */
 
 /* Refuse a width that cannot hold some refcount (qemu's words). */
@@ -517,12 +397,12 @@ static int amend_locked(struct vimg_image *img, const struct vimg_create_opts *o
                                    "snapshots");
     }
     /* the new first cluster must fit before anything else changes */
-    struct first_cluster fc;
+    struct qcow2_first_cluster fc;
     uint8_t *buf = NULL;
     if (ret < 0) {
         return ret;
     }
-    ret = read_first_cluster(img, &fc);
+    ret = qcow2_first_cluster_read(img, &fc);
     if (ret < 0) {
         return ret;
     }
@@ -577,7 +457,7 @@ static int amend_locked(struct vimg_image *img, const struct vimg_create_opts *o
             fc.ext.has_bitmaps = false;
         }
         buf = malloc((size_t)s->cluster_size);
-        ret = buf ? encode_first_cluster(img, &fc, buf)
+        ret = buf ? qcow2_first_cluster_encode(img, &fc, buf)
                   : vimg_error(-ENOMEM, "out of memory");
         if ((which & VIMG_AMEND_DATA_FILE && !fc.ext.data_file) ||
             (which & VIMG_AMEND_BACKING_FILE && *o->backing_file &&
@@ -595,7 +475,7 @@ static int amend_locked(struct vimg_image *img, const struct vimg_create_opts *o
             /* the header on disk changed under FC */
             fc.h.refcount_table_offset = s->h.refcount_table_offset;
             fc.h.refcount_table_clusters = s->h.refcount_table_clusters;
-            ret = encode_first_cluster(img, &fc, buf);
+            ret = qcow2_first_cluster_encode(img, &fc, buf);
         }
     }
     if (ret == 0 && version < 3 && s->h.version >= 3) {
@@ -607,17 +487,17 @@ static int amend_locked(struct vimg_image *img, const struct vimg_create_opts *o
         if (s->h.version >= 3 && !want_lazy) {
             fc.h.incompatible_features &= ~QCOW2_INCOMPAT_DIRTY;
             if (version >= 3) {
-                ret = encode_first_cluster(img, &fc, buf);
+                ret = qcow2_first_cluster_encode(img, &fc, buf);
             }
         }
         if (ret == 0) {
-            ret = write_first_cluster(img, &fc, buf);
+            ret = qcow2_first_cluster_write(img, &fc, buf);
         }
     }
     if (ret == 0) {
         *resize_to = (which & VIMG_AMEND_SIZE) && o->size != img->size;
     }
-    first_cluster_free(&fc);
+    qcow2_first_cluster_free(&fc);
     free(buf);
     return ret;
 }

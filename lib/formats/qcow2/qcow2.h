@@ -404,6 +404,27 @@ int qcow2_make_empty(struct vimg_image *img);
  * write of cluster 0.  -EINVAL if NAME is longer than 1023 bytes, -ENOSPC
  * if the header, its extensions and NAME do not fit in the first cluster.
  */
+/* The first cluster as it is on disk: header, extensions, backing name
+ * (and the raw header bytes, for fields newer than this code). */
+struct qcow2_first_cluster {
+    struct qcow2_header h;
+    struct qcow2_extensions ext;
+    char *backing;
+    uint8_t *raw;
+    size_t raw_len;
+};
+int qcow2_first_cluster_read(struct vimg_image *img,
+                             struct qcow2_first_cluster *fc);
+/* Encode FC into BUF (one cluster); -ENOSPC ("No space left in the file
+ * header") if it does not fit. */
+int qcow2_first_cluster_encode(struct vimg_image *img,
+                               struct qcow2_first_cluster *fc, uint8_t *buf);
+/* Write BUF as the first cluster in one write, once everything it may
+ * point at is durable; the state then follows FC.  Lock held. */
+int qcow2_first_cluster_write(struct vimg_image *img,
+                              struct qcow2_first_cluster *fc,
+                              const uint8_t *buf);
+void qcow2_first_cluster_free(struct qcow2_first_cluster *fc);
 int qcow2_change_backing(struct vimg_image *img, const char *name,
                          const char *fmt);
 
