@@ -14,6 +14,7 @@ int cmd_convert(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
 int cmd_create(int argc, char **argv);
 int cmd_resize(int argc, char **argv);
+int cmd_check(int argc, char **argv);
 static int cmd_help(int argc, char **argv);
 
 const struct cli_command cli_commands[] = {
@@ -38,6 +39,9 @@ const struct cli_command cli_commands[] = {
     {"resize", cmd_resize,
      "resize [-f FMT] [--shrink] [--preallocation=MODE] [-q] FILE [+|-]SIZE",
      "change the virtual size of an image"},
+    {"check", cmd_check,
+     "check [-f FMT] [--output=human|json] [-r leaks|all] [-q] FILE",
+     "check (and with -r, repair) the consistency of an image"},
     {"help", cmd_help, "help [COMMAND]", "show help"},
     {NULL, NULL, NULL, NULL},
 };

@@ -83,23 +83,31 @@ static int load_snapshots(struct vimg_image *img, struct qcow2_state *s)
         return 0;
     }
     /* Entries have variable length: read a window and grow it until the
-     * whole table decodes, bounded by the file and a sanity limit. */
-    const uint64_t avail = s->file_size - s->h.snapshots_offset;
+     * whole table decodes, bounded by the file and a sanity limit.  For a
+     * check, bytes past the end of the file read as zeroes (as qemu reads
+     * them), so that check can report such a table instead of failing. */
+    const uint64_t avail =
+        s->is_check ? QCOW2_MAX_SNAPSHOT_TABLE
+        : s->h.snapshots_offset < s->file_size
+            ? s->file_size - s->h.snapshots_offset
+            : 0;
     size_t want = 64 * 1024;
     for (;;) {
         const size_t n = (size_t)VIMG_MIN((uint64_t)want, avail);
-        uint8_t *buf = malloc(n);
+        uint8_t *buf = malloc(n ? n : 1);
+        size_t used = 0;
         if (!buf) {
             return vimg_error(-ENOMEM, "out of memory");
         }
         int ret = vimg_io_pread(img->io, buf, n, s->h.snapshots_offset);
         if (ret == 0) {
             ret = qcow2_snapshots_decode(&s->snapshots, s->h.nb_snapshots,
-                                         buf, n, NULL);
+                                         buf, n, &used);
         }
         free(buf);
         if (ret == 0) {
             s->nb_snapshots = s->h.nb_snapshots;
+            s->snapshots_size = used;
             return 0;
         }
         if (ret != -ENODATA) {
@@ -221,7 +229,11 @@ static int qcow2_open(struct vimg_image *img, unsigned flags)
     if (ret < 0) {
         goto out;
     }
-    ret = qcow2_header_decode(&s->h, first, first_len, s->file_size);
+    /* A check reads tables past the end of the file as zeroes (as qemu
+     * does) and reports them, so only their alignment and size matter. */
+    s->is_check = flags & VIMG_OPEN_CHECK;
+    ret = qcow2_header_decode(&s->h, first, first_len,
+                              s->is_check ? UINT64_MAX : s->file_size);
     if (ret < 0) {
         vimg_error_prefix("%s", img->filename);
         goto out;
@@ -259,10 +271,10 @@ static int qcow2_open(struct vimg_image *img, unsigned flags)
         goto out;
     }
     if ((s->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT) &&
-        (flags & VIMG_OPEN_RDWR)) {
+        (flags & VIMG_OPEN_RDWR) && !s->is_check) {
         ret = vimg_error(-EIO,
                          "%s: image is marked corrupt; it can only be opened "
-                         "read-only (repair it with 'qemu-img check -r all')",
+                         "read-only (repair it with 'vimg check -r all')",
                          img->filename);
         goto out;
     }
@@ -331,6 +343,13 @@ static int qcow2_open(struct vimg_image *img, unsigned flags)
     if (ret == 0) {
         ret = load_bitmaps(img, s);
     }
+    if (ret < 0 && s->is_check && ret != -ENOMEM) {
+        /* check reports it (and cannot complete) */
+        s->check_load_error = ret;
+        snprintf(s->check_load_msg, sizeof(s->check_load_msg), "%s",
+                 vimg_last_error());
+        ret = 0;
+    }
     if (ret < 0) {
         vimg_error_prefix("%s", img->filename);
         goto out;
@@ -348,7 +367,27 @@ static int qcow2_open(struct vimg_image *img, unsigned flags)
         s->data_io = img->io;
     }
     img->size = s->h.size;
-    if (flags & VIMG_OPEN_RDWR) {
+    if ((flags & VIMG_OPEN_RDWR) && !s->is_check &&
+        (s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+        /* Not closed cleanly with lazy refcounts: the refcounts may be
+         * wrong.  Repair them before writing anything, as qemu does. */
+        struct vimg_check_result res;
+        memset(&res, 0, sizeof(res));
+        ret = qcow2_check(img, VIMG_CHECK_REPAIR_ALL, &res, NULL, NULL);
+        if (ret == 0 && (res.check_errors ||
+                         (s->h.incompatible_features &
+                          QCOW2_INCOMPAT_DIRTY))) {
+            ret = vimg_error(-EIO, "%s: could not repair dirty image",
+                             img->filename);
+        } else if (ret < 0) {
+            vimg_error_prefix("%s: could not repair dirty image",
+                              img->filename);
+        }
+        if (ret < 0) {
+            goto out;
+        }
+    }
+    if ((flags & VIMG_OPEN_RDWR) && !s->is_check) {
         ret = qcow2_open_write(img);
     }
 out:
@@ -504,5 +543,6 @@ const struct vimg_format vimg_format_qcow2 = {
     .pwrite_compressed = qcow2_pwrite_compressed,
     .block_status = qcow2_block_status,
     .info = qcow2_info,
+    .check = qcow2_check,
     .create = qcow2_create,
 };
