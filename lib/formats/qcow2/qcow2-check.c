@@ -68,6 +68,7 @@ struct ck_part {
     struct ck_msgs m;
     bool is_buffered;
     int err;
+    char err_msg[256]; /* a worker's error message (thread local there) */
 };
 
 struct ck_overflow {
@@ -172,7 +173,8 @@ static void merge_part(struct ck *ck, struct ck_part *p, struct ck_part *w)
     w->m.buf = NULL;
     add_result(&p->r, &w->r);
     if (w->err < 0 && p->err == 0) {
-        p->err = w->err;
+        /* the message was recorded in the worker's thread */
+        p->err = vimg_error(w->err, "%s", w->err_msg);
     }
 }
 
@@ -616,6 +618,7 @@ static void *job_run(void *opaque)
     if (!buf) {
         j->part.err = vimg_error(-ENOMEM, "out of memory");
         j->part.r.check_errors++;
+        snprintf(j->part.err_msg, sizeof(j->part.err_msg), "out of memory");
         return NULL;
     }
     j->part.err = j->is_copied_pass
@@ -623,6 +626,10 @@ static void *job_run(void *opaque)
                                      j->is_repair, buf)
                       : check_l1_range(j->ck, &j->part, j->t, j->first, j->end,
                                        buf);
+    if (j->part.err < 0) {
+        snprintf(j->part.err_msg, sizeof(j->part.err_msg), "%s",
+                 vimg_last_error());
+    }
     free(buf);
     return NULL;
 }
