@@ -69,6 +69,7 @@ struct ck_part {
     bool is_buffered;
     int err;
     char err_msg[256]; /* a worker's error message (thread local there) */
+    uint64_t used_end; /* highest cluster this part referenced, + 1 */
 };
 
 struct ck_overflow {
@@ -88,7 +89,8 @@ struct ck {
     uint64_t nb_clusters;   /* clusters of the file */
     uint64_t cap_clusters;  /* entries in refs */
     uint16_t *refs;         /* computed refcounts, later stored ones */
-    uint64_t used_end;      /* highest referenced cluster + 1 (atomic) */
+    uint64_t used_end;      /* highest referenced cluster + 1 */
+    bool has_broken_block;  /* a refcount table entry is unaligned */
     uint64_t refcount_max;
     pthread_mutex_t ovf_lock;
     struct ck_overflow *ovf;
@@ -172,6 +174,7 @@ static void merge_part(struct ck *ck, struct ck_part *p, struct ck_part *w)
     free(w->m.buf);
     w->m.buf = NULL;
     add_result(&p->r, &w->r);
+    p->used_end = VIMG_MAX(p->used_end, w->used_end);
     if (w->err < 0 && p->err == 0) {
         /* the message was recorded in the worker's thread */
         p->err = vimg_error(w->err, "%s", w->err_msg);
@@ -254,15 +257,9 @@ static bool ref_inc(struct ck *ck, uint64_t k)
         if (__atomic_compare_exchange_n(&ck->refs[k], &old,
                                         (uint16_t)(old + 1), true,
                                         __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
-            break;
+            return true;
         }
     }
-    uint64_t end = __atomic_load_n(&ck->used_end, __ATOMIC_RELAXED);
-    while (k + 1 > end &&
-           !__atomic_compare_exchange_n(&ck->used_end, &end, k + 1, true,
-                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
-    }
-    return true;
 }
 
 /*
@@ -286,6 +283,9 @@ static bool inc_refs(struct ck *ck, struct ck_part *p, uint64_t offset,
     }
     const uint64_t first = offset >> ck->cb;
     const uint64_t last = (end - 1) >> ck->cb;
+    if (last + 1 > p->used_end) {
+        p->used_end = last + 1;
+    }
     for (uint64_t k = first; k <= last; k++) {
         assert(k < ck->cap_clusters);
         if (!ref_inc(ck, k)) {
@@ -849,7 +849,7 @@ static int calculate(struct ck *ck, struct ck_part *p)
 
     memset(ck->refs, 0, (size_t)ck->cap_clusters * sizeof(uint16_t));
     ck->nb_ovf = 0;
-    ck->used_end = 0;
+    p->used_end = 0;
     ck->is_rebuild_needed = false;
 
     /* header */
@@ -958,6 +958,7 @@ static int calculate(struct ck *ck, struct ck_part *p)
         return ret;
     }
     check_refblocks(ck, p);
+    ck->used_end = p->used_end;
     return 0;
 }
 
@@ -1299,6 +1300,7 @@ static int rebuild(struct ck *ck, struct ck_part *p)
     free(ck->reftable);
     ck->reftable = table;
     ck->reftable_entries = rt_entries;
+    ck->has_broken_block = false;
     ck->file_size = s->file_size;
     ck->nb_clusters = VIMG_DIV_ROUND_UP(ck->file_size, ck->cs);
     ret = grow_refs(ck, ck->nb_clusters + 2);
@@ -1320,7 +1322,7 @@ out:
 /* Stored refcount of cluster C after compare(): -EIO if unreadable. */
 static int stored_refcount(struct ck *ck, uint64_t c, uint64_t *out)
 {
-    if (is_block_broken(ck, c / ck->rb_entries)) {
+    if (ck->has_broken_block && is_block_broken(ck, c / ck->rb_entries)) {
         return -EIO;
     }
     if (c < compare_end(ck)) {
@@ -1523,6 +1525,9 @@ static int read_reftable(struct ck *ck, struct ck_part *p)
     free(ck->reftable);
     ck->reftable = t;
     ck->reftable_entries = got;
+    for (uint64_t i = 0; i < got; i++) {
+        ck->has_broken_block |= is_block_broken(ck, i);
+    }
     return 0;
 }
 
