@@ -1,0 +1,264 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test-qcow2-check.c: the consistency check on a tiny qcow2 image built
+ * by hand in memory (512-byte clusters), with single bytes poked in: the
+ * counts qemu-img check gives for each kind of damage (a leak, a refcount
+ * too low, a cluster used twice, an L2 entry past the end of the file, a
+ * wrong COPIED flag, a refcount block on top of the L1 table), the repairs of -r leaks
+ * and -r all (rebuilding a broken refcount table), the thread count not
+ * changing what is reported, and raw images having no check.
+ */
+#include <stdlib.h>
+
+#include "unit.h"
+
+#include "vimg-endian.h"
+
+#define CS 512u
+#define NB 8u /* clusters in the file */
+#define COPIED (1ull << 63)
+
+/*
+ * 0 header  1 refcount table  2 refcount block  3 L1  4 L2
+ * 5 data A (guest 0)  6 data B (guest 512)  7 free
+ */
+static void build(uint8_t *b)
+{
+    memset(b, 0, NB * CS);
+    store_be32(b + 0, 0x514649fb);
+    store_be32(b + 4, 3);
+    store_be32(b + 20, 9);           /* 512-byte clusters */
+    store_be64(b + 24, 64 * CS);     /* one L2 table's worth */
+    store_be32(b + 36, 1);           /* L1 entries */
+    store_be64(b + 40, 3 * CS);
+    store_be64(b + 48, 1 * CS);
+    store_be32(b + 56, 1);
+    store_be32(b + 96, 4);           /* 16-bit refcounts */
+    store_be32(b + 100, 104);
+    store_be64(b + 1 * CS, 2 * CS);  /* refcount table -> block */
+    for (unsigned c = 0; c < 7; c++) {
+        store_be16(b + 2 * CS + 2 * c, 1);
+    }
+    store_be64(b + 3 * CS, 4 * CS | COPIED);
+    store_be64(b + 4 * CS, 5 * CS | COPIED);
+    store_be64(b + 4 * CS + 8, 6 * CS | COPIED);
+}
+
+struct lines {
+    unsigned n;
+};
+
+static void count_line(void *opaque, const char *msg)
+{
+    struct lines *l = opaque;
+
+    assert_true(msg[0] != '\0');
+    l->n++;
+}
+
+static vimg_image *open_rw(const uint8_t *b, size_t len)
+{
+    struct vimg_io *io = NULL;
+    vimg_image *img = NULL;
+
+    assert_int_equal(vimg_io_mem_new(&io, b, len, "t"), 0);
+    assert_int_equal(vimg_open_io(&img, io, "t", "qcow2",
+                                  VIMG_OPEN_RDWR | VIMG_OPEN_CHECK |
+                                      VIMG_OPEN_NO_BACKING |
+                                      VIMG_OPEN_MEMORY),
+                     0);
+    return img;
+}
+
+static void check(vimg_image *img, unsigned flags, int want_ret,
+                  uint64_t errors, uint64_t corruptions, uint64_t leaks,
+                  struct vimg_check_result *r)
+{
+    struct lines l = {0};
+
+    assert_int_equal(vimg_check(img, flags, r, count_line, &l), want_ret);
+    if (want_ret == 0) {
+        assert_int_equal(r->check_errors, errors);
+        assert_int_equal(r->corruptions, corruptions);
+        assert_int_equal(r->leaks, leaks);
+        /* one line per problem at least */
+        assert_true(l.n >= corruptions + leaks + errors);
+    }
+}
+
+static void test_clean(void **state)
+{
+    (void)state;
+    uint8_t b[NB * CS];
+    struct vimg_check_result r;
+
+    build(b);
+    vimg_image *img = open_rw(b, sizeof(b));
+    check(img, 0, 0, 0, 0, 0, &r);
+    assert_int_equal(r.total_clusters, 64);
+    assert_int_equal(r.allocated_clusters, 2);
+    assert_int_equal(r.fragmented_clusters, 0);
+    assert_int_equal(r.image_end_offset, 7 * CS);
+    vimg_close(img);
+}
+
+static void test_leak(void **state)
+{
+    (void)state;
+    uint8_t b[NB * CS];
+    struct vimg_check_result r;
+
+    build(b);
+    store_be16(b + 2 * CS + 2 * 7, 1); /* cluster 7: counted, unused */
+    vimg_image *img = open_rw(b, sizeof(b));
+    check(img, 0, 0, 0, 0, 1, &r);
+    check(img, VIMG_CHECK_REPAIR_LEAKS, 0, 0, 0, 0, &r);
+    assert_int_equal(r.leaks_fixed, 1);
+    check(img, 0, 0, 0, 0, 0, &r);
+    vimg_close(img);
+}
+
+static void test_too_low_and_copied(void **state)
+{
+    (void)state;
+    uint8_t b[NB * CS];
+    struct vimg_check_result r;
+
+    build(b);
+    /* guest 512 also maps to A: A has 2 users, refcount 1; B leaks */
+    store_be64(b + 4 * CS + 8, 5 * CS | COPIED);
+    vimg_image *img = open_rw(b, sizeof(b));
+    check(img, 0, 0, 0, 1, 1, &r);
+    /* -r leaks leaves the refcount that is too low */
+    check(img, VIMG_CHECK_REPAIR_LEAKS, 0, 0, 1, 0, &r);
+    /* -r all raises it, then both COPIED flags must go: 1 + 2 fixed */
+    check(img, VIMG_CHECK_REPAIR_ALL, 0, 0, 0, 0, &r);
+    assert_int_equal(r.corruptions_fixed, 3);
+    check(img, 0, 0, 0, 0, 0, &r);
+    vimg_close(img);
+}
+
+static void test_past_eof_and_copied(void **state)
+{
+    (void)state;
+    uint8_t b[NB * CS];
+    struct vimg_check_result r;
+
+    build(b);
+    store_be64(b + 4 * CS + 8, 0x7f0000 | COPIED); /* past the end */
+    vimg_image *img = open_rw(b, sizeof(b));
+    /* the reference, the COPIED flag of refcount 0, and B leaked */
+    check(img, 0, 0, 0, 2, 1, &r);
+    vimg_close(img);
+}
+
+static void test_rebuild(void **state)
+{
+    (void)state;
+    uint8_t b[NB * CS];
+    struct vimg_check_result r;
+
+    build(b);
+    store_be64(b + 1 * CS, 0); /* refcount table entry lost */
+    vimg_image *img = open_rw(b, sizeof(b));
+    /* 6 clusters in use with refcount 0 (all but the block), 3 COPIED */
+    check(img, 0, 0, 0, 9, 0, &r);
+    /* needs a rebuild: -r leaks cannot complete */
+    check(img, VIMG_CHECK_REPAIR_LEAKS, -EIO, 0, 0, 0, &r);
+    check(img, VIMG_CHECK_REPAIR_ALL, 0, 0, 0, 0, &r);
+    assert_int_equal(r.corruptions_fixed, 6);
+    check(img, 0, 0, 0, 0, 0, &r);
+    vimg_close(img);
+}
+
+static void test_block_on_metadata(void **state)
+{
+    (void)state;
+    uint8_t b[NB * CS];
+    struct vimg_check_result r;
+    struct lines l = {0};
+
+    build(b);
+    store_be64(b + 1 * CS, 3 * CS); /* the "refcount block" is the L1 */
+    vimg_image *img = open_rw(b, sizeof(b));
+    assert_int_equal(vimg_check(img, 0, &r, count_line, &l), 0);
+    assert_true(r.corruptions > 0);
+    /* -r all rebuilds the structure in new clusters */
+    check(img, VIMG_CHECK_REPAIR_ALL, 0, 0, 0, 0, &r);
+    assert_true(r.corruptions_fixed > 0);
+    check(img, 0, 0, 0, 0, 0, &r);
+    vimg_close(img);
+}
+
+static void test_threads_same_output(void **state)
+{
+    (void)state;
+    /* many L2 tables so that the scan is split: 256 L1 entries */
+    const size_t nb = 8 + 256 + 256;
+    uint8_t *b = calloc(nb, CS);
+    struct vimg_check_result r1, r8;
+
+    assert_non_null(b);
+    build(b);
+    store_be64(b + 24, 256ull * 64 * CS);
+    store_be32(b + 36, 256);
+    store_be64(b + 3 * CS, 0);
+    /* L1 at clusters 3..6 (256 entries), L2 tables at 8.., data after */
+    store_be64(b + 40, 8ull * CS);
+    store_be64(b + 1 * CS, 2 * CS);
+    memset(b + 2 * CS, 0, CS);
+    memset(b + 3 * CS, 0, 4 * CS);
+    for (unsigned c = 0; c < 3; c++) {
+        store_be16(b + 2 * CS + 2 * c, 1);
+    }
+    /* refcount block covers 256 clusters only: leave the rest broken on
+     * purpose, so that there are many messages to order */
+    for (unsigned i = 0; i < 256; i++) {
+        const uint64_t l2 = (9 + i) * (uint64_t)CS;
+        const uint64_t data = (9 + 256 + i) * (uint64_t)CS;
+        if (l2 + CS <= nb * CS) {
+            store_be64(b + 8 * CS + i * 8, l2 | COPIED);
+            store_be64(b + l2, data | COPIED);
+        }
+    }
+    setenv("VIMG_CHECK_THREADS", "1", 1);
+    vimg_image *img = open_rw(b, nb * CS);
+    struct lines l1 = {0}, l8 = {0};
+    assert_int_equal(vimg_check(img, 0, &r1, count_line, &l1), 0);
+    setenv("VIMG_CHECK_THREADS", "8", 1);
+    assert_int_equal(vimg_check(img, 0, &r8, count_line, &l8), 0);
+    unsetenv("VIMG_CHECK_THREADS");
+    assert_memory_equal(&r1, &r8, sizeof(r1));
+    assert_int_equal(l1.n, l8.n);
+    assert_true(r1.corruptions > 0);
+    vimg_close(img);
+    free(b);
+}
+
+static void test_raw_has_no_check(void **state)
+{
+    (void)state;
+    uint8_t b[4096] = {0};
+    vimg_image *img = NULL;
+    struct vimg_check_result r;
+
+    assert_int_equal(vimg_open_memory(&img, b, sizeof(b), "raw", "r"), 0);
+    vimg_error_clear();
+    assert_error(vimg_check(img, 0, &r, NULL, NULL), -ENOTSUP, "support");
+    vimg_close(img);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_clean),
+        cmocka_unit_test(test_leak),
+        cmocka_unit_test(test_too_low_and_copied),
+        cmocka_unit_test(test_past_eof_and_copied),
+        cmocka_unit_test(test_rebuild),
+        cmocka_unit_test(test_block_on_metadata),
+        cmocka_unit_test(test_threads_same_output),
+        cmocka_unit_test(test_raw_has_no_check),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
