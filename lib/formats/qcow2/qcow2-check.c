@@ -388,7 +388,7 @@ static int check_l2(struct ck *ck, struct ck_part *p, const struct ck_l1 *t,
     }
     /* only the part inside the file can hold entries */
     const uint64_t in_file = VIMG_MIN(ck->cs, ck->file_size - l2_off);
-    const uint64_t n = in_file / eb;
+    const uint64_t n = VIMG_DIV_ROUND_UP(in_file, eb);
     int ret = read_at(ck, buf, (size_t)(n * eb), l2_off);
     if (ret < 0) {
         p->r.check_errors++;
@@ -707,7 +707,8 @@ static int load_l1(struct ck *ck, struct ck_part *p, uint64_t offset,
     if (offset >= ck->file_size || nb == 0) {
         return 0;
     }
-    const uint64_t n = VIMG_MIN(nb, (ck->file_size - offset) / 8);
+    const uint64_t n =
+        VIMG_MIN(nb, VIMG_DIV_ROUND_UP(ck->file_size - offset, 8));
     uint64_t *l1 = malloc(n ? (size_t)n * 8 : 1);
     if (!l1) {
         p->r.check_errors++;
@@ -862,10 +863,12 @@ static int calculate(struct ck *ck, struct ck_part *p)
              (unsigned long long)s->h.l1_table_offset);
     t.offset = s->h.l1_table_offset;
     t.l1 = s->l1;
-    t.nb_entries = s->h.l1_table_offset < ck->file_size
-                       ? VIMG_MIN(s->h.l1_size,
-                                  (ck->file_size - s->h.l1_table_offset) / 8)
-                       : 0;
+    t.nb_entries =
+        s->h.l1_table_offset < ck->file_size
+            ? VIMG_MIN(s->h.l1_size,
+                       VIMG_DIV_ROUND_UP(ck->file_size - s->h.l1_table_offset,
+                                         8))
+            : 0;
     t.is_active = true;
     if (!inc_refs(ck, p, t.offset, (uint64_t)s->h.l1_size * 8)) {
         say(ck, p, "ERROR: the %s (%u entries) is past the end of the file",
@@ -1515,7 +1518,9 @@ static int read_reftable(struct ck *ck, struct ck_part *p)
     const uint64_t off = s->h.refcount_table_offset;
     /* entries past the end of the file read as zeroes: leave them out */
     const uint64_t in_file =
-        off < ck->file_size ? VIMG_MIN(n, (ck->file_size - off) / 8) : 0;
+        off < ck->file_size
+            ? VIMG_MIN(n, VIMG_DIV_ROUND_UP(ck->file_size - off, 8))
+            : 0;
     uint64_t *t = NULL, got = 0;
     int ret = load_l1(ck, p, off, in_file, &t, &got);
 
