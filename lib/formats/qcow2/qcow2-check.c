@@ -47,6 +47,10 @@
 #define CK_MAX_THREADS 8
 /* Below this many L2 tables in one L1 table, one thread does it all. */
 #define CK_MIN_TABLES_PER_THREAD 16
+/* Clusters with too low a refcount whose users are looked up and named,
+ * and how many users each. */
+#define CK_MAX_SUSPECTS 16
+#define CK_USERS_PER_SUSPECT 4
 
 enum ck_type {
     CK_UNALLOCATED,
@@ -101,6 +105,13 @@ struct ck {
     bool is_rebuild_needed;
     uint64_t highest;
     unsigned nb_threads;
+    /* clusters whose refcount is too low, whose users get named */
+    struct ck_suspect {
+        uint64_t cluster;
+        unsigned nb_users;
+        char users[CK_USERS_PER_SUSPECT][128];
+    } *suspects;
+    size_t nb_suspects;
 };
 
 /* One L1 table to scan. */
@@ -1107,6 +1118,9 @@ static int compare(struct ck *ck, struct ck_part *p, unsigned fix,
             }
             if (stored < computed) {
                 p->r.corruptions++;
+                if (ck->suspects && ck->nb_suspects < CK_MAX_SUSPECTS) {
+                    ck->suspects[ck->nb_suspects++].cluster = c;
+                }
             } else {
                 p->r.leaks++;
             }
@@ -1570,6 +1584,198 @@ static int mark_clean(struct ck *ck)
     return ret;
 }
 
+/* ------------------------------------------------- naming the users */
+
+static struct ck_suspect *suspect_of(struct ck *ck, uint64_t c)
+{
+    size_t lo = 0, hi = ck->nb_suspects;
+
+    while (lo < hi) {
+        const size_t mid = lo + (hi - lo) / 2;
+        if (ck->suspects[mid].cluster < c) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo < ck->nb_suspects && ck->suspects[lo].cluster == c
+               ? &ck->suspects[lo]
+               : NULL;
+}
+
+static void user(struct ck *ck, uint64_t off, uint64_t size, const char *fmt,
+                 ...) __attribute__((format(printf, 4, 5)));
+
+/* Record "what" as a user of the suspects among the clusters of
+ * [OFF, OFF+SIZE). */
+static void user(struct ck *ck, uint64_t off, uint64_t size, const char *fmt,
+                 ...)
+{
+    uint64_t end;
+
+    if (size == 0 || vimg_add_overflows(off, size, &end)) {
+        return;
+    }
+    for (uint64_t c = off >> ck->cb; c <= (end - 1) >> ck->cb; c++) {
+        if (c > ck->suspects[ck->nb_suspects - 1].cluster) {
+            return;
+        }
+        struct ck_suspect *sp = suspect_of(ck, c);
+        if (!sp || sp->nb_users >= CK_USERS_PER_SUSPECT) {
+            continue;
+        }
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(sp->users[sp->nb_users++], sizeof(sp->users[0]), fmt, ap);
+        va_end(ap);
+    }
+}
+
+static void l1_users(struct ck *ck, const char *label, const uint64_t *l1,
+                     uint64_t nb, uint8_t *buf)
+{
+    const struct qcow2_state *s = ck->s;
+    const unsigned eb = s->l2_entry_bytes;
+
+    for (uint64_t i = 0; i < nb; i++) {
+        const uint64_t l2_off = l1[i] & QCOW2_L1E_OFFSET_MASK;
+        const uint64_t g0 = i * l2_span(ck);
+        if (!l2_off || l2_off >= ck->file_size) {
+            continue;
+        }
+        user(ck, l2_off, ck->cs, "the L2 table for guest 0x%llx-0x%llx (%s)",
+             (unsigned long long)g0,
+             (unsigned long long)(g0 + l2_span(ck) - 1), label);
+        if (read_at(ck, buf, (size_t)ck->cs, l2_off) < 0) {
+            continue;
+        }
+        for (uint64_t j = 0; j < ck->cs / eb; j++) {
+            const uint64_t e = load_be64(buf + j * eb);
+            const uint64_t g = g0 + j * ck->cs;
+            switch (entry_type(ck, e)) {
+            case CK_COMPRESSED: {
+                const uint64_t coff = e & s->csize_mask;
+                const uint64_t sectors =
+                    ((e >> s->csize_shift) & ((1ull << (ck->cb - 8)) - 1)) +
+                    1;
+                user(ck, coff, sectors * 512 - (coff & 511),
+                     "compressed data of guest 0x%llx (%s)",
+                     (unsigned long long)g, label);
+                break;
+            }
+            case CK_NORMAL:
+            case CK_ZERO_ALLOC:
+                if (!s->has_data_file) {
+                    user(ck, e & QCOW2_L2E_OFFSET_MASK, ck->cs,
+                         "data of guest 0x%llx-0x%llx (%s)",
+                         (unsigned long long)g,
+                         (unsigned long long)(g + ck->cs - 1), label);
+                }
+                break;
+            default:
+                break;
+            }
+        }
+    }
+}
+
+static int cmp_suspect(const void *a, const void *b)
+{
+    const uint64_t x = ((const struct ck_suspect *)a)->cluster;
+    const uint64_t y = ((const struct ck_suspect *)b)->cluster;
+    return x < y ? -1 : x > y;
+}
+
+/* Say who uses the clusters whose refcount is too low, so the user knows
+ * which guest data or table is at risk. */
+static void name_users(struct ck *ck, struct ck_part *p)
+{
+    const struct qcow2_state *s = ck->s;
+
+    if (ck->nb_suspects == 0) {
+        return;
+    }
+    qsort(ck->suspects, ck->nb_suspects, sizeof(*ck->suspects), cmp_suspect);
+    uint8_t *buf = malloc((size_t)ck->cs);
+    if (!buf) {
+        return;
+    }
+    user(ck, 0, ck->cs, "the image header");
+    user(ck, s->h.l1_table_offset, (uint64_t)s->h.l1_size * 8,
+         "the active L1 table");
+    user(ck, s->h.refcount_table_offset,
+         (uint64_t)s->h.refcount_table_clusters << ck->cb,
+         "the refcount table");
+    for (uint64_t i = 0; i < ck->reftable_entries; i++) {
+        const uint64_t rb = ck->reftable[i] & QCOW2_REFT_OFFSET_MASK;
+        if (rb) {
+            user(ck, rb, ck->cs, "refcount block %llu",
+                 (unsigned long long)i);
+        }
+    }
+    if (s->nb_snapshots) {
+        user(ck, s->h.snapshots_offset, s->snapshots_size,
+             "the snapshot table");
+    }
+    if (s->ext.has_crypto) {
+        user(ck, s->ext.crypto_offset, s->ext.crypto_length,
+             "the encryption header");
+    }
+    if (s->nb_bitmaps) {
+        user(ck, s->ext.bitmap_dir_offset, s->ext.bitmap_dir_size,
+             "the bitmap directory");
+        for (size_t k = 0; k < s->nb_bitmaps; k++) {
+            user(ck, s->bitmaps[k].table_offset,
+                 (uint64_t)s->bitmaps[k].table_size * 8,
+                 "the table of bitmap '%s'", s->bitmaps[k].name);
+        }
+    }
+    const uint64_t nb_active =
+        s->h.l1_table_offset < ck->file_size
+            ? VIMG_MIN(s->h.l1_size,
+                       VIMG_DIV_ROUND_UP(ck->file_size - s->h.l1_table_offset,
+                                         8))
+            : 0;
+    l1_users(ck, "active image", s->l1, nb_active, buf);
+    for (size_t k = 0; k < s->nb_snapshots; k++) {
+        const struct qcow2_snapshot *sn = &s->snapshots[k];
+        char label[96];
+        uint64_t *l1 = NULL, n = 0;
+        struct ck_part scratch;
+        memset(&scratch, 0, sizeof(scratch));
+        if ((sn->l1_table_offset & (ck->cs - 1)) ||
+            (uint64_t)sn->l1_size * 8 > QCOW2_MAX_L1_BYTES) {
+            continue;
+        }
+        snprintf(label, sizeof(label), "snapshot %s", sn->id);
+        user(ck, sn->l1_table_offset, (uint64_t)sn->l1_size * 8,
+             "the L1 table of %s", label);
+        if (load_l1(ck, &scratch, sn->l1_table_offset, sn->l1_size, &l1,
+                    &n) == 0) {
+            l1_users(ck, label, l1, n, buf);
+        }
+        free(l1);
+    }
+    free(buf);
+    for (size_t i = 0; i < ck->nb_suspects; i++) {
+        const struct ck_suspect *sp = &ck->suspects[i];
+        char line[CK_USERS_PER_SUSPECT * 130 + 1] = "";
+        size_t used = 0;
+        for (unsigned u = 0; u < sp->nb_users; u++) {
+            int n = snprintf(line + used, sizeof(line) - used, "%s%s",
+                             u ? "; " : "", sp->users[u]);
+            if (n < 0 || (size_t)n >= sizeof(line) - used) {
+                break;
+            }
+            used += (size_t)n;
+        }
+        say(ck, p, "  cluster %llu (0x%llx) with too low a refcount is used "
+                   "by: %s",
+            (unsigned long long)sp->cluster,
+            (unsigned long long)(sp->cluster << ck->cb), line);
+    }
+}
+
 static int check_refcounts(struct ck *ck, struct ck_part *p)
 {
     int ret = read_reftable(ck, p);
@@ -1584,10 +1790,15 @@ static int check_refcounts(struct ck *ck, struct ck_part *p)
     const struct vimg_check_result pre = p->r;
     const bool is_fix_errors = ck->fix & VIMG_CHECK_REPAIR_ERRORS;
     /* read only: this compare is the last one, it may keep stored values */
+    ck->suspects = calloc(CK_MAX_SUSPECTS, sizeof(*ck->suspects));
     ret = compare(ck, p, 0, ck->fix == 0);
     if (ret < 0) {
         return ret;
     }
+    name_users(ck, p);
+    free(ck->suspects);
+    ck->suspects = NULL;
+    ck->nb_suspects = 0;
     if (ck->is_rebuild_needed && is_fix_errors) {
         const struct vimg_check_result old = p->r;
         ret = rebuild(ck, p);
@@ -1739,6 +1950,7 @@ out:
     *res = p.r;
     free(ck.refs);
     free(ck.ovf);
+    free(ck.suspects);
     free(ck.reftable);
     pthread_mutex_destroy(&ck.ovf_lock);
     return ret;
