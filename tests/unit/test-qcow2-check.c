@@ -5,7 +5,8 @@
  * counts qemu-img check gives for each kind of damage (a leak, a refcount
  * too low, a cluster used twice, an L2 entry past the end of the file, a
  * wrong COPIED flag, a refcount block on top of the L1 table), the repairs of -r leaks
- * and -r all (rebuilding a broken refcount table), the thread count not
+ * and -r all (rebuilding a broken refcount table), crash safety of the
+ * repairs (every write from the Nth on lost), the thread count not
  * changing what is reported, and raw images having no check.
  */
 #include <stdlib.h>
@@ -235,6 +236,92 @@ static void test_threads_same_output(void **state)
     free(b);
 }
 
+/*
+ * Crash safety of repairs: let every write from the Nth on fail (what a
+ * crash at that point leaves), for every N, and check the result again:
+ * it must still open for checking and have no more clusters in use with
+ * too low a refcount than the damaged image had (leaks may grow; COPIED
+ * flags may be wrong in between, which is harmless once the refcounts are
+ * high enough), and when the repair got to the end, nothing left.
+ */
+static void count_too_low(void *opaque, const char *msg)
+{
+    unsigned *n = opaque;
+
+    *n += strncmp(msg, "ERROR: cluster ", 15) == 0;
+}
+
+static void crash_at_every_write(const uint8_t *b, size_t len)
+{
+    struct vimg_check_result before, r;
+    vimg_image *img = open_rw(b, len);
+
+    unsigned too_low_before = 0;
+    assert_int_equal(vimg_check(img, 0, &before, count_too_low,
+                                &too_low_before),
+                     0);
+    vimg_close(img);
+    assert_true(before.corruptions > 0);
+    for (unsigned n = 1; n < 200; n++) {
+        struct vimg_io *mem = NULL, *io = NULL;
+        struct vimg_io_fault_plan plan = {.fail_write_n = n, .sticky = true};
+        assert_int_equal(vimg_io_mem_new(&mem, b, len, "t"), 0);
+        assert_int_equal(vimg_io_fault_new(&io, mem, &plan), 0);
+        img = NULL;
+        assert_int_equal(vimg_open_io(&img, io, "t", "qcow2",
+                                      VIMG_OPEN_RDWR | VIMG_OPEN_CHECK |
+                                          VIMG_OPEN_NO_BACKING |
+                                          VIMG_OPEN_MEMORY),
+                         0);
+        const int ret = vimg_check(img, VIMG_CHECK_REPAIR_ALL, &r, NULL,
+                                   NULL);
+        const unsigned faults = vimg_io_fault_count(io);
+        size_t out_len;
+        const uint8_t *out = vimg_io_mem_data(mem, &out_len);
+        uint8_t *copy = malloc(out_len);
+        assert_non_null(copy);
+        memcpy(copy, out, out_len);
+        vimg_close(img);
+
+        vimg_image *again = open_rw(copy, out_len);
+        unsigned too_low = 0;
+        assert_int_equal(vimg_check(again, 0, &r, count_too_low, &too_low),
+                         0);
+        assert_true(too_low <= too_low_before);
+        assert_int_equal(r.check_errors, 0);
+        vimg_close(again);
+        free(copy);
+        if (faults == 0) {
+            /* the repair ran to the end before write N */
+            assert_int_equal(ret, 0);
+            assert_int_equal(r.corruptions, 0);
+            return;
+        }
+    }
+    fail_msg("the repair never finished");
+}
+
+static void test_crash_safe_raise(void **state)
+{
+    (void)state;
+    uint8_t b[NB * CS];
+
+    build(b);
+    store_be64(b + 4 * CS + 8, 5 * CS | COPIED);
+    crash_at_every_write(b, sizeof(b));
+}
+
+static void test_crash_safe_rebuild(void **state)
+{
+    (void)state;
+    uint8_t b[NB * CS];
+
+    build(b);
+    store_be64(b + 1 * CS, 0);
+    store_be16(b + 2 * CS + 2 * 7, 1); /* and a leak */
+    crash_at_every_write(b, sizeof(b));
+}
+
 static void test_raw_has_no_check(void **state)
 {
     (void)state;
@@ -258,6 +345,8 @@ int main(void)
         cmocka_unit_test(test_rebuild),
         cmocka_unit_test(test_block_on_metadata),
         cmocka_unit_test(test_threads_same_output),
+        cmocka_unit_test(test_crash_safe_raise),
+        cmocka_unit_test(test_crash_safe_rebuild),
         cmocka_unit_test(test_raw_has_no_check),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
