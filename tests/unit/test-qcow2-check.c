@@ -322,6 +322,53 @@ static void test_crash_safe_rebuild(void **state)
     crash_at_every_write(b, sizeof(b));
 }
 
+/*
+ * Counters past 16 bits: 1100 L1 entries name one L2 table whose 64
+ * entries name one data cluster (70400 references), with 32-bit
+ * refcounts, scanned by 8 threads: the counts must be exact every time.
+ */
+static void test_wide_refcounts(void **state)
+{
+    (void)state;
+    enum { L1N = 1100, L1C = (L1N * 8 + CS - 1) / CS };
+    const size_t nb = 3 + L1C + 2;
+    const uint64_t l2 = (3 + L1C) * (uint64_t)CS, data = l2 + CS;
+    uint8_t *b = calloc(nb, CS);
+    struct vimg_check_result r;
+
+    assert_non_null(b);
+    build(b);
+    memset(b + CS, 0, 2 * CS);
+    store_be64(b + 24, (uint64_t)L1N * 64 * CS);
+    store_be32(b + 36, L1N);
+    store_be32(b + 96, 5); /* 32-bit refcounts */
+    store_be64(b + 1 * CS, 2 * CS);
+    for (unsigned c = 0; c < nb; c++) {
+        store_be32(b + 2 * CS + 4 * c, 1);
+    }
+    for (unsigned i = 0; i < L1N; i++) {
+        store_be64(b + 3 * CS + 8 * i, l2);
+    }
+    memset(b + l2, 0, 2 * CS);
+    for (unsigned j = 0; j < 64; j++) {
+        store_be64(b + l2 + 8 * j, data);
+    }
+    setenv("VIMG_CHECK_THREADS", "8", 1);
+    for (int k = 0; k < 5; k++) {
+        vimg_image *img = open_rw(b, nb * CS);
+        /* 2 refcounts too low, and every COPIED flag is clear while
+         * the stored refcounts say 1 */
+        check(img, 0, 0, 0, 2 + L1N + L1N * 64, 0, &r);
+        assert_int_equal(r.allocated_clusters, L1N * 64);
+        check(img, VIMG_CHECK_REPAIR_ALL, 0, 0, 0, 0, &r);
+        assert_int_equal(r.corruptions_fixed, 2);
+        check(img, 0, 0, 0, 0, 0, &r);
+        vimg_close(img);
+    }
+    unsetenv("VIMG_CHECK_THREADS");
+    free(b);
+}
+
 static void test_raw_has_no_check(void **state)
 {
     (void)state;
@@ -347,6 +394,7 @@ int main(void)
         cmocka_unit_test(test_threads_same_output),
         cmocka_unit_test(test_crash_safe_raise),
         cmocka_unit_test(test_crash_safe_rebuild),
+        cmocka_unit_test(test_wide_refcounts),
         cmocka_unit_test(test_raw_has_no_check),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -95,6 +95,7 @@ struct ck {
     uint16_t *refs;         /* computed refcounts, later stored ones */
     uint64_t used_end;      /* highest referenced cluster + 1 */
     bool has_broken_block;  /* a refcount table entry is unaligned */
+    uint64_t cmp_end;       /* compare_end() when the COPIED pass runs */
     uint64_t refcount_max;
     pthread_mutex_t ovf_lock;
     struct ck_overflow *ovf;
@@ -204,27 +205,30 @@ static uint64_t ovf_extra(struct ck *ck, uint64_t k)
     return 0;
 }
 
+/*
+ * Counters at or above CK_SAT live in the side table: refs[k] stays at
+ * CK_SAT and ovf holds the rest.  CK_SAT leaves room above it for the
+ * increments of every thread that may briefly overshoot and undo (see
+ * ref_inc), so the 16-bit counter never wraps.
+ */
+#define CK_SAT 0xfff0u
+
 /* The counter of cluster K (no thread may be incrementing). */
-static uint64_t ref_get(struct ck *ck, uint64_t k)
+static inline uint64_t ref_get(struct ck *ck, uint64_t k)
 {
     if (k >= ck->cap_clusters) {
         return 0;
     }
     const uint16_t v = ck->refs[k];
-    return v < 0xffff ? v : 0xffffull + ovf_extra(ck, k);
+    return v < CK_SAT ? v : CK_SAT + ovf_extra(ck, k);
 }
 
-static void ref_set(struct ck *ck, uint64_t k, uint64_t v)
+/* Set the side-table part of cluster K's counter to EXTRA. */
+static void ovf_set(struct ck *ck, uint64_t k, uint64_t extra)
 {
-    assert(k < ck->cap_clusters);
-    if (v < 0xffff) {
-        ck->refs[k] = (uint16_t)v;
-        return;
-    }
-    ck->refs[k] = 0xffff;
     for (size_t i = 0; i < ck->nb_ovf; i++) {
         if (ck->ovf[i].cluster == k) {
-            ck->ovf[i].extra = v - 0xffff;
+            ck->ovf[i].extra = extra;
             return;
         }
     }
@@ -232,45 +236,57 @@ static void ref_set(struct ck *ck, uint64_t k, uint64_t v)
         const size_t cap = ck->cap_ovf ? ck->cap_ovf * 2 : 16;
         struct ck_overflow *o = realloc(ck->ovf, cap * sizeof(*o));
         if (!o) {
-            return; /* keeps 0xffff: off only for absurd images */
+            return; /* keeps CK_SAT: off only for absurd images */
         }
         ck->ovf = o;
         ck->cap_ovf = cap;
     }
     ck->ovf[ck->nb_ovf].cluster = k;
-    ck->ovf[ck->nb_ovf].extra = v - 0xffff;
+    ck->ovf[ck->nb_ovf].extra = extra;
     ck->nb_ovf++;
 }
 
-/* Add a reference to cluster K; false if its refcount would overflow the
- * image's refcount width.  Safe from many threads. */
-static bool ref_inc(struct ck *ck, uint64_t k)
+static void ref_set(struct ck *ck, uint64_t k, uint64_t v)
 {
-    uint16_t old = __atomic_load_n(&ck->refs[k], __ATOMIC_RELAXED);
-
-    for (;;) {
-        if ((uint64_t)old == ck->refcount_max) {
-            return false;
-        }
-        if (old == 0xffff) {
-            /* wide refcounts only: the rare slow path */
-            bool is_ok = true;
-            pthread_mutex_lock(&ck->ovf_lock);
-            const uint64_t extra = ovf_extra(ck, k);
-            if (0xffffull + extra >= ck->refcount_max) {
-                is_ok = false;
-            } else {
-                ref_set(ck, k, 0xffffull + extra + 1);
-            }
-            pthread_mutex_unlock(&ck->ovf_lock);
-            return is_ok;
-        }
-        if (__atomic_compare_exchange_n(&ck->refs[k], &old,
-                                        (uint16_t)(old + 1), true,
-                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
-            return true;
-        }
+    assert(k < ck->cap_clusters);
+    if (v < CK_SAT) {
+        ck->refs[k] = (uint16_t)v;
+        return;
     }
+    ck->refs[k] = CK_SAT;
+    ovf_set(ck, k, v - CK_SAT);
+}
+
+/*
+ * Add a reference to cluster K; false if its refcount would overflow the
+ * image's refcount width.  Safe from many threads: one atomic add, undone
+ * when the counter was already at the image's maximum or in the side
+ * table (at most CK_MAX_THREADS such overshoots are in flight at once).
+ */
+static inline bool ref_inc(struct ck *ck, uint64_t k)
+{
+    const uint16_t old =
+        __atomic_fetch_add(&ck->refs[k], (uint16_t)1, __ATOMIC_RELAXED);
+
+    if (old < CK_SAT && old < ck->refcount_max) {
+        return true;
+    }
+    __atomic_fetch_sub(&ck->refs[k], (uint16_t)1, __ATOMIC_RELAXED);
+    if (old < CK_SAT) {
+        return false; /* narrow refcounts: at the maximum */
+    }
+    bool is_ok = true;
+    pthread_mutex_lock(&ck->ovf_lock);
+    const uint64_t extra = ovf_extra(ck, k);
+    if (CK_SAT + extra >= ck->refcount_max) {
+        is_ok = false;
+    } else {
+        /* refs[k] is at CK_SAT (plus other threads' overshoots, which
+         * they undo): leave it alone, a store could lose those undos */
+        ovf_set(ck, k, extra + 1);
+    }
+    pthread_mutex_unlock(&ck->ovf_lock);
+    return is_ok;
 }
 
 /*
@@ -658,6 +674,11 @@ static int run_jobs(struct ck *ck, struct ck_part *p, const struct ck_l1 *t,
         nb_tables += (t->l1[i] & QCOW2_L1E_OFFSET_MASK) != 0;
     }
     unsigned n = ck->nb_threads;
+    if (is_copied_pass && is_repair) {
+        /* an L2 table shared by several L1 entries must be fixed by the
+         * first and then seen fixed by the others, as in qemu's order */
+        n = 1;
+    }
     if (nb_tables / CK_MIN_TABLES_PER_THREAD < n) {
         n = (unsigned)VIMG_MAX(nb_tables / CK_MIN_TABLES_PER_THREAD, 1);
     }
@@ -1078,6 +1099,19 @@ static int compare(struct ck *ck, struct ck_part *p, unsigned fix,
         }
         bool is_raised = false;
         for (uint64_t c = first; c < last; c++) {
+            if (order == 4 && off) {
+                /* the common width: skip equal entries quickly */
+                while (c < last && ck->refs[c] < CK_SAT &&
+                       load_be16(block + 2 * (c - first)) == ck->refs[c]) {
+                    if (ck->refs[c]) {
+                        ck->highest = c;
+                    }
+                    c++;
+                }
+                if (c == last) {
+                    break;
+                }
+            }
             const uint64_t stored =
                 off ? qcow2_refcount_get(block, c - first, order) : 0;
             const uint64_t computed = ref_get(ck, c);
@@ -1337,12 +1371,13 @@ out:
 /* --------------------------------------------------------- COPIED flags */
 
 /* Stored refcount of cluster C after compare(): -EIO if unreadable. */
-static int stored_refcount(struct ck *ck, uint64_t c, uint64_t *out)
+static inline int stored_refcount(struct ck *ck, uint64_t c,
+                                  uint64_t *out)
 {
     if (ck->has_broken_block && is_block_broken(ck, c / ck->rb_entries)) {
         return -EIO;
     }
-    if (c < compare_end(ck)) {
+    if (c < ck->cmp_end) {
         *out = ref_get(ck, c);
         return 0;
     }
@@ -1509,6 +1544,7 @@ static int check_copied(struct ck *ck, struct ck_part *p)
     }
     struct ck_l1 t;
     memset(&t, 0, sizeof(t));
+    ck->cmp_end = compare_end(ck);
     snprintf(t.label, sizeof(t.label), "active L1 table at 0x%llx",
              (unsigned long long)s->h.l1_table_offset);
     t.offset = s->h.l1_table_offset;
