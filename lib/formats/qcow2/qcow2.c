@@ -164,6 +164,54 @@ static int load_bitmaps(struct vimg_image *img, struct qcow2_state *s)
     return ret;
 }
 
+/*
+ * qemu loads every bitmap that is not in use when it opens an image, and
+ * refuses the image when a bitmap table entry is invalid (reserved bits,
+ * an unaligned offset, or "all ones" with an offset).  A check opens what
+ * qemu-img check opens, so it refuses those too.
+ */
+static int validate_bitmap_tables(struct vimg_image *img,
+                                  struct qcow2_state *s)
+{
+    enum { CHUNK = 8192 };
+    uint8_t *buf = malloc(CHUNK * 8);
+
+    if (!buf) {
+        return vimg_error(-ENOMEM, "out of memory");
+    }
+    int ret = 0;
+    for (size_t k = 0; k < s->nb_bitmaps && ret == 0; k++) {
+        const struct qcow2_bitmap *b = &s->bitmaps[k];
+        if (b->flags & QCOW2_BITMAP_IN_USE) {
+            continue;
+        }
+        for (uint64_t i = 0; i < b->table_size && ret == 0; i += CHUNK) {
+            const uint64_t off = b->table_offset + i * 8;
+            if (off >= s->file_size) {
+                break; /* zeroes from here on: all valid */
+            }
+            const size_t n = (size_t)VIMG_MIN(CHUNK, b->table_size - i);
+            ret = vimg_io_pread(img->io, buf, n * 8, off);
+            for (size_t j = 0; ret == 0 && j < n; j++) {
+                const uint64_t e = load_be64(buf + j * 8);
+                const uint64_t eo = e & 0x00fffffffffffe00ull;
+                if ((e & 0xff000000000001feull) ||
+                    (eo && ((e & 1) || (eo & (s->cluster_size - 1))))) {
+                    ret = vimg_error(-EINVAL,
+                                     "%s: could not read the table of "
+                                     "bitmap '%s': entry %llu (0x%016llx) "
+                                     "is invalid",
+                                     img->filename, b->name,
+                                     (unsigned long long)(i + j),
+                                     (unsigned long long)e);
+                }
+            }
+        }
+    }
+    free(buf);
+    return ret;
+}
+
 static int open_data_file(struct vimg_image *img, struct qcow2_state *s,
                           unsigned flags)
 {
@@ -353,6 +401,12 @@ static int qcow2_open(struct vimg_image *img, unsigned flags)
     if (ret < 0) {
         vimg_error_prefix("%s", img->filename);
         goto out;
+    }
+    if (s->is_check && s->check_load_error == 0) {
+        ret = validate_bitmap_tables(img, s);
+        if (ret < 0) {
+            goto out;
+        }
     }
 
     s->has_data_file = s->h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE;
