@@ -1558,6 +1558,151 @@ static int check_copied(struct ck *ck, struct ck_part *p)
     return ret;
 }
 
+/* ------------------------------------------------------ snapshot table */
+
+/* Set the stored refcount of cluster C (its refcount block must exist). */
+static int set_stored(struct ck *ck, uint64_t c, uint64_t v, uint8_t *block)
+{
+    const uint64_t idx = c / ck->rb_entries;
+    const uint64_t off = ck->reftable[idx] & QCOW2_REFT_OFFSET_MASK;
+    int ret = read_at(ck, block, (size_t)ck->cs, off);
+
+    if (ret == 0) {
+        qcow2_refcount_set(block, c % ck->rb_entries,
+                           ck->s->h.refcount_order, v);
+        ret = write_at(ck, block, (size_t)ck->cs, off);
+    }
+    return ret;
+}
+
+/* Can cluster C get a refcount (its refcount block exists and is sane)? */
+static bool is_covered(const struct ck *ck, uint64_t c)
+{
+    const uint64_t idx = c / ck->rb_entries;
+    if (idx >= ck->reftable_entries) {
+        return false;
+    }
+    const uint64_t off = ck->reftable[idx] & QCOW2_REFT_OFFSET_MASK;
+    return off && !(off & (ck->cs - 1)) && off < ck->file_size;
+}
+
+/*
+ * Give the incomplete version 3 snapshot table entries their 16 bytes of
+ * extra data (disk size: the current one, as qemu does) and write the
+ * table anew: refcounts of the new clusters first, then the table, then
+ * the header (entry count and offset, adjacent fields: one write), then
+ * the old table's clusters are released.  Returns the entries fixed.
+ */
+static int fix_snapshot_table(struct ck *ck, struct ck_part *p)
+{
+    struct qcow2_state *s = ck->s;
+    uint8_t *table = NULL, *block = NULL;
+    int ret = 0;
+
+    for (size_t k = 0; k < s->nb_snapshots; k++) {
+        struct qcow2_snapshot *sn = &s->snapshots[k];
+        if (sn->has_disk_size) {
+            continue;
+        }
+        uint8_t *extra = calloc(1, 16);
+        if (!extra) {
+            return vimg_error(-ENOMEM, "out of memory");
+        }
+        free(sn->extra_data);
+        sn->extra_data = extra;
+        sn->extra_data_size = 16;
+        sn->disk_size = s->h.size;
+        sn->has_disk_size = true;
+    }
+    const size_t len = qcow2_snapshots_encode(s->snapshots, s->nb_snapshots,
+                                              NULL);
+    const uint64_t n = VIMG_DIV_ROUND_UP(len, ck->cs);
+    table = calloc(1, (size_t)(n << ck->cb));
+    block = malloc((size_t)ck->cs);
+    if (!table || !block) {
+        ret = vimg_error(-ENOMEM, "out of memory");
+        goto out;
+    }
+    qcow2_snapshots_encode(s->snapshots, s->nb_snapshots, table);
+
+    /* n free clusters with a refcount block to count them */
+    const uint64_t limit = ck->reftable_entries * ck->rb_entries;
+    uint64_t start = 0, run = 0;
+    for (uint64_t c = 1; c < limit && run < n; c++) {
+        if (ref_get(ck, c) == 0 && is_covered(ck, c)) {
+            start = run ? start : c;
+            run++;
+        } else {
+            run = 0;
+        }
+    }
+    if (run < n) {
+        ret = vimg_error(-ENOSPC, "%s: no room for a new snapshot table "
+                                  "under the existing refcount blocks",
+                         ck->img->filename);
+        goto out;
+    }
+    for (uint64_t c = start; c < start + n && ret == 0; c++) {
+        ret = set_stored(ck, c, 1, block);
+    }
+    if (ret == 0) {
+        ret = sync_file(ck);
+    }
+    if (ret == 0) {
+        ret = write_at(ck, table, (size_t)(n << ck->cb), start << ck->cb);
+    }
+    if (ret == 0) {
+        ret = sync_file(ck);
+    }
+    if (ret < 0) {
+        goto out;
+    }
+    uint8_t h[12];
+    store_be32(h, (uint32_t)s->nb_snapshots);
+    store_be64(h + 4, start << ck->cb);
+    ret = write_at(ck, h, sizeof(h), QCOW2_HDR_NB_SNAPSHOTS);
+    if (ret == 0) {
+        ret = sync_file(ck);
+    }
+    if (ret < 0) {
+        goto out;
+    }
+    const uint64_t old_off = s->h.snapshots_offset;
+    const uint64_t old_size = s->snapshots_size;
+    s->h.snapshots_offset = start << ck->cb;
+    s->snapshots_size = len;
+    for (uint64_t c = start; c < start + n; c++) {
+        if (c < ck->cap_clusters) {
+            ref_set(ck, c, 1);
+        }
+    }
+    /* the old table's clusters lose the table's reference */
+    if (old_size && old_off < ck->file_size) {
+        const uint64_t first = old_off >> ck->cb;
+        const uint64_t last = (old_off + old_size - 1) >> ck->cb;
+        for (uint64_t c = first; c <= last && c < ck->cmp_end && ret == 0;
+             c++) {
+            const uint64_t v = ref_get(ck, c);
+            if (v && is_covered(ck, c)) {
+                ref_set(ck, c, v - 1);
+                ret = set_stored(ck, c, v - 1, block);
+            }
+        }
+        if (ret == 0) {
+            ret = sync_file(ck);
+        }
+    }
+out:
+    if (ret < 0) {
+        p->r.check_errors++;
+        say(ck, p, "ERROR: could not rewrite the snapshot table: %s",
+            vimg_last_error());
+    }
+    free(table);
+    free(block);
+    return ret;
+}
+
 /* ------------------------------------------------------------- driver */
 
 static int read_reftable(struct ck *ck, struct ck_part *p)
@@ -1960,12 +2105,14 @@ int qcow2_check(struct vimg_image *img, unsigned flags,
     }
     /* v3 snapshot table entries need the virtual disk size (qcow2.txt,
      * "Snapshots": extra data of at least 16 bytes) */
+    uint64_t nb_incomplete = 0;
     for (size_t k = 0; k < s->nb_snapshots && s->h.version >= 3; k++) {
         if (!s->snapshots[k].has_disk_size) {
-            p.r.corruptions++;
+            nb_incomplete++;
             say(&ck, &p,
-                "ERROR: snapshot table entry %zu (snapshot %s, '%s') is "
+                "%s: snapshot table entry %zu (snapshot %s, '%s') is "
                 "incomplete: version 3 images need 16 bytes of extra data",
+                (flags & VIMG_CHECK_REPAIR_ERRORS) ? "Repairing" : "ERROR",
                 k, s->snapshots[k].id, s->snapshots[k].name);
         }
     }
@@ -1973,6 +2120,17 @@ int qcow2_check(struct vimg_image *img, unsigned flags,
     ret = check_refcounts(&ck, &p);
     if (ret < 0) {
         goto out;
+    }
+    p.r.corruptions += nb_incomplete;
+    /* the snapshot table is fixed only once the refcounts are right */
+    if (nb_incomplete && (flags & VIMG_CHECK_REPAIR_ERRORS) &&
+        p.r.check_errors == 0) {
+        ret = fix_snapshot_table(&ck, &p);
+        if (ret < 0) {
+            goto out;
+        }
+        p.r.corruptions -= nb_incomplete;
+        p.r.corruptions_fixed += nb_incomplete;
     }
     p.r.image_end_offset = (ck.highest + 1) << ck.cb;
     if (flags && p.r.check_errors == 0 && p.r.corruptions == 0) {
