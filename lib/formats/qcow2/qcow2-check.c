@@ -1549,7 +1549,13 @@ static int check_copied(struct ck *ck, struct ck_part *p)
              (unsigned long long)s->h.l1_table_offset);
     t.offset = s->h.l1_table_offset;
     t.l1 = s->l1;
-    t.nb_entries = s->h.l1_size;
+    /* entries past the end of the file read as zeroes */
+    t.nb_entries =
+        s->h.l1_table_offset < ck->file_size
+            ? VIMG_MIN(s->h.l1_size,
+                       VIMG_DIV_ROUND_UP(ck->file_size - s->h.l1_table_offset,
+                                         8))
+            : 0;
     t.is_active = true;
     int ret = run_jobs(ck, p, &t, true, is_repair);
     if (ret == 0 && is_repair) {

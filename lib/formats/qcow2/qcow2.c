@@ -355,13 +355,17 @@ static int qcow2_open(struct vimg_image *img, unsigned flags)
         ret = vimg_error(-ENOMEM, "out of memory");
         goto out;
     }
-    if (s->h.l1_size) {
-        ret = vimg_io_pread(img->io, s->l1, (size_t)s->h.l1_size * 8,
+    if (s->h.l1_size && s->h.l1_table_offset < s->file_size) {
+        /* entries past the end of the file (check mode) stay zero */
+        const uint64_t n = VIMG_MIN(
+            (uint64_t)s->h.l1_size,
+            VIMG_DIV_ROUND_UP(s->file_size - s->h.l1_table_offset, 8));
+        ret = vimg_io_pread(img->io, s->l1, (size_t)n * 8,
                             s->h.l1_table_offset);
         if (ret < 0) {
             goto out;
         }
-        for (uint32_t i = 0; i < s->h.l1_size; i++) {
+        for (uint64_t i = 0; i < n; i++) {
             s->l1[i] = load_be64((const uint8_t *)&s->l1[i]);
         }
     }
