@@ -4,10 +4,11 @@
  * by hand in memory (512-byte clusters), with single bytes poked in: the
  * counts qemu-img check gives for each kind of damage (a leak, a refcount
  * too low, a cluster used twice, an L2 entry past the end of the file, a
- * wrong COPIED flag, a refcount block on top of the L1 table), the repairs of -r leaks
- * and -r all (rebuilding a broken refcount table), crash safety of the
- * repairs (every write from the Nth on lost), the thread count not
- * changing what is reported, and raw images having no check.
+ * wrong COPIED flag, a refcount block on top of the L1 table), the repairs
+ * of -r leaks and -r all (rebuilding a broken refcount table), crash
+ * safety of the repairs (every write from the Nth on lost), counters past
+ * 16 bits, the thread count not changing what is reported, and raw images
+ * having no check.
  */
 #include <stdlib.h>
 

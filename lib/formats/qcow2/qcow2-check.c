@@ -1740,7 +1740,8 @@ static int read_reftable(struct ck *ck, struct ck_part *p)
 static unsigned thread_count(void)
 {
     const char *env = getenv("VIMG_CHECK_THREADS");
-    long n = env && *env ? strtol(env, NULL, 10) : sysconf(_SC_NPROCESSORS_ONLN);
+    long n = env && *env ? strtol(env, NULL, 10)
+                         : sysconf(_SC_NPROCESSORS_ONLN);
     if (n < 1) {
         n = 1;
     }
