@@ -66,6 +66,16 @@ typedef struct vimg_image vimg_image;
 #define VIMG_OPEN_CACHE_UNSAFE 0x10u
 
 /*
+ * Open for vimg_check() only.  Damage that check reports (tables past the
+ * end of the file, broken refcount structures, an unreadable snapshot
+ * table or bitmap directory) does not make the open fail, the corrupt bit
+ * does not refuse VIMG_OPEN_RDWR, and a dirty image is not repaired at
+ * open.  Such a handle can be read but not written except by vimg_check()
+ * with a repair flag (VIMG_OPEN_RDWR needed for that).
+ */
+#define VIMG_OPEN_CHECK 0x8u
+
+/*
  * Open PATH.  FORMAT is "raw", "qcow2", or NULL to probe the contents.
  * Unless VIMG_OPEN_NO_BACKING is given, the whole backing chain is opened
  * too: a relative backing name resolves against the directory of the image
@@ -494,6 +504,53 @@ struct vimg_rebase_opts {
 VIMG_API int vimg_rebase(vimg_image *img, const char *backing,
                          const char *backing_fmt,
                          const struct vimg_rebase_opts *opts);
+
+/* Flags for vimg_check(). */
+#define VIMG_CHECK_REPAIR_LEAKS 0x1u  /* free leaked clusters (-r leaks) */
+#define VIMG_CHECK_REPAIR_ERRORS 0x2u /* fix refcounts that are too low,
+                                       * COPIED flags, rebuild refcounts */
+#define VIMG_CHECK_REPAIR_ALL                                                  \
+    (VIMG_CHECK_REPAIR_LEAKS | VIMG_CHECK_REPAIR_ERRORS) /* -r all */
+
+/* What vimg_check() found, as `qemu-img check` counts it. */
+struct vimg_check_result {
+    uint64_t check_errors;        /* problems that stopped part of the check */
+    uint64_t corruptions;         /* errors left in the image */
+    uint64_t leaks;               /* clusters with a refcount but no user */
+    uint64_t corruptions_fixed;   /* repaired by this call */
+    uint64_t leaks_fixed;
+    uint64_t image_end_offset;    /* end of the last cluster in use */
+    uint64_t total_clusters;      /* of the virtual disk */
+    uint64_t allocated_clusters;  /* of those, mapped in the active image */
+    uint64_t fragmented_clusters; /* not right after the previous one */
+    uint64_t compressed_clusters;
+};
+
+/* Receives one line (no newline) per problem found or repaired. */
+typedef void (*vimg_check_report_fn)(void *opaque, const char *msg);
+
+/*
+ * Check the consistency of IMG (not of its backing files): for qcow2,
+ * rebuild every refcount from the metadata and compare it with the stored
+ * refcounts, and check every table entry.  FLAGS is 0 or VIMG_CHECK_REPAIR_*
+ * (repairs need a handle opened with VIMG_OPEN_RDWR; open it with
+ * VIMG_OPEN_CHECK so that damaged images open at all).  Repairs are made in
+ * a crash-safe order: refcounts are raised before others are lowered, and a
+ * rebuilt refcount structure is written to fresh clusters and made durable
+ * before the header points at it.  Clean repaired images get their dirty
+ * and corrupt bits cleared.
+ *
+ * REPORT (may be NULL) gets each problem as a line of text, in a stable
+ * order, from the calling thread.  *OUT is always filled.  Returns 0 when
+ * the check ran to the end (look at the counts), -ENOTSUP when the format
+ * has no checks, or another negative errno when the check could not
+ * complete (I/O error, unreadable snapshot table, a refcount rebuild needed
+ * but only leaks may be repaired).  The work is spread over threads, and
+ * memory use is about two bytes per cluster of the image file.
+ */
+VIMG_API int vimg_check(vimg_image *img, unsigned flags,
+                        struct vimg_check_result *out,
+                        vimg_check_report_fn report, void *opaque);
 
 #ifdef __cplusplus
 }

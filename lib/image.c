@@ -151,7 +151,8 @@ static int open_io(struct vimg_image **out, struct vimg_io *io,
     }
     img->io = io;
     img->flags = flags;
-    img->is_writable = flags & VIMG_OPEN_RDWR;
+    /* a check handle is written only by vimg_check's repairs */
+    img->is_writable = (flags & VIMG_OPEN_RDWR) && !(flags & VIMG_OPEN_CHECK);
     img->filename = strdup(path);
     if (!img->filename) {
         ret = vimg_error(-ENOMEM, "out of memory");
@@ -505,6 +506,29 @@ int vimg_flush(vimg_image *img)
         return 0;
     }
     return img->drv->flush(img);
+}
+
+int vimg_check(vimg_image *img, unsigned flags,
+               struct vimg_check_result *out, vimg_check_report_fn report,
+               void *opaque)
+{
+    if (!img || !out) {
+        return vimg_error(-EINVAL, "vimg_check: NULL argument");
+    }
+    memset(out, 0, sizeof(*out));
+    if (flags & ~VIMG_CHECK_REPAIR_ALL) {
+        return vimg_error(-EINVAL, "vimg_check: unknown flags 0x%x", flags);
+    }
+    if (!img->drv->check) {
+        return vimg_error(-ENOTSUP, "This image format does not support "
+                                    "checks");
+    }
+    if (flags && !(img->flags & VIMG_OPEN_RDWR)) {
+        return vimg_error(-EROFS, "%s: repairs need an image opened "
+                                  "read-write",
+                          img->filename);
+    }
+    return img->drv->check(img, flags, out, report, opaque);
 }
 
 uint64_t vimg_size(const vimg_image *img)

@@ -57,6 +57,11 @@ struct vimg_format {
                  unsigned which);
     /* Fill the format-specific part of INFO. */
     int (*info)(struct vimg_image *img, struct vimg_info *info);
+    /* Check (and with VIMG_CHECK_REPAIR_*, repair) the image; *res is
+     * zeroed by the caller. */
+    int (*check)(struct vimg_image *img, unsigned flags,
+                 struct vimg_check_result *res, vimg_check_report_fn report,
+                 void *opaque);
     /* Make a new image at PATH; options already checked for NULLs. */
     int (*create)(const char *path, const struct vimg_create_opts *opts);
     /* Plan a new image made with OPTS (format and NULLs checked), of

@@ -19,6 +19,7 @@ int cmd_amend(int argc, char **argv);
 int cmd_measure(int argc, char **argv);
 int cmd_commit(int argc, char **argv);
 int cmd_rebase(int argc, char **argv);
+int cmd_check(int argc, char **argv);
 static int cmd_help(int argc, char **argv);
 
 const struct cli_command cli_commands[] = {
@@ -61,6 +62,9 @@ const struct cli_command cli_commands[] = {
      "rebase [-f FMT] [-t CACHE] [-u] [-p] [-q] -b BACKING [-F FMT] FILE",
      "change the backing file of an image, keeping its content (-u: "
      "only the name)"},
+    {"check", cmd_check,
+     "check [-f FMT] [--output=human|json] [-r leaks|all] [-q] FILE",
+     "check (and with -r, repair) the consistency of an image"},
     {"help", cmd_help, "help [COMMAND]", "show help"},
     {NULL, NULL, NULL, NULL},
 };

@@ -351,7 +351,7 @@ static int overlap_found(struct vimg_image *img, uint64_t c)
     return vimg_error(-EIO,
                       "%s: corrupt qcow2 image: cluster 0x%llx has refcount "
                       "0 but holds metadata; the image is marked corrupt "
-                      "(repair it with 'qemu-img check -r all')",
+                      "(repair it with 'vimg check -r all')",
                       img->filename,
                       (unsigned long long)(c << s->cluster_bits));
 }
@@ -1229,7 +1229,7 @@ int qcow2_open_write(struct vimg_image *img)
     if (s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY) {
         return vimg_error(-EIO,
                           "%s: image is dirty (lazy refcounts, not closed "
-                          "cleanly); repair it with 'qemu-img check -r all' "
+                          "cleanly); repair it with 'vimg check -r all' "
                           "before writing",
                           img->filename);
     }

@@ -83,25 +83,31 @@ static int load_snapshots(struct vimg_image *img, struct qcow2_state *s)
         return 0;
     }
     /* Entries have variable length: read a window and grow it until the
-     * whole table decodes, bounded by the file and a sanity limit. */
-    const uint64_t avail = s->file_size - s->h.snapshots_offset;
+     * whole table decodes, bounded by the file and a sanity limit.  For a
+     * check, bytes past the end of the file read as zeroes (as qemu reads
+     * them), so that check can report such a table instead of failing. */
+    const uint64_t avail =
+        s->is_check ? QCOW2_MAX_SNAPSHOT_TABLE
+        : s->h.snapshots_offset < s->file_size
+            ? s->file_size - s->h.snapshots_offset
+            : 0;
     size_t want = 64 * 1024;
     for (;;) {
         const size_t n = (size_t)VIMG_MIN((uint64_t)want, avail);
-        uint8_t *buf = malloc(n);
+        uint8_t *buf = malloc(n ? n : 1);
+        size_t used = 0;
         if (!buf) {
             return vimg_error(-ENOMEM, "out of memory");
         }
         int ret = vimg_io_pread(img->io, buf, n, s->h.snapshots_offset);
         if (ret == 0) {
-            size_t used = 0;
             ret = qcow2_snapshots_decode(&s->snapshots, s->h.nb_snapshots,
                                          buf, n, &used);
-            s->snapshots_size = used;
         }
         free(buf);
         if (ret == 0) {
             s->nb_snapshots = s->h.nb_snapshots;
+            s->snapshots_size = used;
             return 0;
         }
         if (ret != -ENODATA) {
@@ -152,6 +158,54 @@ static int load_bitmaps(struct vimg_image *img, struct qcow2_state *s)
                                    (size_t)e->bitmap_dir_size);
         if (ret == 0) {
             s->nb_bitmaps = e->nb_bitmaps;
+        }
+    }
+    free(buf);
+    return ret;
+}
+
+/*
+ * qemu loads every bitmap that is not in use when it opens an image, and
+ * refuses the image when a bitmap table entry is invalid (reserved bits,
+ * an unaligned offset, or "all ones" with an offset).  A check opens what
+ * qemu-img check opens, so it refuses those too.
+ */
+static int validate_bitmap_tables(struct vimg_image *img,
+                                  struct qcow2_state *s)
+{
+    enum { CHUNK = 8192 };
+    uint8_t *buf = malloc(CHUNK * 8);
+
+    if (!buf) {
+        return vimg_error(-ENOMEM, "out of memory");
+    }
+    int ret = 0;
+    for (size_t k = 0; k < s->nb_bitmaps && ret == 0; k++) {
+        const struct qcow2_bitmap *b = &s->bitmaps[k];
+        if (b->flags & QCOW2_BITMAP_IN_USE) {
+            continue;
+        }
+        for (uint64_t i = 0; i < b->table_size && ret == 0; i += CHUNK) {
+            const uint64_t off = b->table_offset + i * 8;
+            if (off >= s->file_size) {
+                break; /* zeroes from here on: all valid */
+            }
+            const size_t n = (size_t)VIMG_MIN(CHUNK, b->table_size - i);
+            ret = vimg_io_pread(img->io, buf, n * 8, off);
+            for (size_t j = 0; ret == 0 && j < n; j++) {
+                const uint64_t e = load_be64(buf + j * 8);
+                const uint64_t eo = e & 0x00fffffffffffe00ull;
+                if ((e & 0xff000000000001feull) ||
+                    (eo && ((e & 1) || (eo & (s->cluster_size - 1))))) {
+                    ret = vimg_error(-EINVAL,
+                                     "%s: could not read the table of "
+                                     "bitmap '%s': entry %llu (0x%016llx) "
+                                     "is invalid",
+                                     img->filename, b->name,
+                                     (unsigned long long)(i + j),
+                                     (unsigned long long)e);
+                }
+            }
         }
     }
     free(buf);
@@ -224,7 +278,11 @@ static int qcow2_open(struct vimg_image *img, unsigned flags)
     if (ret < 0) {
         goto out;
     }
-    ret = qcow2_header_decode(&s->h, first, first_len, s->file_size);
+    /* A check reads tables past the end of the file as zeroes (as qemu
+     * does) and reports them, so only their alignment and size matter. */
+    s->is_check = flags & VIMG_OPEN_CHECK;
+    ret = qcow2_header_decode(&s->h, first, first_len,
+                              s->is_check ? UINT64_MAX : s->file_size);
     if (ret < 0) {
         vimg_error_prefix("%s", img->filename);
         goto out;
@@ -262,10 +320,10 @@ static int qcow2_open(struct vimg_image *img, unsigned flags)
         goto out;
     }
     if ((s->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT) &&
-        (flags & VIMG_OPEN_RDWR)) {
+        (flags & VIMG_OPEN_RDWR) && !s->is_check) {
         ret = vimg_error(-EIO,
                          "%s: image is marked corrupt; it can only be opened "
-                         "read-only (repair it with 'qemu-img check -r all')",
+                         "read-only (repair it with 'vimg check -r all')",
                          img->filename);
         goto out;
     }
@@ -298,13 +356,17 @@ static int qcow2_open(struct vimg_image *img, unsigned flags)
         ret = vimg_error(-ENOMEM, "out of memory");
         goto out;
     }
-    if (s->h.l1_size) {
-        ret = vimg_io_pread(img->io, s->l1, (size_t)s->h.l1_size * 8,
+    if (s->h.l1_size && s->h.l1_table_offset < s->file_size) {
+        /* entries past the end of the file (check mode) stay zero */
+        const uint64_t n = VIMG_MIN(
+            (uint64_t)s->h.l1_size,
+            VIMG_DIV_ROUND_UP(s->file_size - s->h.l1_table_offset, 8));
+        ret = vimg_io_pread(img->io, s->l1, (size_t)n * 8,
                             s->h.l1_table_offset);
         if (ret < 0) {
             goto out;
         }
-        for (uint32_t i = 0; i < s->h.l1_size; i++) {
+        for (uint64_t i = 0; i < n; i++) {
             s->l1[i] = load_be64((const uint8_t *)&s->l1[i]);
         }
     }
@@ -334,9 +396,22 @@ static int qcow2_open(struct vimg_image *img, unsigned flags)
     if (ret == 0) {
         ret = load_bitmaps(img, s);
     }
+    if (ret < 0 && s->is_check && ret != -ENOMEM) {
+        /* check reports it (and cannot complete) */
+        s->check_load_error = ret;
+        snprintf(s->check_load_msg, sizeof(s->check_load_msg), "%s",
+                 vimg_last_error());
+        ret = 0;
+    }
     if (ret < 0) {
         vimg_error_prefix("%s", img->filename);
         goto out;
+    }
+    if (s->is_check && s->check_load_error == 0) {
+        ret = validate_bitmap_tables(img, s);
+        if (ret < 0) {
+            goto out;
+        }
     }
 
     s->has_data_file = s->h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE;
@@ -351,7 +426,27 @@ static int qcow2_open(struct vimg_image *img, unsigned flags)
         s->data_io = img->io;
     }
     img->size = s->h.size;
-    if (flags & VIMG_OPEN_RDWR) {
+    if ((flags & VIMG_OPEN_RDWR) && !s->is_check &&
+        (s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+        /* Not closed cleanly with lazy refcounts: the refcounts may be
+         * wrong.  Repair them before writing anything, as qemu does. */
+        struct vimg_check_result res;
+        memset(&res, 0, sizeof(res));
+        ret = qcow2_check(img, VIMG_CHECK_REPAIR_ALL, &res, NULL, NULL);
+        if (ret == 0 && (res.check_errors ||
+                         (s->h.incompatible_features &
+                          QCOW2_INCOMPAT_DIRTY))) {
+            ret = vimg_error(-EIO, "%s: could not repair dirty image",
+                             img->filename);
+        } else if (ret < 0) {
+            vimg_error_prefix("%s: could not repair dirty image",
+                              img->filename);
+        }
+        if (ret < 0) {
+            goto out;
+        }
+    }
+    if ((flags & VIMG_OPEN_RDWR) && !s->is_check) {
         ret = qcow2_open_write(img);
     }
 out:
@@ -511,6 +606,7 @@ const struct vimg_format vimg_format_qcow2 = {
     .snapshot_delete = qcow2_snapshot_delete,
     .amend = qcow2_amend,
     .info = qcow2_info,
+    .check = qcow2_check,
     .create = qcow2_create,
     .measure = qcow2_measure,
     .snapshot_view = qcow2_snapshot_view,

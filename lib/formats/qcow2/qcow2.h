@@ -216,6 +216,9 @@ struct qcow2_state {
 
     size_t nb_snapshots;
     struct qcow2_snapshot *snapshots;
+    bool is_check;            /* opened with VIMG_OPEN_CHECK */
+    int check_load_error;     /* check mode: snapshots/bitmaps unreadable */
+    char check_load_msg[256];
     size_t nb_bitmaps;
     struct qcow2_bitmap *bitmaps;
 
@@ -323,6 +326,15 @@ int qcow2_read_range(struct vimg_image *img, void *buf, size_t count,
 /* Decompress one cluster (COMP_BYTES at COMP_OFFSET) into OUT. */
 int qcow2_decompress_cluster(struct vimg_image *img, uint64_t comp_offset,
                              uint64_t comp_bytes, uint8_t *out);
+
+/* qcow2-check.c */
+/*
+ * Check the image (and repair it with VIMG_CHECK_REPAIR_*), as
+ * vimg_check() describes.  Also used by open to repair a dirty image.
+ */
+int qcow2_check(struct vimg_image *img, unsigned flags,
+                struct vimg_check_result *res, vimg_check_report_fn report,
+                void *opaque);
 
 /* qcow2-create.c */
 int qcow2_create(const char *path, const struct vimg_create_opts *opts);
