@@ -213,10 +213,13 @@ class Qcow2:
 def leak_appended(n):
     """N clusters past the old end of file, with refcount 1 and no user."""
     def patch(q):
-        # stay inside the refcount blocks that exist
         first = q.append_clusters(n)
-        for c in range(first, first + n):
-            q.set_refcount(c, 1)
+        end = first
+        while end < first + n and q.refblock_of(end):
+            q.set_refcount(end, 1)      # only where a refcount block exists
+            end += 1
+        assert end > first, 'no refcount block covers the end of the file'
+        del q.data[end * q.cluster_size:]
     return patch
 
 
