@@ -5,6 +5,10 @@ Environment:
   VIMG            the vimg binary (default /work/main/build/tools/vimg/vimg)
   VIMG_BUILD_DIR  the meson build root, for tests/tools/* helper programs
                   (default /work/main/build)
+  VIMG_CHECK_SELFTEST=1
+                  the `check` tests (test_check*.py) run qemu-img in place
+                  of `vimg check`, to show that the tests themselves are
+                  right: qemu-img must pass its own comparison
 
 qemu-img and qemu-io are the oracle: when they are missing the tests fail,
 they never skip.
@@ -17,6 +21,9 @@ import pytest
 
 VIMG = os.environ.get('VIMG', '/work/main/build/tools/vimg/vimg')
 BUILD_DIR = os.environ.get('VIMG_BUILD_DIR', '/work/main/build')
+CHECK_SELFTEST = os.environ.get('VIMG_CHECK_SELFTEST', '') not in ('', '0')
+# What runs as `vimg check` in test_check*.py.
+CHECK_BIN = (shutil.which('qemu-img') or 'qemu-img') if CHECK_SELFTEST else VIMG
 
 # What a sanitizer or a crash leaves on stderr.
 SANITIZER_MARKS = ('AddressSanitizer', 'LeakSanitizer', 'runtime error',
@@ -47,6 +54,12 @@ def vimg(*args, **kw):
     return run([VIMG, *args], **kw)
 
 
+def vimg_check(*args, **kw):
+    """`vimg check ARGS`, or `qemu-img check ARGS` under
+    VIMG_CHECK_SELFTEST=1."""
+    return run([CHECK_BIN, 'check', *args], **kw)
+
+
 def assert_no_crash(p, what):
     """Exit code 0 or 1 only (not a signal, not an abort), no sanitizer."""
     for mark in SANITIZER_MARKS:
@@ -60,4 +73,5 @@ def tools_present():
     """The oracle and the binary under test must exist: fail, never skip."""
     for tool in ('qemu-img', 'qemu-io'):
         assert shutil.which(tool), f'{tool} not found (install qemu-utils)'
-    assert os.access(VIMG, os.X_OK), f'vimg binary not found at {VIMG}'
+    if not CHECK_SELFTEST:
+        assert os.access(VIMG, os.X_OK), f'vimg binary not found at {VIMG}'
