@@ -91,6 +91,9 @@ static void fault_close(struct vimg_io *io)
 {
     struct io_fault *f = (struct io_fault *)io;
 
+    if (f->plan.count_at_close) {
+        *f->plan.count_at_close = atomic_load(&f->faults);
+    }
     vimg_io_close(f->inner);
     free(f);
 }

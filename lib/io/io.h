@@ -113,6 +113,7 @@ struct vimg_io_fault_plan {
     unsigned fail_write_n;
     unsigned fail_flush_n;
     bool sticky; /* keep failing after the first fault */
+    unsigned *count_at_close; /* if set, gets the fault count at close */
 };
 int vimg_io_fault_new(struct vimg_io **out, struct vimg_io *inner,
                       const struct vimg_io_fault_plan *plan);

@@ -113,11 +113,12 @@ void cli_human_size(uint64_t bytes, char *buf, size_t len)
 #include "vimg-internal.h"
 
 static struct vimg_io *fault_io;
+static unsigned fault_count;
 
 static void report_fault(void)
 {
-    fprintf(stderr, "vimg-faulty: %u faults injected\n",
-            vimg_io_fault_count(fault_io));
+    /* the image (and FAULT_IO) may be closed by now */
+    fprintf(stderr, "vimg-faulty: %u faults injected\n", fault_count);
 }
 
 static int open_faulty(vimg_image **out, const char *file,
@@ -127,7 +128,8 @@ static int open_faulty(vimg_image **out, const char *file,
     if (!spec || !(flags & VIMG_OPEN_RDWR) || fault_io) {
         return vimg_open(out, file, format, flags);
     }
-    struct vimg_io_fault_plan plan = {.sticky = true};
+    struct vimg_io_fault_plan plan = {.sticky = true,
+                                      .count_at_close = &fault_count};
     const unsigned n = (unsigned)strtoul(spec + 1, NULL, 10);
     if (spec[0] == 'w') {
         plan.fail_write_n = n;

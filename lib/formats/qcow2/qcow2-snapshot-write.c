@@ -511,7 +511,9 @@ static int snapshot_create_locked(struct vimg_image *img, const char *name,
     if (!sn) {
         return vimg_error(-ENOMEM, "out of memory");
     }
-    memcpy(sn, s->snapshots, s->nb_snapshots * sizeof(*sn));
+    if (s->nb_snapshots) {
+        memcpy(sn, s->snapshots, s->nb_snapshots * sizeof(*sn));
+    }
     struct qcow2_snapshot *n = &sn[s->nb_snapshots];
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
