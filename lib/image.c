@@ -435,8 +435,8 @@ int vimg_resize(vimg_image *img, uint64_t new_size,
     int ret = img->drv->resize(img, new_size, preallocation, flags);
     /* Grown over a longer backing file: the new area must read as zeroes,
      * not as the backing file's data; like qemu's bdrv_co_truncate, zero
-     * all of it.
-     * TODO: the preallocation modes do not do this yet. */
+     * all of it.  With preallocation the driver does it (zero clusters,
+     * or preallocated clusters of zeroes: tests/cli/test_resize.py). */
     const uint64_t backing_size = img->backing ? img->backing->size : 0;
     if (ret == 0 && new_size > old_size && backing_size > old_size &&
         (!preallocation || strcmp(preallocation, "off") == 0)) {
