@@ -27,5 +27,18 @@ step qemu-io -f raw -c 'write -P 0x01 100M 512' flat.raw
 set +e
 step "$VIMG" compare disk.qcow2 flat.raw
 echo "(exit code $?: the images differ)"
+set -e
+echo
+echo "(vimg writes too)"
+step "$VIMG" snapshot -c after-demo disk.qcow2
+step "$VIMG" snapshot -l disk.qcow2
+step "$VIMG" convert -O qcow2 -c -B base.raw -F raw disk.qcow2 small.qcow2
+step "$VIMG" measure -O qcow2 disk.qcow2
+step "$VIMG" amend -o refcount_bits=64,lazy_refcounts=on disk.qcow2
+step "$VIMG" check disk.qcow2
+step qemu-img check disk.qcow2
+step "$VIMG" commit disk.qcow2
+step "$VIMG" compare -f raw -F qcow2 base.raw small.qcow2
+echo "(exit code $?)"
 echo
 echo "demo done"
