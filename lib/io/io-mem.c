@@ -31,10 +31,16 @@ static int mem_pread(struct vimg_io *io, void *buf, size_t count, uint64_t off)
     return 0;
 }
 
+/* A memory file holds what fits in memory; past that, writes fail as a
+ * full disk would (a bad image may point a write anywhere). */
+#define MEM_FILE_MAX (UINT64_C(1) << 32)
+
 static int grow_locked(struct io_mem *m, uint64_t size)
 {
-    if (size > SIZE_MAX / 2) {
-        return vimg_error(-EFBIG, "%s: memory file too large", m->name);
+    if (size > SIZE_MAX / 2 || size > MEM_FILE_MAX) {
+        return vimg_error(-EFBIG, "%s: a memory file cannot grow to %llu "
+                                  "bytes",
+                          m->name, (unsigned long long)size);
     }
     uint8_t *p = realloc(m->data, size ? (size_t)size : 1);
     if (!p) {

@@ -1275,6 +1275,8 @@ void qcow2_close_write(struct vimg_image *img)
     struct qcow2_state *s = img->priv;
 
     if (!s->rb_cache) {
+        free(s->reftable); /* open_write may have failed half-way */
+        s->reftable = NULL;
         return;
     }
     pthread_mutex_lock(&s->lock);
