@@ -38,8 +38,8 @@ static int mem_pread(struct vimg_io *io, void *buf, size_t count, uint64_t off)
 static int grow_locked(struct io_mem *m, uint64_t size)
 {
     if (size > SIZE_MAX / 2 || size > MEM_FILE_MAX) {
-        return vimg_error(-EFBIG, "%s: a memory file cannot grow to %llu "
-                                  "bytes",
+        return vimg_error(-EFBIG, "%s: memory file too large: it cannot "
+                                  "grow to %llu bytes",
                           m->name, (unsigned long long)size);
     }
     uint8_t *p = realloc(m->data, size ? (size_t)size : 1);
