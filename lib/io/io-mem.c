@@ -31,9 +31,10 @@ static int mem_pread(struct vimg_io *io, void *buf, size_t count, uint64_t off)
     return 0;
 }
 
-/* A memory file holds what fits in memory; past that, writes fail as a
- * full disk would (a bad image may point a write anywhere). */
-#define MEM_FILE_MAX (UINT64_C(1) << 32)
+/* Memory files serve tests and fuzzers: past 256 MiB writes fail as a
+ * full disk would (a bad image may point a write anywhere, and a fuzzer
+ * must not run out of memory over it). */
+#define MEM_FILE_MAX (UINT64_C(256) << 20)
 
 static int grow_locked(struct io_mem *m, uint64_t size)
 {
