@@ -21,19 +21,6 @@
 #include "vimg-endian.h"
 #include "vimg-internal.h"
 
-/* The feature name table qemu-img writes into version 3 headers (only
- * when the cluster has room to spare: 8 KiB and up, as in create). */
-static const struct qcow2_feature feature_table[] = {
-    {0, 0, "dirty bit"},
-    {0, 1, "corrupt bit"},
-    {0, 2, "external data file"},
-    {0, 3, "compression type"},
-    {0, 4, "extended L2 entries"},
-    {1, 0, "lazy refcounts"},
-    {2, 0, "bitmaps"},
-    {2, 1, "raw external data"},
-};
-
 /* -------------------------------------------------- refcount width */
 
 /* Refuse a width that cannot hold some refcount (qemu's words). */
@@ -436,12 +423,11 @@ static int amend_locked(struct vimg_image *img, const struct vimg_create_opts *o
                           : fc.h.compatible_features &
                                 ~QCOW2_COMPAT_LAZY_REFCOUNTS;
             if (!fc.ext.nb_features && s->cluster_size >= 8192) {
-                fc.ext.features = malloc(sizeof(feature_table));
+                fc.ext.features = malloc(sizeof(qcow2_feature_table));
                 if (fc.ext.features) {
-                    memcpy(fc.ext.features, feature_table,
-                           sizeof(feature_table));
-                    fc.ext.nb_features =
-                        sizeof(feature_table) / sizeof(feature_table[0]);
+                    memcpy(fc.ext.features, qcow2_feature_table,
+                           sizeof(qcow2_feature_table));
+                    fc.ext.nb_features = QCOW2_NB_FEATURES;
                 }
             }
         } else {

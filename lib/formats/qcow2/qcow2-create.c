@@ -17,8 +17,9 @@
 enum prealloc { PREALLOC_OFF, PREALLOC_METADATA, PREALLOC_FALLOC,
                 PREALLOC_FULL };
 
-/* The feature name table qemu writes into every v3 image. */
-static const struct qcow2_feature feature_table[] = {
+/* The feature name table qemu writes into v3 images (clusters of 8 KiB
+ * and up); create and amend write it. */
+const struct qcow2_feature qcow2_feature_table[QCOW2_NB_FEATURES] = {
     {0, 0, "dirty bit"},
     {0, 1, "corrupt bit"},
     {0, 2, "external data file"},
@@ -182,26 +183,6 @@ static int plan(struct layout *L, const char *path,
     return 0;
 }
 
-/* Write LEN zero bytes at OFF (full preallocation). */
-static int write_zeroes(struct vimg_io *io, uint64_t off, uint64_t len)
-{
-    const size_t chunk = 1u << 20;
-    uint8_t *zero = calloc(1, chunk);
-    int ret = 0;
-
-    if (!zero) {
-        return vimg_error(-ENOMEM, "out of memory");
-    }
-    while (len > 0 && ret == 0) {
-        const size_t n = (size_t)VIMG_MIN(len, (uint64_t)chunk);
-        ret = vimg_io_pwrite(io, zero, n, off);
-        off += n;
-        len -= n;
-    }
-    free(zero);
-    return ret;
-}
-
 static int preallocate(struct vimg_io *io, enum prealloc prealloc,
                        uint64_t off, uint64_t len)
 {
@@ -209,7 +190,7 @@ static int preallocate(struct vimg_io *io, enum prealloc prealloc,
         return 0;
     }
     if (prealloc == PREALLOC_FULL) {
-        return write_zeroes(io, off, len);
+        return vimg_io_zero(io, off, len, false);
     }
     if (prealloc == PREALLOC_FALLOC) {
         return vimg_io_fallocate(io, off, len);
@@ -351,8 +332,8 @@ static int write_header(struct vimg_io *io, const struct layout *L,
     if (version >= 3 && L->cs >= 8192) {
         /* qemu-img leaves the feature name table out of smaller clusters,
          * where it would crowd out a backing file name */
-        ext.features = (struct qcow2_feature *)feature_table;
-        ext.nb_features = sizeof(feature_table) / sizeof(feature_table[0]);
+        ext.features = (struct qcow2_feature *)qcow2_feature_table;
+        ext.nb_features = QCOW2_NB_FEATURES;
     }
     uint8_t *buf = calloc(1, (size_t)L->cs);
     if (!buf) {

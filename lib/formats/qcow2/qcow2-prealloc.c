@@ -458,26 +458,6 @@ static int refcount_area(struct vimg_image *img, uint64_t start,
     return ret;
 }
 
-/* Write LEN zero bytes at OFF of IO. */
-static int write_zeroes(struct vimg_io *io, uint64_t off, uint64_t len)
-{
-    const size_t chunk = 1u << 20;
-    uint8_t *zero = calloc(1, chunk);
-    int ret = 0;
-
-    if (!zero) {
-        return vimg_error(-ENOMEM, "out of memory");
-    }
-    while (len > 0 && ret == 0) {
-        const size_t n = (size_t)VIMG_MIN(len, (uint64_t)chunk);
-        ret = vimg_io_pwrite(io, zero, n, off);
-        off += n;
-        len -= n;
-    }
-    free(zero);
-    return ret;
-}
-
 /* Make IO at least END bytes long the way MODE asks. */
 static int extend_file(struct vimg_io *io, enum qcow2_prealloc mode,
                        uint64_t end)
@@ -490,7 +470,7 @@ static int extend_file(struct vimg_io *io, enum qcow2_prealloc mode,
     }
     switch (mode) {
     case QCOW2_PREALLOC_FULL:
-        return write_zeroes(io, cur, end - cur);
+        return vimg_io_zero(io, cur, end - cur, false);
     case QCOW2_PREALLOC_FALLOC:
         return vimg_io_fallocate(io, cur, end - cur);
     default:

@@ -494,6 +494,10 @@ void qcow2_refcount_set(uint8_t *block, uint64_t index, unsigned order,
  * more clusters referenced than the file really occupies.) */
 int qcow2_detect_metadata_prealloc(struct vimg_image *img);
 
+/* qcow2-create.c: the feature name table qemu writes (create, amend) */
+#define QCOW2_NB_FEATURES 8
+extern const struct qcow2_feature qcow2_feature_table[QCOW2_NB_FEATURES];
+
 /* qcow2-snapshot.c */
 /* Decode NB snapshot entries from BUF (LEN bytes).  *used_out gets the
  * bytes consumed.  Free with qcow2_snapshots_free. */
