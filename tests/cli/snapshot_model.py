@@ -1,0 +1,237 @@
+# SPDX-License-Identifier: MIT
+"""A model of a qcow2 image with internal snapshots, for
+test_snapshot_model.py: the bytes the active layer and every internal
+snapshot must hold, updated by each vimg operation the test runs, and
+compared with what qemu-img (the oracle) and vimg read after it.
+
+Guest writes are done by vimg (tests/tools/write-ops), with the pattern
+that tool makes: the disk is cut into 16-byte units, the unit at offset U
+holds SEED and U as little-endian 64-bit numbers (every write distinct,
+and compressible)."""
+import json
+import os
+import struct
+
+from conftest import BUILD_DIR, VIMG, run
+
+KiB, MiB = 1 << 10, 1 << 20
+WRITE_OPS = os.path.join(BUILD_DIR, 'tests', 'tools', 'write-ops')
+
+
+def pattern(seed, off, length):
+    """The bytes write-ops writes at [OFF, OFF + LENGTH) for SEED."""
+    start, end = off & ~15, (off + length + 15) & ~15
+    units = b''.join(struct.pack('<QQ', seed, u)
+                     for u in range(start, end, 16))
+    return units[off - start:off - start + length]
+
+
+def first_difference(got, want, unit):
+    """A short description of where GOT and WANT differ."""
+    if len(got) != len(want):
+        return f'size {len(got)}, expected {len(want)}'
+    bad = [o for o in range(0, len(want), unit)
+           if got[o:o + unit] != want[o:o + unit]]
+    o = bad[0]
+    i = next(i for i in range(o, o + unit) if got[i] != want[i])
+    return (f'{len(bad)} clusters differ, first at {o:#x} (byte {i:#x}: '
+            f'{got[i]:#04x}, expected {want[i]:#04x})')
+
+
+def snapshot_table(path):
+    """The snapshot table of the qcow2 image at PATH, read from the file:
+    a list of dicts with id, name, l1_size, vm_state_size, disk_size (None
+    without the extra data)."""
+    with open(path, 'rb') as f:
+        head = f.read(72)
+        count, table = struct.unpack('>IQ', head[60:72])
+        f.seek(table)
+        entries = []
+        for _ in range(count):
+            fixed = f.read(40)
+            (_l1, l1_size, id_len, name_len, _ds, _dn, _clock, vm_state,
+             extra_len) = struct.unpack('>QIHHIIQII', fixed)
+            extra = f.read(extra_len)
+            disk_size = (struct.unpack('>Q', extra[8:16])[0]
+                         if extra_len >= 16 else None)
+            if extra_len >= 8:
+                vm_state = struct.unpack('>Q', extra[0:8])[0]
+            sid = f.read(id_len).decode()
+            name = f.read(name_len).decode()
+            used = 40 + extra_len + id_len + name_len
+            f.read(-used % 8)
+            entries.append({'id': sid, 'name': name, 'l1_size': l1_size,
+                            'vm_state_size': vm_state,
+                            'disk_size': disk_size})
+    return entries
+
+
+class Snap:
+    def __init__(self, sid, name, data):
+        self.id, self.name, self.data = sid, name, bytes(data)
+
+
+class Image:
+    """A qcow2 image at PATH and the model of its content.
+
+    Every method that changes the image runs the vimg command, asserts
+    its exit status and updates the model; verify() compares."""
+
+    def __init__(self, path, size, cluster_size, create_opts):
+        self.path = str(path)
+        self.cluster_size = cluster_size
+        self.active = bytearray(size)
+        self.snaps = []
+        self.backing = None          # (path, format) when there is one
+        self.seed = 0
+        opts = ','.join([f'cluster_size={cluster_size}'] + create_opts)
+        self.vimg('create', '-q', '-f', 'qcow2', '-o', opts, self.path,
+                  str(size))
+
+    # ---- running vimg ----
+
+    def vimg(self, *args, expect=0):
+        p = run([VIMG, *args])
+        assert p.returncode == expect, \
+            (f'vimg {" ".join(map(str, args))} exited {p.returncode}, '
+             f'expected {expect}:\n{p.stdout}{p.stderr}')
+        return p
+
+    def next_seed(self):
+        self.seed += 1
+        return self.seed
+
+    def write(self, *ops):
+        """Run write-ops with OPS (tuples: ('w', off, len), ('z', off,
+        len), ('zu', off, len), ('d', off, len), ('c', off)) and apply
+        them to the model.  Seeds are chosen here."""
+        words = []
+        for op in ops:
+            kind, off = op[0], op[1]
+            if kind == 'w':
+                seed = self.next_seed()
+                words.append(f'w:{off}:{op[2]}:{seed}')
+                self.active[off:off + op[2]] = pattern(seed, off, op[2])
+            elif kind == 'c':
+                seed = self.next_seed()
+                n = min(self.cluster_size, len(self.active) - off)
+                words.append(f'c:{off}:{seed}')
+                self.active[off:off + n] = pattern(seed, off, n)
+            else:
+                words.append(f'{kind}:{off}:{op[2]}')
+                self.active[off:off + op[2]] = bytes(op[2])
+        p = run([WRITE_OPS, '-f', 'qcow2', self.path, *words])
+        assert p.returncode == 0, \
+            f'write-ops {" ".join(words)}:\n{p.stdout}{p.stderr}'
+
+    def snapshot_create(self, name):
+        self.vimg('snapshot', '-c', name, self.path)
+        sid = str(max([int(s.id) for s in self.snaps] + [0]) + 1)
+        self.snaps.append(Snap(sid, name, self.active))
+
+    def snap(self, name):
+        return next(s for s in self.snaps if s.name == name)
+
+    def snapshot_apply(self, name):
+        self.vimg('snapshot', '-a', name, self.path)
+        self.active = bytearray(self.snap(name).data)
+
+    def snapshot_delete(self, name):
+        self.vimg('snapshot', '-d', name, self.path)
+        self.snaps.remove(self.snap(name))
+
+    def resize(self, size, shrink=False, prealloc=None):
+        args = ['resize', '-q', '-f', 'qcow2']
+        if shrink:
+            args.append('--shrink')
+        if prealloc:
+            args.append(f'--preallocation={prealloc}')
+        self.vimg(*args, self.path, str(size))
+        self.set_size(size)
+
+    def set_size(self, size):
+        if size < len(self.active):
+            del self.active[size:]
+        else:
+            self.active += bytes(size - len(self.active))
+
+    def amend(self, opts, expect=0):
+        """vimg amend -o OPTS; a refused amend (EXPECT != 0) must leave
+        the file as it was."""
+        before = open(self.path, 'rb').read() if expect else None
+        self.vimg('amend', '-f', 'qcow2', '-o', opts, self.path,
+                  expect=expect)
+        if expect:
+            assert open(self.path, 'rb').read() == before, \
+                f'a refused amend -o {opts} changed the file'
+            return
+        for kv in opts.split(','):
+            if kv.startswith('size='):
+                self.set_size(int(kv[5:]))
+
+    # ---- reading and comparing ----
+
+    def read(self, tool, snap=None):
+        """The guest content of the active layer, or of snapshot SNAP,
+        as TOOL ('qemu-img' or 'vimg') reads it."""
+        out = self.path + '.read.raw'
+        more = ['-l', f'snapshot.id={snap.id}'] if snap else []
+        prog = VIMG if tool == 'vimg' else 'qemu-img'
+        p = run([prog, 'convert', '-f', 'qcow2', *more, '-O', 'raw',
+                 self.path, out])
+        assert p.returncode == 0, \
+            f'{tool} convert {more} {self.path}:\n{p.stderr}'
+        with open(out, 'rb') as f:
+            data = f.read()
+        os.unlink(out)
+        return data
+
+    def compare(self, what, tool, snap):
+        got = self.read(tool, snap)
+        want = bytes(snap.data if snap else self.active)
+        # both read a snapshot at the current disk size (qemu-img loads
+        # the snapshot's L1 table into the open image)
+        size = len(self.active)
+        want = want[:size] + bytes(max(0, size - len(want)))
+        if got != want:
+            layer = f'snapshot {snap.name} (id {snap.id})' if snap \
+                else 'the active layer'
+            raise AssertionError(
+                f'after {what}: {layer} as {tool} reads it: '
+                f'{first_difference(got, want, self.cluster_size)}')
+
+    def check_clean(self, what):
+        p = run(['qemu-img', 'check', '-f', 'qcow2', self.path])
+        assert p.returncode == 0 and 'No errors were found' in p.stdout, \
+            f'after {what}: qemu-img check:\n{p.stdout}{p.stderr}'
+
+    def check_list(self, what):
+        info = json.loads(run(['qemu-img', 'info', '--output=json', '-f',
+                               'qcow2', self.path], check=True).stdout)
+        assert info['virtual-size'] == len(self.active), what
+        got = [(s['id'], s['name'], s['vm-state-size'])
+               for s in info.get('snapshots', [])]
+        want = [(s.id, s.name, 0) for s in self.snaps]
+        assert got == want, f'after {what}: snapshot list {got}, ' \
+                            f'expected {want}'
+        table = snapshot_table(self.path)
+        for entry, snap in zip(table, self.snaps):
+            if entry['disk_size'] is not None:
+                assert entry['disk_size'] == len(snap.data), \
+                    f'after {what}: snapshot {snap.name} disk size ' \
+                    f'{entry["disk_size"]}, expected {len(snap.data)}'
+        v = run([VIMG, 'snapshot', '-l', self.path])
+        q = run(['qemu-img', 'snapshot', '-l', self.path])
+        assert v.returncode == 0 and v.stdout == q.stdout, \
+            f'after {what}: vimg snapshot -l:\n{v.stdout}{v.stderr}\n' \
+            f'qemu-img snapshot -l:\n{q.stdout}'
+
+    def verify(self, what, readers=('qemu-img', 'vimg')):
+        """The image is clean, lists the model's snapshots, and every
+        layer reads as its model with each of READERS."""
+        self.check_clean(what)
+        self.check_list(what)
+        for tool in readers:
+            self.compare(what, tool, None)
+            for snap in self.snaps:
+                self.compare(what, tool, snap)

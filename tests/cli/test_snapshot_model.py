@@ -1,0 +1,166 @@
+# SPDX-License-Identifier: MIT
+"""Snapshots are changed by nothing but snapshot commands (issue 9).
+
+After every vimg operation that writes metadata (guest writes, zero
+writes, discards and compressed writes through libvimg; amend of each
+option; snapshot create, apply and delete; resize; check -r; commit;
+rebase) every internal snapshot and the active layer must read, with
+qemu-img and with vimg, as a model of what they hold (snapshot_model.py);
+qemu-img check must be clean and list the model's snapshots.  Run on v2
+and v3 images, extended L2, compressed and zero clusters, refcount widths
+1 and 64."""
+import random
+
+import pytest
+
+from conftest import VIMG
+from snapshot_model import KiB, MiB, Image, run
+
+SIZE = 4 * MiB
+
+# kind -> (cluster size, create options)
+KINDS = {
+    'v2': (4 * KiB, ['compat=0.10']),
+    'v3': (16 * KiB, ['compat=1.1']),
+    'extl2': (32 * KiB, ['extended_l2=on']),
+    'compressed': (8 * KiB, []),
+    'zero': (16 * KiB, []),
+    'rb1': (8 * KiB, ['refcount_bits=1']),
+    'rb64': (8 * KiB, ['refcount_bits=64']),
+}
+
+
+def workload(img, rnd, kind, count=8, start=0, end=None):
+    """A seeded list of guest writes for KIND, inside [START, END)."""
+    end = len(img.active) if end is None else end
+    cs = img.cluster_size
+    ops = []
+    for _ in range(count):
+        choice = rnd.random()
+        if kind == 'compressed' and choice < 0.4:
+            off = rnd.randrange(start // cs, end // cs) * cs
+            ops.append(('c', off))
+            continue
+        if kind == 'zero' and choice < 0.4:
+            off = rnd.randrange(start // cs, end // cs) * cs
+            n = min(rnd.randrange(1, 4) * cs, end - off)
+            ops.append((rnd.choice(['z', 'zu']), off, n))
+            continue
+        off = rnd.randrange(start, end - 1)
+        n = min(rnd.choice([1, 512, 3000, cs, 2 * cs + 77, 70 * KiB]),
+                end - off)
+        if choice < 0.8:
+            ops.append(('w', off, n))
+        elif choice < 0.9:
+            ops.append((rnd.choice(['z', 'zu']), off, n))
+        else:
+            # a discard smaller than a cluster may be ignored; whole ones
+            # must read zeroes
+            off = off // cs * cs
+            n = max(n // cs, 1) * cs
+            ops.append(('d', off, min(n, end - off)))
+    img.write(*ops)
+    return ops
+
+
+def make(tmp_path, kind, name='m.qcow2'):
+    cs, opts = KINDS[kind]
+    return Image(tmp_path / name, SIZE, cs, opts)
+
+
+def snapshots_allowed(kind):
+    return kind != 'rb1'
+
+
+@pytest.mark.parametrize('kind', list(KINDS))
+def test_sequence(tmp_path, kind):
+    """A representative sequence of metadata-writing operations, each
+    followed by a full comparison with the model."""
+    rnd = random.Random(f'model-{kind}')
+    img = make(tmp_path, kind)
+    workload(img, rnd, kind, 12)
+    img.verify('first writes')
+    if not snapshots_allowed(kind):
+        # refcount_bits=1: a snapshot would need refcount 2; vimg
+        # refuses, as qemu-img does, and changes nothing
+        before = open(img.path, 'rb').read()
+        img.vimg('snapshot', '-c', 's1', img.path, expect=1)
+        assert open(img.path, 'rb').read() == before
+        img.amend('refcount_bits=2')
+        img.verify('amend refcount_bits=2')
+    img.snapshot_create('s1')
+    img.verify('snapshot -c s1')
+    workload(img, rnd, kind, 10)
+    img.verify('writes after s1')
+    img.snapshot_create('s2')
+    workload(img, rnd, kind, 10)
+    img.verify('writes after s2')
+    if kind == 'v2':
+        # v2 to v3 with snapshots in place
+        img.amend('compat=1.1')
+        img.verify('amend compat=1.1')
+    img.amend('lazy_refcounts=on')
+    if True:
+        workload(img, rnd, kind, 6)
+        img.verify('writes with lazy refcounts')
+        img.amend('lazy_refcounts=off')
+        img.verify('amend lazy_refcounts=off')
+    # a refcount width too small for the shared clusters is refused
+    img.amend('refcount_bits=1', expect=1)
+    for bits in (64, 4, 16):
+        img.amend(f'refcount_bits={bits}')
+        img.verify(f'amend refcount_bits={bits}')
+    img.vimg('check', '-r', 'leaks', img.path)
+    img.verify('check -r leaks')
+    img.vimg('check', '-r', 'all', img.path)
+    img.verify('check -r all')
+    img.snapshot_apply('s1')
+    img.verify('snapshot -a s1')
+    workload(img, rnd, kind, 8)
+    img.verify('writes after apply')
+    img.snapshot_create('s3')
+    img.snapshot_delete('s2')
+    img.verify('snapshot -d s2')
+    img.resize(SIZE + MiB)
+    workload(img, rnd, kind, 6, start=SIZE - 64 * KiB)
+    img.verify('resize +1M and writes')
+    img.amend(f'size={SIZE + 2 * MiB}')
+    img.verify('amend size')
+    img.resize(SIZE - MiB, shrink=True)
+    img.verify('resize --shrink')
+    workload(img, rnd, kind, 6)
+    img.snapshot_apply('s3')
+    img.verify('snapshot -a s3')
+    img.snapshot_delete('s1')
+    img.snapshot_delete('s3')
+    img.verify('all snapshots deleted')
+
+
+DOWNGRADE_KINDS = ['v3', 'compressed', 'zero', 'rb64']
+
+
+@pytest.mark.parametrize('kind', DOWNGRADE_KINDS)
+def test_amend_compat_downgrade(tmp_path, kind):
+    """amend -o compat=0.10 with internal snapshots: refused with the
+    image unchanged (as qemu-img refuses), or done with every snapshot
+    intact; never a snapshot that reads differently (issue 9 item 7)."""
+    rnd = random.Random(f'downgrade-{kind}')
+    img = make(tmp_path, kind)
+    workload(img, rnd, kind, 12)
+    img.snapshot_create('s1')
+    workload(img, rnd, kind, 10)
+    img.snapshot_create('s2')
+    workload(img, rnd, kind, 8)
+    if kind == 'rb64':
+        img.amend('refcount_bits=16')
+    img.verify('before the downgrade')
+    before = open(img.path, 'rb').read()
+    p = run([VIMG, 'amend', '-f', 'qcow2', '-o', 'compat=0.10',
+             img.path])
+    if p.returncode != 0:
+        assert open(img.path, 'rb').read() == before, \
+            'a refused downgrade changed the file'
+        return
+    img.verify('amend compat=0.10')
+    workload(img, rnd, kind, 6)
+    img.verify('writes after the downgrade')
