@@ -140,13 +140,20 @@ class Image:
         self.vimg('snapshot', '-d', name, self.path)
         self.snaps.remove(self.snap(name))
 
-    def resize(self, size, shrink=False, prealloc=None):
+    def resize(self, size, shrink=False, prealloc=None, expect=0):
+        """vimg resize; a refused one (EXPECT != 0) must leave the file
+        as it was."""
         args = ['resize', '-q', '-f', 'qcow2']
         if shrink:
             args.append('--shrink')
         if prealloc:
             args.append(f'--preallocation={prealloc}')
-        self.vimg(*args, self.path, str(size))
+        before = open(self.path, 'rb').read() if expect else None
+        self.vimg(*args, self.path, str(size), expect=expect)
+        if expect:
+            assert open(self.path, 'rb').read() == before, \
+                f'a refused resize to {size} changed the file'
+            return
         self.set_size(size)
 
     def set_size(self, size):

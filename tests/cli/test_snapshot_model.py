@@ -164,3 +164,37 @@ def test_amend_compat_downgrade(tmp_path, kind):
     img.verify('amend compat=0.10')
     workload(img, rnd, kind, 6)
     img.verify('writes after the downgrade')
+
+
+@pytest.mark.parametrize('prealloc', ['metadata', 'falloc', 'full'])
+@pytest.mark.parametrize('kind', ['v2', 'v3', 'extl2'])
+def test_resize_preallocation(tmp_path, kind, prealloc):
+    """Growing with preallocation after a shrink and discards freed
+    clusters: the new space reads as zeroes (never as the stale data of a
+    reused cluster), snapshots keep theirs."""
+    rnd = random.Random(f'prealloc-{kind}-{prealloc}')
+    img = make(tmp_path, kind)
+    img.write(('w', 0, SIZE))
+    img.snapshot_create('s1')
+    workload(img, rnd, 'v3', 8)
+    # clusters only the active layer uses, freed by the shrink and the
+    # discard, are what a grow could reuse
+    img.write(('w', SIZE - MiB, MiB), ('w', 0, 256 * KiB))
+    if kind == 'v2':
+        # as qemu-img: "Can't resize a v2 image which has snapshots"
+        img.resize(SIZE - MiB, shrink=True, expect=1)
+        img.resize(SIZE + MiB, prealloc=prealloc, expect=1)
+        img.snapshot_create('s2')
+        img.snapshot_delete('s1')
+        img.verify('refused resizes')
+        img.snapshot_delete('s2')
+    img.resize(SIZE - MiB, shrink=True)
+    img.write(('d', 0, 256 * KiB))
+    img.verify('shrink and discard')
+    img.resize(SIZE + MiB, prealloc=prealloc)
+    img.verify(f'resize --preallocation={prealloc}')
+    workload(img, rnd, 'v3', 6, start=SIZE - 2 * MiB)
+    img.verify('writes after the grow')
+    if img.snaps:
+        img.snapshot_apply('s1')
+        img.verify('snapshot -a s1 after the grow')

@@ -135,6 +135,25 @@ static int alloc_like_qemu(struct vimg_image *img, uint64_t count,
     return ret;
 }
 
+/*
+ * Zero the part of host range [HOST, HOST + LEN) of IO that lies inside
+ * the file: clusters freed earlier (by a shrink, a discard, a snapshot
+ * delete) keep their old bytes there, and a preallocated cluster must
+ * read as zeroes, not as stale data (qemu-img 7.2 leaves the stale data).
+ * IS_UNMAP keeps metadata preallocation sparse.
+ */
+static int zero_reused(struct vimg_io *io, uint64_t host, uint64_t len,
+                       bool is_unmap)
+{
+    uint64_t cur;
+    int ret = vimg_io_get_size(io, &cur);
+
+    if (ret < 0 || host >= cur) {
+        return ret;
+    }
+    return vimg_io_zero(io, host, VIMG_MIN(len, cur - host), is_unmap);
+}
+
 /* Host offset for COUNT new clusters from guest cluster GUEST. */
 static int alloc_data(struct plan *p, uint64_t guest, uint64_t count,
                       uint64_t *host_out)
@@ -150,7 +169,12 @@ static int alloc_data(struct plan *p, uint64_t guest, uint64_t count,
                     ((guest - p->first_cluster) << s->cluster_bits);
         return 0;
     }
-    return alloc_like_qemu(p->img, count, host_out);
+    int ret = alloc_like_qemu(p->img, count, host_out);
+    if (ret == 0) {
+        ret = zero_reused(p->img->io, *host_out, count << s->cluster_bits,
+                          true);
+    }
+    return ret;
 }
 
 /*
@@ -511,7 +535,10 @@ static int reserve_data(struct plan *p, uint64_t nb_data)
     s->end_cluster = VIMG_MAX(s->end_cluster, data + nb_data);
     s->file_size = VIMG_MAX(s->file_size, (data + nb_data) * cs);
     p->data_base = data * cs;
-    ret = extend_file(img->io, p->mode, (data + nb_data) * cs);
+    ret = zero_reused(img->io, p->data_base, nb_data * cs, false);
+    if (ret == 0) {
+        ret = extend_file(img->io, p->mode, (data + nb_data) * cs);
+    }
     /* refcounts and data durable; the old table's clusters are free for
      * the L2 tables (qemu frees it at once) */
     return ret == 0 ? qcow2_flush_locked(img) : ret;
