@@ -66,6 +66,52 @@ def snapshot_table(path):
     return entries
 
 
+def _refcount_place(f, index):
+    """(byte offset in the file, bit shift, width) of the refcount of
+    cluster INDEX of the open qcow2 file F."""
+    f.seek(0)
+    head = f.read(104)
+    version, = struct.unpack('>I', head[4:8])
+    cluster_bits, = struct.unpack('>I', head[20:24])
+    reftable, = struct.unpack('>Q', head[48:56])
+    order = struct.unpack('>I', head[96:100])[0] if version >= 3 else 4
+    width = 1 << order
+    per_block = (1 << cluster_bits) * 8 // width
+    f.seek(reftable + 8 * (index // per_block))
+    block, = struct.unpack('>Q', f.read(8))
+    block &= 0x00fffffffffffe00
+    assert block, f'no refcount block for cluster {index}'
+    bit = (index % per_block) * width
+    if width < 8:
+        return block + bit // 8, bit % 8, width
+    return block + bit // 8, 0, width
+
+
+def get_refcount(path, index):
+    with open(path, 'rb') as f:
+        at, shift, width = _refcount_place(f, index)
+        f.seek(at)
+        raw = f.read(max(width // 8, 1))
+    if width < 8:
+        return (raw[0] >> shift) & ((1 << width) - 1)
+    return int.from_bytes(raw, 'big')
+
+
+def set_refcount(path, index, value):
+    """Poke the refcount of cluster INDEX in the file (to damage it)."""
+    with open(path, 'r+b') as f:
+        at, shift, width = _refcount_place(f, index)
+        f.seek(at)
+        raw = f.read(max(width // 8, 1))
+        if width < 8:
+            mask = ((1 << width) - 1) << shift
+            raw = bytes([(raw[0] & ~mask) | (value << shift)])
+        else:
+            raw = value.to_bytes(width // 8, 'big')
+        f.seek(at)
+        f.write(raw)
+
+
 class Snap:
     def __init__(self, sid, name, data):
         self.id, self.name, self.data = sid, name, bytes(data)
@@ -77,16 +123,36 @@ class Image:
     Every method that changes the image runs the vimg command, asserts
     its exit status and updates the model; verify() compares."""
 
-    def __init__(self, path, size, cluster_size, create_opts):
+    def __init__(self, path, size, cluster_size, create_opts, base=None):
+        """Create the image with vimg; BASE: (path, content) of a qcow2
+        backing file."""
         self.path = str(path)
         self.cluster_size = cluster_size
         self.active = bytearray(size)
+        if base:
+            create_opts = create_opts + [f'backing_file={base[0]}',
+                                         'backing_fmt=qcow2']
+            self.active[:] = base[1][:size]
         self.snaps = []
-        self.backing = None          # (path, format) when there is one
         self.seed = 0
         opts = ','.join([f'cluster_size={cluster_size}'] + create_opts)
         self.vimg('create', '-q', '-f', 'qcow2', '-o', opts, self.path,
                   str(size))
+
+    @classmethod
+    def adopt(cls, path, cluster_size, content):
+        """An Image for an existing file at PATH holding CONTENT."""
+        img = cls.__new__(cls)
+        img.path, img.cluster_size = str(path), cluster_size
+        img.active, img.snaps, img.seed = bytearray(content), [], 0
+        return img
+
+    def set_snapshots(self, off, data):
+        """What every snapshot reads at OFF is now DATA (a backing file
+        they fall through to changed)."""
+        for snap in self.snaps:
+            n = max(0, min(len(data), len(snap.data) - off))
+            snap.data = snap.data[:off] + data[:n] + snap.data[off + n:]
 
     # ---- running vimg ----
 
@@ -175,6 +241,30 @@ class Image:
         for kv in opts.split(','):
             if kv.startswith('size='):
                 self.set_size(int(kv[5:]))
+
+    def clusters(self):
+        return os.path.getsize(self.path) // self.cluster_size
+
+    def make_leak(self):
+        """Give a free cluster inside the file refcount 1 (a leak)."""
+        for index in range(self.clusters() - 1, 0, -1):
+            if get_refcount(self.path, index) == 0:
+                set_refcount(self.path, index, 1)
+                return index
+        raise AssertionError('no free cluster to leak')
+
+    def make_refcount_too_low(self):
+        """Give a cluster the snapshots share refcount 1 (too low: a
+        write would overwrite it in place, under the snapshot)."""
+        for index in range(self.clusters() - 1, 0, -1):
+            if get_refcount(self.path, index) == 2:
+                set_refcount(self.path, index, 1)
+                return index
+        raise AssertionError('no shared cluster')
+
+    def expect_check_errors(self, what):
+        p = run(['qemu-img', 'check', '-f', 'qcow2', self.path])
+        assert p.returncode != 0, f'{what}: qemu-img check:\n{p.stdout}'
 
     # ---- reading and comparing ----
 

@@ -110,10 +110,20 @@ def test_sequence(tmp_path, kind):
     for bits in (64, 4, 16):
         img.amend(f'refcount_bits={bits}')
         img.verify(f'amend refcount_bits={bits}')
+    img.vimg('check', '-r', 'all', img.path)
+    img.verify('check -r all on a clean image')
+    img.make_leak()
+    img.expect_check_errors('a leak made')
     img.vimg('check', '-r', 'leaks', img.path)
     img.verify('check -r leaks')
+    img.make_refcount_too_low()
+    img.make_leak()
+    img.expect_check_errors('refcount made too low')
     img.vimg('check', '-r', 'all', img.path)
     img.verify('check -r all')
+    # the repaired refcount makes writes copy the shared clusters
+    img.write(('w', 0, len(img.active)))
+    img.verify('writes over everything after the repair')
     img.snapshot_apply('s1')
     img.verify('snapshot -a s1')
     workload(img, rnd, kind, 8)
@@ -125,7 +135,16 @@ def test_sequence(tmp_path, kind):
     workload(img, rnd, kind, 6, start=SIZE - 64 * KiB)
     img.verify('resize +1M and writes')
     img.amend(f'size={SIZE + 2 * MiB}')
-    img.verify('amend size')
+    img.verify('amend size (grow)')
+    # vimg refuses to drop data past the new end (qemu-img drops it)
+    new = SIZE - 512 * KiB
+    img.amend(f'size={new}', expect=1)
+    img.write(('d', new, len(img.active) - new))
+    img.amend(f'size={new}')
+    img.verify('amend size (shrink)')
+    # refused as qemu-img refuses them, the file unchanged
+    img.amend(f'data_file={img.path}.data', expect=1)
+    img.amend('data_file_raw=on', expect=1)
     img.resize(SIZE - MiB, shrink=True)
     img.verify('resize --shrink')
     workload(img, rnd, kind, 6)
@@ -136,7 +155,7 @@ def test_sequence(tmp_path, kind):
     img.verify('all snapshots deleted')
 
 
-DOWNGRADE_KINDS = ['v3', 'compressed', 'zero', 'rb64']
+DOWNGRADE_KINDS = ['v2', 'v3', 'extl2', 'compressed', 'zero', 'rb64']
 
 
 @pytest.mark.parametrize('kind', DOWNGRADE_KINDS)
@@ -153,6 +172,9 @@ def test_amend_compat_downgrade(tmp_path, kind):
     workload(img, rnd, kind, 8)
     if kind == 'rb64':
         img.amend('refcount_bits=16')
+    if kind == 'v2':
+        img.amend('compat=1.1')
+        workload(img, rnd, 'zero', 8)
     img.verify('before the downgrade')
     before = open(img.path, 'rb').read()
     p = run([VIMG, 'amend', '-f', 'qcow2', '-o', 'compat=0.10',
@@ -161,6 +183,8 @@ def test_amend_compat_downgrade(tmp_path, kind):
         assert open(img.path, 'rb').read() == before, \
             'a refused downgrade changed the file'
         return
+    assert kind != 'extl2', 'extended L2 tables cannot be downgraded'
+
     img.verify('amend compat=0.10')
     workload(img, rnd, kind, 6)
     img.verify('writes after the downgrade')
@@ -198,3 +222,101 @@ def test_resize_preallocation(tmp_path, kind, prealloc):
     if img.snaps:
         img.snapshot_apply('s1')
         img.verify('snapshot -a s1 after the grow')
+
+
+def make_base(tmp_path, name, seed=0):
+    base = Image(tmp_path / name, SIZE, 64 * KiB, [])
+    base.seed = seed
+    base.write(('w', 0, SIZE))
+    return base
+
+
+@pytest.mark.parametrize('kind', ['v2', 'v3', 'extl2', 'compressed',
+                                  'zero', 'rb64'])
+def test_commit_into_image_with_snapshots(tmp_path, kind):
+    """vimg commit of an overlay into a base that has internal snapshots:
+    the base's active layer takes the overlay's data, its snapshots stay."""
+    rnd = random.Random(f'commit-base-{kind}')
+    img = make(tmp_path, kind)
+    workload(img, rnd, kind, 10)
+    img.snapshot_create('s1')
+    workload(img, rnd, kind, 8)
+    img.snapshot_create('s2')
+    ov = Image(tmp_path / 'ov.qcow2', SIZE, 64 * KiB, [],
+               base=(img.path, img.active))
+    ov.seed = 10000
+    workload(ov, rnd, 'zero', 12)
+    img.vimg('commit', '-q', ov.path)
+    img.active[:] = ov.active
+    img.verify('commit into it')
+    ov.verify('commit (the overlay)')
+    img.snapshot_apply('s1')
+    img.verify('snapshot -a s1 after the commit')
+
+
+@pytest.mark.parametrize('drop', [False, True])
+@pytest.mark.parametrize('kind', ['v2', 'v3', 'extl2', 'compressed'])
+def test_commit_image_with_snapshots(tmp_path, kind, drop):
+    """vimg commit of an overlay that has internal snapshots into its base:
+    the overlay is emptied (or kept with -d) yet its snapshots stay."""
+    rnd = random.Random(f'commit-top-{kind}-{drop}')
+    base = make_base(tmp_path, 'base.qcow2', seed=5000)
+    cs, opts = KINDS[kind]
+    top = Image(tmp_path / 'top.qcow2', SIZE, cs, opts,
+                base=(base.path, base.active))
+    # the snapshots own every cluster the commit changes in the base
+    top.write(('w', 0, SIZE))
+    top.snapshot_create('s1')
+    workload(top, rnd, kind, 10)
+    top.snapshot_create('s2')
+    workload(top, rnd, kind, 10)
+    top.verify('writes')
+    top.vimg('commit', '-q', *(['-d'] if drop else []), top.path)
+    base.active[:] = top.active
+    base.verify('commit of the overlay')
+    top.verify('commit (the overlay)')
+    workload(top, rnd, kind, 6)
+    top.snapshot_apply('s1')
+    top.verify('snapshot -a s1 after the commit')
+
+
+@pytest.mark.parametrize('kind', ['v2', 'v3', 'extl2', 'compressed'])
+def test_rebase_image_with_snapshots(tmp_path, kind):
+    """vimg rebase (safe and -u) and amend -o backing_file of an image with
+    internal snapshots: the active layer keeps its content (safe) and the
+    snapshots read through to whatever backing file the image names.
+
+    b1 and b2 differ in the first MiB, which the image owns in every
+    layer, and in the last MiB, which no snapshot owns."""
+    rnd = random.Random(f'rebase-{kind}')
+    b1 = make_base(tmp_path, 'b1.qcow2', seed=5000)
+    run(['qemu-img', 'convert', '-O', 'qcow2', b1.path,
+         tmp_path / 'b2.qcow2'], check=True)
+    b2 = Image.adopt(tmp_path / 'b2.qcow2', 64 * KiB, b1.active)
+    b2.seed = 6000
+    b2.write(('w', 0, MiB), ('w', SIZE - MiB, MiB))
+    tail = slice(SIZE - MiB, SIZE)
+    cs, opts = KINDS[kind]
+    top = Image(tmp_path / 'top.qcow2', SIZE, cs, opts,
+                base=(b1.path, b1.active))
+    top.write(('w', 0, MiB))
+    workload(top, rnd, kind, 6, start=MiB, end=SIZE - MiB)
+    top.snapshot_create('s1')
+    workload(top, rnd, kind, 6, start=MiB, end=SIZE - MiB)
+    top.snapshot_create('s2')
+    workload(top, rnd, kind, 6, start=MiB, end=SIZE - MiB)
+    top.verify('writes over b1')
+
+    top.vimg('rebase', '-q', '-b', b2.path, '-F', 'qcow2', top.path)
+    top.set_snapshots(SIZE - MiB, b2.active[tail])
+    top.verify('rebase onto b2')
+    top.vimg('rebase', '-q', '-u', '-b', b1.path, '-F', 'qcow2', top.path)
+    top.set_snapshots(SIZE - MiB, b1.active[tail])
+    top.verify('rebase -u onto b1')
+    top.amend(f'backing_file={b2.path},backing_fmt=qcow2')
+    top.set_snapshots(SIZE - MiB, b2.active[tail])
+    top.verify('amend -o backing_file=b2')
+    top.snapshot_apply('s1')
+    top.verify('snapshot -a s1 over b2')
+    top.snapshot_delete('s2')
+    top.verify('snapshot -d s2 over b2')
