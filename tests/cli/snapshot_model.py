@@ -12,7 +12,7 @@ import json
 import os
 import struct
 
-from conftest import BUILD_DIR, VIMG, run
+from conftest import BUILD_DIR, SANITIZER_MARKS, VIMG, run
 
 KiB, MiB = 1 << 10, 1 << 20
 WRITE_OPS = os.path.join(BUILD_DIR, 'tests', 'tools', 'write-ops')
@@ -112,6 +112,12 @@ def set_refcount(path, index, value):
         f.write(raw)
 
 
+def no_sanitizer_report(p, args):
+    for mark in SANITIZER_MARKS:
+        assert mark not in p.stderr, \
+            f'{" ".join(map(str, args))}: {mark} report:\n{p.stderr}'
+
+
 class Snap:
     def __init__(self, sid, name, data):
         self.id, self.name, self.data = sid, name, bytes(data)
@@ -158,6 +164,7 @@ class Image:
 
     def vimg(self, *args, expect=0):
         p = run([VIMG, *args])
+        no_sanitizer_report(p, args)
         assert p.returncode == expect, \
             (f'vimg {" ".join(map(str, args))} exited {p.returncode}, '
              f'expected {expect}:\n{p.stdout}{p.stderr}')
@@ -187,6 +194,7 @@ class Image:
                 words.append(f'{kind}:{off}:{op[2]}')
                 self.active[off:off + op[2]] = bytes(op[2])
         p = run([WRITE_OPS, '-f', 'qcow2', self.path, *words])
+        no_sanitizer_report(p, words)
         assert p.returncode == 0, \
             f'write-ops {" ".join(words)}:\n{p.stdout}{p.stderr}'
 
@@ -276,6 +284,7 @@ class Image:
         prog = VIMG if tool == 'vimg' else 'qemu-img'
         p = run([prog, 'convert', '-f', 'qcow2', *more, '-O', 'raw',
                  self.path, out])
+        no_sanitizer_report(p, ['convert', self.path])
         assert p.returncode == 0, \
             f'{tool} convert {more} {self.path}:\n{p.stderr}'
         with open(out, 'rb') as f:
@@ -318,6 +327,7 @@ class Image:
                     f'after {what}: snapshot {snap.name} disk size ' \
                     f'{entry["disk_size"]}, expected {len(snap.data)}'
         v = run([VIMG, 'snapshot', '-l', self.path])
+        no_sanitizer_report(v, ['snapshot', '-l', self.path])
         q = run(['qemu-img', 'snapshot', '-l', self.path])
         assert v.returncode == 0 and v.stdout == q.stdout, \
             f'after {what}: vimg snapshot -l:\n{v.stdout}{v.stderr}\n' \
