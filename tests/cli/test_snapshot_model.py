@@ -155,7 +155,13 @@ def test_sequence(tmp_path, kind):
     img.verify('all snapshots deleted')
 
 
-DOWNGRADE_KINDS = ['v2', 'v3', 'extl2', 'compressed', 'zero', 'rb64']
+# qemu-zero: zero clusters that keep a host cluster a snapshot shares,
+# as `qemu-io -c 'write -z'` leaves them (vimg's own zero writes drop the
+# shared cluster instead)
+DOWNGRADE_KINDS = ['v2', 'v3', 'extl2', 'compressed', 'zero', 'rb64',
+                   pytest.param('qemu-zero', marks=pytest.mark.xfail(
+                       strict=True, reason='issue 9 item 7, being fixed: '
+                       'the downgrade zeroes the shared cluster in place'))]
 
 
 @pytest.mark.parametrize('kind', DOWNGRADE_KINDS)
@@ -164,12 +170,21 @@ def test_amend_compat_downgrade(tmp_path, kind):
     image unchanged (as qemu-img refuses), or done with every snapshot
     intact; never a snapshot that reads differently (issue 9 item 7)."""
     rnd = random.Random(f'downgrade-{kind}')
-    img = make(tmp_path, kind)
+    img = make(tmp_path, 'zero' if kind == 'qemu-zero' else kind)
     workload(img, rnd, kind, 12)
     img.snapshot_create('s1')
     workload(img, rnd, kind, 10)
     img.snapshot_create('s2')
     workload(img, rnd, kind, 8)
+    if kind == 'qemu-zero':
+        # prepared by qemu-io: over clusters s2 shares (written before it)
+        cs = img.cluster_size
+        img.write(('w', 0, 8 * cs))
+        img.snapshot_create('s3')
+        run(['qemu-io', '-f', 'qcow2', '-c', f'write -z {cs} {2 * cs}',
+             '-c', f'write -z {5 * cs} {cs}', img.path], check=True)
+        img.active[cs:3 * cs] = bytes(2 * cs)
+        img.active[5 * cs:6 * cs] = bytes(cs)
     if kind == 'rb64':
         img.amend('refcount_bits=16')
     if kind == 'v2':
