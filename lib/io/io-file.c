@@ -235,6 +235,36 @@ static const struct vimg_io_ops file_ops = {
     .close = file_close,
 };
 
+/*
+ * Refuse what cannot hold an image: directories, and pipes, FIFOs and
+ * sockets, which cannot seek (read as empty, they would make an empty
+ * image).  Then turn the O_NONBLOCK of the open off again.
+ */
+static int check_file_type(int fd, const char *path)
+{
+    struct stat st;
+
+    if (fstat(fd, &st) < 0) {
+        int err = -errno;
+        return vimg_error(err, "%s: stat failed: %s", path, strerror(-err));
+    }
+    if (S_ISDIR(st.st_mode)) {
+        return vimg_error(-EISDIR, "%s: is a directory", path);
+    }
+    if (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)) {
+        return vimg_error(-ESPIPE, "%s: is a %s; vimg needs a seekable file "
+                                   "(a regular file or a block device)",
+                          path, S_ISFIFO(st.st_mode) ? "pipe or FIFO"
+                                                     : "socket");
+    }
+    const int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) {
+        int err = -errno;
+        return vimg_error(err, "%s: %s", path, strerror(-err));
+    }
+    return 0;
+}
+
 int vimg_io_file_open(struct vimg_io **out, const char *path, bool writable,
                       bool create)
 {
@@ -245,15 +275,16 @@ int vimg_io_file_open(struct vimg_io **out, const char *path, bool writable,
     } else {
         oflags |= writable ? O_RDWR : O_RDONLY;
     }
-    int fd = open(path, oflags, 0644);
+    /* O_NONBLOCK: opening a FIFO must not wait for its other end */
+    int fd = open(path, oflags | O_NONBLOCK, 0644);
     if (fd < 0) {
         int err = -errno;
         return vimg_error(err, "%s: %s", path, strerror(-err));
     }
-    struct stat st;
-    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+    int ret = check_file_type(fd, path);
+    if (ret < 0) {
         close(fd);
-        return vimg_error(-EISDIR, "%s: is a directory", path);
+        return ret;
     }
     struct io_file *f = calloc(1, sizeof(*f));
     char *copy = strdup(path);

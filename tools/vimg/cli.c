@@ -2,6 +2,7 @@
 /*
  * cli.c: helpers shared by the subcommands.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -37,53 +38,133 @@ int cli_usage(const char *command)
     return 1;
 }
 
-bool cli_parse_size(const char *s, uint64_t *out)
+/* The full 128-bit product of A and B, as *HI:*LO. */
+static void mul_64x64(uint64_t a, uint64_t b, uint64_t *hi, uint64_t *lo)
 {
-    char *end;
+    const uint64_t a_lo = a & 0xffffffffu, a_hi = a >> 32;
+    const uint64_t b_lo = b & 0xffffffffu, b_hi = b >> 32;
+    const uint64_t ll = a_lo * b_lo, lh = a_lo * b_hi;
+    const uint64_t hl = a_hi * b_lo, hh = a_hi * b_hi;
+    const uint64_t mid = (ll >> 32) + (lh & 0xffffffffu) + (hl & 0xffffffffu);
 
-    if (!s || !*s || *s == '-') {
-        return false;
+    *lo = (mid << 32) | (ll & 0xffffffffu);
+    *hi = hh + (lh >> 32) + (hl >> 32) + (mid >> 32);
+}
+
+/* The multiplier of suffix C, or 0 if C is not one. */
+static uint64_t size_suffix(char c)
+{
+    static const char suffixes[] = "kmgtpe";
+    const char *p = strchr(suffixes, c | 0x20);
+
+    if (c == 'b' || c == 'B') {
+        return 1;
+    }
+    if (!c || !p) {
+        return 0;
+    }
+    return 1ull << (10 * (unsigned)(p - suffixes + 1));
+}
+
+/* Parse the integral part: decimal, or hex after "0x".  Returns 0, -EINVAL
+ * or -ERANGE; *end is past what was read. */
+static int parse_size_integer(const char *s, const char **end,
+                              uint64_t *out, bool *is_hex)
+{
+    const char *p = s;
+    char *e;
+
+    while (isspace((unsigned char)*p)) {
+        p++;
+    }
+    if (*p == '+') {
+        p++;
+    }
+    *end = s;
+    if (!isdigit((unsigned char)*p)) {
+        return -EINVAL;
     }
     errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || v < 0) {
-        return false;
-    }
-    const size_t num_len = (size_t)(end - s);
-    unsigned shift = 0;
-    switch (*end) {
-    case '\0':
-        break;
-    case 'b': case 'B': shift = 0; end++; break;
-    case 'k': case 'K': shift = 10; end++; break;
-    case 'm': case 'M': shift = 20; end++; break;
-    case 'g': case 'G': shift = 30; end++; break;
-    case 't': case 'T': shift = 40; end++; break;
-    case 'p': case 'P': shift = 50; end++; break;
-    case 'e': case 'E': shift = 60; end++; break;
-    default:
-        return false;
-    }
-    if (*end != '\0') {
-        return false;
-    }
-    if (strspn(s, "0123456789") == num_len) {
-        /* a plain integer: exact, where a double would round sizes near
-         * 2^63 */
+    uint64_t v = strtoull(p, &e, 10);
+    *is_hex = false;
+    if (errno == 0 && v == 0 && (*e == 'x' || *e == 'X') &&
+        isxdigit((unsigned char)e[1])) {
         errno = 0;
-        const unsigned long long n = strtoull(s, NULL, 10);
-        if (errno || (shift && n > UINT64_MAX >> shift)) {
-            return false;
+        v = strtoull(p, &e, 16);
+        *is_hex = true;
+    }
+    *end = e;
+    *out = v;
+    return errno == ERANGE ? -ERANGE : 0;
+}
+
+/*
+ * qemu's size syntax: an integer (decimal, or hex after 0x), an optional
+ * decimal fraction (no exponent), an optional suffix b or k/M/G/T/P/E
+ * (powers of 1024, either case).  A fraction needs a suffix other than b;
+ * the result is rounded to the nearest byte, halves up.
+ */
+int cli_strtosz(const char *s, uint64_t *out)
+{
+    const char *end;
+    uint64_t val = 0, frac = 0;
+    bool is_hex;
+    int ret = parse_size_integer(s, &end, &val, &is_hex);
+
+    if (ret == 0 && *end == '.' && is_hex) {
+        ret = -EINVAL;
+        end = s;
+    } else if (ret == 0 && *end == '.') {
+        char *e;
+        errno = 0;
+        const double f = strtod(end, &e);
+        if (e == end) {
+            end++; /* "1." and "1.k" have no digits after the point */
+        } else if (memchr(end, 'e', (size_t)(e - end)) ||
+                   memchr(end, 'E', (size_t)(e - end))) {
+            ret = -EINVAL;
+            end = s;
+        } else {
+            /* as 64-bit fixed point; a fraction that rounds to 1.0 counts
+             * as none, as in qemu-img */
+            frac = f < 1.0 ? (uint64_t)ldexp(f, 64) : 0;
+            end = e;
         }
-        *out = (uint64_t)n << shift;
-        return true;
     }
-    double bytes = ldexp(v, (int)shift);
-    if (bytes >= 18446744073709551616.0 || bytes != floor(bytes)) {
-        return false;
+    if (ret == 0) {
+        uint64_t mul = size_suffix(*end);
+        if (mul) {
+            end++;
+        } else {
+            mul = 1;
+        }
+        if (mul == 1 && frac) {
+            ret = -EINVAL;
+            end = s;
+        } else if (mul > 1) {
+            uint64_t hi, lo, frac_hi, frac_lo;
+            mul_64x64(val, mul, &hi, &lo);
+            mul_64x64(frac, mul, &frac_hi, &frac_lo);
+            /* add the whole bytes of the fraction, then round */
+            const uint64_t add = frac_hi + (frac_lo >> 63);
+            val = lo + add;
+            if (hi || val < lo) {
+                ret = -ERANGE;
+            }
+        }
     }
-    *out = (uint64_t)bytes;
-    return true;
+    if (*end) {
+        return -EINVAL;
+    }
+    if (ret == 0) {
+        *out = val;
+    }
+    return ret;
+}
+
+bool cli_parse_size(const char *s, uint64_t *out)
+{
+    return s && cli_strtosz(s, out) == 0;
 }
 
 void cli_human_size(uint64_t bytes, char *buf, size_t len)

@@ -26,7 +26,11 @@ extern const struct cli_command cli_commands[];
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Print the usage of COMMAND to stderr and return exit code 1. */
 int cli_usage(const char *command);
-/* Parse "512", "64k", "1M", "2G", "1T" (binary units); false on error. */
+/* Parse a size as qemu-img does: "512", "64k", "1.5M", "0x1000", "2G"
+ * (suffixes b, k, M, G, T, P, E in binary units; a fraction needs one of
+ * k..E).  Returns 0, -EINVAL (not a size) or -ERANGE (above 2^64 - 1). */
+int cli_strtosz(const char *s, uint64_t *out);
+/* cli_strtosz() == 0; false on any error. */
 bool cli_parse_size(const char *s, uint64_t *out);
 /* qemu-style human size: "348 KiB", "4 MiB", "0 B". */
 void cli_human_size(uint64_t bytes, char *buf, size_t len);

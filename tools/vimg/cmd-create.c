@@ -2,6 +2,7 @@
 /*
  * cmd-create.c: `vimg create`, qemu-img create's flags and -o options.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -103,10 +104,16 @@ int cmd_create(int argc, char **argv)
     }
     const char *file = argv[optind++];
     if (optind < argc) {
-        if (!cli_parse_size(argv[optind], &o.size)) {
+        const int err = cli_strtosz(argv[optind], &o.size);
+        if (err == -EINVAL) {
             cli_error("Invalid image size specified. You may use k, M, G, "
                       "T, P or E suffixes for kilobytes, megabytes, "
                       "gigabytes, terabytes, petabytes and exabytes.");
+            return 1;
+        }
+        if (err < 0 || o.size > INT64_MAX) {
+            cli_error("Invalid image size specified. Must be between 0 and "
+                      "%" PRId64 ".", INT64_MAX);
             return 1;
         }
         has_size = true;

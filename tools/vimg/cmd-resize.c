@@ -2,12 +2,36 @@
 /*
  * cmd-resize.c: `vimg resize`, qemu-img resize's flags and messages.
  */
+#include <errno.h>
 #include <getopt.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "cli.h"
 
 int cmd_resize(int argc, char **argv);
+
+/* CUR changed by N (SIGN 0: set to N); false unless the result is in
+ * 1..INT64_MAX, as qemu-img requires. */
+static bool new_size(uint64_t cur, uint64_t n, int sign, uint64_t *out)
+{
+    uint64_t size = n;
+
+    if (sign > 0) {
+        if (n > INT64_MAX - cur) {
+            return false;
+        }
+        size = cur + n;
+    } else if (sign < 0) {
+        if (n >= cur) {
+            return false;
+        }
+        size = cur - n;
+    }
+    *out = size;
+    return size > 0 && size <= INT64_MAX;
+}
 
 int cmd_resize(int argc, char **argv)
 {
@@ -68,10 +92,17 @@ int cmd_resize(int argc, char **argv)
         arg++;
     }
     uint64_t n;
-    if (!cli_parse_size(arg, &n)) {
-        cli_error("Invalid image size specified. You may use k, M, G, T, P "
-                  "or E suffixes for kilobytes, megabytes, gigabytes, "
-                  "terabytes, petabytes and exabytes.");
+    const int err = cli_strtosz(arg, &n);
+    if (err == -EINVAL) {
+        cli_error("Parameter 'size' expects a non-negative number below "
+                  "2^64");
+        fprintf(stderr, "Optional suffix k, M, G, T, P or E means kilo-, "
+                        "mega-, giga-, tera-, peta-\nand exabytes, "
+                        "respectively.\n");
+        return 1;
+    }
+    if (err < 0) {
+        cli_error("Value '%s' is out of range for parameter 'size'", arg);
         return 1;
     }
     vimg_image *img = NULL;
@@ -79,21 +110,11 @@ int cmd_resize(int argc, char **argv)
         return 1;
     }
     const uint64_t cur = vimg_size(img);
-    uint64_t size = n;
-    if (sign > 0) {
-        size = cur + n;
-        if (size < cur) {
-            cli_error("Image size too large");
-            vimg_close(img);
-            return 1;
-        }
-    } else if (sign < 0) {
-        if (n > cur) {
-            cli_error("New image size must be positive");
-            vimg_close(img);
-            return 1;
-        }
-        size = cur - n;
+    uint64_t size;
+    if (!new_size(cur, n, sign, &size)) {
+        cli_error("New image size must be positive");
+        vimg_close(img);
+        return 1;
     }
     int rc = 0;
     if (has_prealloc && size <= cur) {

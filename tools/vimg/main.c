@@ -3,6 +3,7 @@
  * main.c: the vimg command line: dispatch to one cmd-*.c per subcommand,
  * with qemu-img's names, flags and exit codes.
  */
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -105,6 +106,9 @@ static int cmd_help(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    /* Past RLIMIT_FSIZE (ulimit -f) a write must fail with EFBIG ("File
+     * too large") and an error message, not kill vimg half-way. */
+    signal(SIGXFSZ, SIG_IGN);
     if (argc < 2) {
         print_help(stderr);
         return 1;
