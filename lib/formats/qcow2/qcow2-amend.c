@@ -166,6 +166,70 @@ out:
 
 /* ------------------------------------------- downgrade to compat 0.10 */
 
+/* Set qemu's corrupt bit on disk (the header is still version 3 here)
+ * and refuse every further write, as qemu does on a corrupt entry. */
+static void mark_corrupt(struct vimg_image *img)
+{
+    struct qcow2_state *s = img->priv;
+    uint8_t b[8];
+
+    s->is_broken = true;
+    s->h.incompatible_features |= QCOW2_INCOMPAT_CORRUPT;
+    store_be64(b, s->h.incompatible_features);
+    if (s->h.version >= 3 &&
+        vimg_io_pwrite(img->io, b, sizeof(b), QCOW2_HDR_INCOMPAT) == 0) {
+        vimg_io_flush(img->io);
+    }
+}
+
+/*
+ * The host cluster that zero entry E of a table reached from TABLE_RC L1
+ * tables becomes in version 2: an allocated cluster the caller fills
+ * with zeroes.  A preallocated cluster is reused only if nothing else
+ * references it; one that a snapshot also reaches (refcount above
+ * TABLE_RC) keeps its data there, and this entry gets a cluster of its
+ * own (zeroing it in place would change the snapshot).  An unaligned
+ * offset is a corrupt entry: refused, and the image marked corrupt.
+ */
+static int zero_entry_target(struct vimg_image *img, uint64_t l2, size_t j,
+                             uint64_t e, uint64_t table_rc, uint64_t *out)
+{
+    struct qcow2_state *s = img->priv;
+    const uint64_t host = e & QCOW2_L2E_OFFSET_MASK;
+    uint64_t rc = 0, fresh;
+    int ret;
+
+    if (host & (s->cluster_size - 1)) {
+        mark_corrupt(img);
+        return qcow2_corrupt(img, "Cluster allocation offset 0x%llx "
+                                  "unaligned (L2 offset: 0x%llx, L2 index: "
+                                  "0x%zx); the image is marked corrupt "
+                                  "(repair it with 'vimg check -r all')",
+                             (unsigned long long)host,
+                             (unsigned long long)l2, j);
+    }
+    if (host) {
+        ret = qcow2_get_refcount_locked(img, host >> s->cluster_bits, &rc);
+        if (ret < 0) {
+            return ret;
+        }
+        if (rc <= table_rc) {
+            *out = host | (rc == 1 ? QCOW2_OFLAG_COPIED : 0);
+            return 0;
+        }
+    }
+    ret = qcow2_alloc_clusters(img, 1, &fresh);
+    if (ret == 0 && table_rc > 1) {
+        /* one reference per L1 table that reaches this one */
+        ret = qcow2_set_refcount(img, fresh >> s->cluster_bits, table_rc);
+    }
+    for (uint64_t k = 0; host && k < table_rc && ret == 0; k++) {
+        ret = qcow2_free_clusters_later(img, host, 1);
+    }
+    *out = fresh | (table_rc == 1 ? QCOW2_OFLAG_COPIED : 0);
+    return ret;
+}
+
 /* Version 2 has no zero clusters: a zero cluster becomes unallocated
  * (nothing below shows through) or an allocated cluster of zeroes. */
 static int expand_zero_table(struct vimg_image *img, uint64_t l2)
@@ -188,8 +252,8 @@ static int expand_zero_table(struct vimg_image *img, uint64_t l2)
         if ((e & QCOW2_OFLAG_COMPRESSED) || !(e & QCOW2_OFLAG_ZERO)) {
             continue;
         }
-        uint64_t host = e & QCOW2_L2E_OFFSET_MASK, next = 0;
-        if (host || has_backing) {
+        uint64_t next = 0;
+        if ((e & QCOW2_L2E_OFFSET_MASK) || has_backing) {
             if (!zero) {
                 zero = calloc(1, (size_t)s->cluster_size);
                 if (!zero) {
@@ -197,20 +261,10 @@ static int expand_zero_table(struct vimg_image *img, uint64_t l2)
                     break;
                 }
             }
-            if (!host) {
-                /* one reference per L1 table that reaches this one */
-                ret = qcow2_alloc_clusters(img, 1, &host);
-                if (ret == 0 && table_rc > 1) {
-                    ret = qcow2_set_refcount(img, host >> s->cluster_bits,
-                                             table_rc);
-                }
-                next = host | (table_rc == 1 ? QCOW2_OFLAG_COPIED : 0);
-            } else {
-                next = e & ~QCOW2_OFLAG_ZERO;
-            }
+            ret = zero_entry_target(img, l2, j, e, table_rc, &next);
             if (ret == 0) {
                 ret = vimg_io_pwrite(img->io, zero, (size_t)s->cluster_size,
-                                     host);
+                                     next & QCOW2_L2E_OFFSET_MASK);
             }
             s->is_unsynced = true; /* synced before the L2 table */
             if (ret == 0) {
@@ -295,6 +349,21 @@ static int check_downgrade(struct vimg_image *img, bool want_lazy)
     }
     if (s->h.refcount_order != 4) {
         return vimg_error(-ENOTSUP, "compat=0.10 requires refcount_bits=16");
+    }
+    /* version 2 readers do not know that a snapshot's size or a large VM
+     * state lives in the extra data (qemu refuses the same) */
+    for (size_t k = 0; k < s->nb_snapshots; k++) {
+        const struct qcow2_snapshot *sn = &s->snapshots[k];
+        if (sn->vm_state_size > UINT32_MAX ||
+            (sn->has_disk_size && sn->disk_size != img->size)) {
+            return vimg_error(-ENOTSUP, "Internal snapshots prevent "
+                                        "downgrade of image (snapshot '%s' "
+                                        "has %s)",
+                              sn->name,
+                              sn->vm_state_size > UINT32_MAX
+                                  ? "a VM state of 4 GiB or more"
+                                  : "a disk size other than the image's");
+        }
     }
     return 0;
 }

@@ -1966,6 +1966,8 @@ static void name_users(struct ck *ck, struct ck_part *p)
 
 static int check_refcounts(struct ck *ck, struct ck_part *p)
 {
+    /* errors reading the old refcount structure end with a rebuild */
+    const uint64_t base_errors = p->r.check_errors;
     int ret = read_reftable(ck, p);
 
     if (ret < 0) {
@@ -1996,6 +1998,7 @@ static int check_refcounts(struct ck *ck, struct ck_part *p)
         /* The new structure is right for the old computed refcounts;
          * count everything again against it.  The old structure is now
          * leaked: free it without counting those leaks. */
+        p->r.check_errors = base_errors; /* calculate counts its own */
         p->r.corruptions = 0;
         p->r.leaks = 0;
         p->r.allocated_clusters = 0;
