@@ -46,9 +46,17 @@ def specific(img):
 
 
 def layout(img):
-    out = json.loads(qemu('map', '--output=json', img).stdout)
-    for e in out:
+    """qemu-img map without host offsets, adjacent equal extents merged
+    (where a cluster lives in the file is not compared)."""
+    out = []
+    for e in json.loads(qemu('map', '--output=json', img).stdout):
         e.pop('offset', None)
+        length = e.pop('length')
+        start = e.pop('start')
+        if out and out[-1][0] == e and out[-1][1] + out[-1][2] == start:
+            out[-1][2] += length
+        else:
+            out.append([e, start, length])
     return out
 
 
@@ -115,9 +123,16 @@ def test_amend_like_qemu(tmp_path, source, amend):
         assert 'one' in v.stdout
         snap = tmp_path / 'snap.raw'
         qemu('convert', '-l', 'one', '-O', 'raw', img, snap)
-        qsnap = tmp_path / 'qsnap.raw'
-        qemu('convert', '-l', 'one', '-O', 'raw', q, qsnap)
-        assert snap.read_bytes() == qsnap.read_bytes()
+        # a downgrade against the snapshot before the amend, not
+        # qemu-img's result: qemu-img 7.2 zeroes in place a zero cluster
+        # the snapshot shares, changing the snapshot (issue 9 item 7)
+        ref = q
+        if amend == 'compat=0.10':
+            ref = tmp_path / 'orig.qcow2'
+            ref.write_bytes(before)
+        rsnap = tmp_path / 'rsnap.raw'
+        qemu('convert', '-l', 'one', '-O', 'raw', ref, rsnap)
+        assert snap.read_bytes() == rsnap.read_bytes()
 
 
 def refused(tmp_path, img, amend, words):

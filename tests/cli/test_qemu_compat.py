@@ -1,0 +1,181 @@
+# SPDX-License-Identifier: MIT
+"""Issue 9, items 7, 8 (info) and 9: where vimg differed from qemu-img on
+images qemu-img handles (or on its own iotests 036, 060, 244, 261, 287).
+qemu-img 7.2 is the reference; where it loses data (a downgrade that
+zeroes a snapshot's cluster) vimg must keep every snapshot intact, checked
+through qemu-img convert -l and qemu-img compare.
+"""
+import json
+import os
+import struct
+
+import pytest
+
+from conftest import qemu, run, vimg
+
+KiB = 1024
+MiB = 1024 * KiB
+OFFSET_MASK = 0x00fffffffffffe00
+
+
+def info_json(path, *extra):
+    return json.loads(qemu('qemu-img', 'info', '--output=json', *extra,
+                           str(path)).stdout)
+
+
+def header_u64(path, off):
+    with open(path, 'rb') as f:
+        f.seek(off)
+        return struct.unpack('>Q', f.read(8))[0]
+
+
+def poke(path, off, data):
+    with open(path, 'r+b') as f:
+        f.seek(off)
+        f.write(data)
+
+
+def first_l2_entry_offset(path):
+    """File offset of L2 entry 0 of the active layer."""
+    l1 = header_u64(path, 40)
+    return header_u64(path, l1) & OFFSET_MASK
+
+
+def snapshot_raw(tmp_path, img, name, tag):
+    out = tmp_path / f'{tag}-{name}.raw'
+    qemu('qemu-img', 'convert', '-f', 'qcow2', '-O', 'raw', '-l',
+         f'snapshot.name={name}', img, out)
+    return out
+
+
+def active_raw(tmp_path, img, tag):
+    out = tmp_path / f'{tag}-active.raw'
+    qemu('qemu-img', 'convert', '-f', 'qcow2', '-O', 'raw', img, out)
+    return out
+
+
+def same_content(a, b):
+    return run(['qemu-img', 'compare', '-f', 'raw', '-F', 'raw', a,
+                b]).returncode == 0
+
+
+# ------------------------------------------------ item 7: compat=0.10
+
+def _shared_zero_active(img):
+    # the active layer zeroes a cluster the snapshot still reads: qemu-io
+    # keeps the host offset with the zero flag (a preallocated zero
+    # cluster shared with the snapshot)
+    qemu('qemu-io', '-f', 'qcow2', '-c', 'write -P 1 0 128k', img)
+    qemu('qemu-img', 'snapshot', '-c', 's1', img)
+    qemu('qemu-io', '-f', 'qcow2', '-c', 'write -z 0 64k', img)
+    qemu('qemu-io', '-f', 'qcow2', '-c', 'write -P 3 128k 64k', img)
+    qemu('qemu-img', 'snapshot', '-c', 's2', img)
+    qemu('qemu-io', '-f', 'qcow2', '-c', 'write -z 64k 128k', img)
+
+
+def _shared_zero_in_snapshot(img):
+    # a snapshot holds a preallocated zero cluster whose L2 table the
+    # active layer shares (one table, two L1 references)
+    qemu('qemu-io', '-f', 'qcow2', '-c', 'write -P 1 0 192k', img)
+    qemu('qemu-io', '-f', 'qcow2', '-c', 'write -z 64k 64k', img)
+    qemu('qemu-img', 'snapshot', '-c', 's1', img)
+    qemu('qemu-img', 'snapshot', '-c', 's2', img)
+    qemu('qemu-io', '-f', 'qcow2', '-c', 'write -P 5 128k 64k', img)
+
+
+@pytest.mark.parametrize('make', [_shared_zero_active,
+                                  _shared_zero_in_snapshot])
+def test_downgrade_keeps_every_snapshot(tmp_path, make):
+    """Issue 9 item 7: after amend compat=0.10 every snapshot and the
+    active layer read as before (qemu-img 7.2 zeroes the shared cluster
+    in place: the older snapshot then reads zeroes there)."""
+    img = tmp_path / 'a.qcow2'
+    qemu('qemu-img', 'create', '-q', '-f', 'qcow2', '-o', 'compat=1.1', img,
+         '1M')
+    make(img)
+    names = [s['name'] for s in info_json(img).get('snapshots', [])]
+    assert names == ['s1', 's2']
+    before = {n: snapshot_raw(tmp_path, img, n, 'before') for n in names}
+    before_active = active_raw(tmp_path, img, 'before')
+
+    p = vimg('amend', '-f', 'qcow2', '-o', 'compat=0.10', img)
+    assert p.returncode == 0, p.stderr
+    assert info_json(img)['format-specific']['data']['compat'] == '0.10'
+    qemu('qemu-img', 'check', img)
+    for n in names:
+        assert same_content(before[n], snapshot_raw(tmp_path, img, n,
+                                                    'after')), \
+            f'snapshot {n} changed by the downgrade'
+    assert same_content(before_active, active_raw(tmp_path, img, 'after'))
+
+
+def test_downgrade_refused_when_snapshot_size_differs(tmp_path):
+    """qemu-img refuses to downgrade when a snapshot's disk size differs
+    from the image's (v2 readers would not know it): vimg too, with the
+    image unchanged."""
+    img = tmp_path / 'g.qcow2'
+    qemu('qemu-img', 'create', '-q', '-f', 'qcow2', img, '1M')
+    qemu('qemu-img', 'snapshot', '-c', 's', img)
+    qemu('qemu-img', 'resize', '-q', img, '2M')
+    ref = tmp_path / 'ref.qcow2'
+    ref.write_bytes(img.read_bytes())
+    q = run(['qemu-img', 'amend', '-o', 'compat=0.10', ref])
+    assert q.returncode == 1
+    before = img.read_bytes()
+    p = vimg('amend', '-f', 'qcow2', '-o', 'compat=0.10', img)
+    assert p.returncode == 1
+    assert 'Internal snapshots prevent downgrade of image' in p.stderr
+    assert 'Internal snapshots prevent downgrade of image' in q.stderr
+    assert img.read_bytes() == before
+
+
+# ---------------------------------------------------------- iotest 060
+
+def _unaligned_zero_image(path):
+    qemu('qemu-img', 'create', '-q', '-f', 'qcow2', path, '64M')
+    qemu('qemu-io', '-f', 'qcow2', '-c', 'write 0 64k', path)
+    entry = first_l2_entry_offset(path)
+    host = header_u64(path, entry) & OFFSET_MASK
+    # zero flag, COPIED, and an offset inside the cluster
+    poke(path, entry, struct.pack('>Q', (host + 0x2a00) | 1 | (1 << 63)))
+
+
+def test_downgrade_unaligned_zero_cluster_marks_corrupt(tmp_path):
+    """iotest 060: amend compat=0.10 on a zero cluster with an unaligned
+    offset fails and marks the image corrupt, as qemu-img does; check -r
+    all then repairs it and clears the bit."""
+    ref = tmp_path / 'ref.qcow2'
+    img = tmp_path / 'v.qcow2'
+    _unaligned_zero_image(ref)
+    img.write_bytes(ref.read_bytes())
+    q = run(['qemu-img', 'amend', '-o', 'compat=0.10', ref])
+    p = vimg('amend', '-f', 'qcow2', '-o', 'compat=0.10', img)
+    assert q.returncode == 1 and p.returncode == 1
+    assert 'unaligned' in p.stderr
+    for path in (ref, img):
+        data = info_json(path)['format-specific']['data']
+        assert data['compat'] == '1.1'
+        assert data['corrupt'] is True, path
+    p = vimg('check', '-r', 'all', img)
+    assert p.returncode == 0, p.stderr
+    assert info_json(img)['format-specific']['data']['corrupt'] is False
+    qemu('qemu-img', 'check', img)
+
+
+def test_check_clears_corrupt_bit_after_refcount_rebuild(tmp_path):
+    """iotest 060: an unaligned refcount block marks the image corrupt on
+    the first write; one `check -r all` rebuilds the refcounts and clears
+    the corrupt bit (the image is then clean for qemu-img)."""
+    img = tmp_path / 'r.qcow2'
+    qemu('qemu-img', 'create', '-q', '-f', 'qcow2', img, '64M')
+    rt = header_u64(img, 48)
+    poke(img, rt, struct.pack('>Q', 0x22a00))
+    w = run(['qemu-io', '-f', 'qcow2', '-c', 'write 0 64k', img])
+    assert 'write failed' in w.stdout + w.stderr
+    assert info_json(img)['format-specific']['data']['corrupt'] is True
+    p = vimg('check', '-r', 'all', img)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert info_json(img)['format-specific']['data']['corrupt'] is False
+    qemu('qemu-img', 'check', img)
+    qemu('qemu-io', '-f', 'qcow2', '-c', 'write -P 7 0 64k', img)
+    qemu('qemu-img', 'check', img)
