@@ -182,9 +182,7 @@ def test_sequence(tmp_path, kind):
 
 
 DOWNGRADE_KINDS = ['v2', 'v3', 'extl2', 'compressed', 'zero', 'rb64',
-                   pytest.param('qemu-zero', marks=pytest.mark.xfail(
-                       strict=True, reason='issue 9 item 7, being fixed: '
-                       'the downgrade zeroes the shared cluster in place'))]
+                   'qemu-zero']
 
 
 @pytest.mark.parametrize('kind', DOWNGRADE_KINDS)
