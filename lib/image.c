@@ -160,6 +160,12 @@ static int open_io(struct vimg_image **out, struct vimg_io *io,
     }
     if (format) {
         img->drv = vimg_format_find(format);
+        if (!img->drv && vimg_format_is_foreign(format)) {
+            ret = vimg_error(-ENOTSUP, "%s: vimg does not support the %s "
+                                       "format yet",
+                             path, format);
+            goto out;
+        }
         if (!img->drv) {
             ret = vimg_error(-EINVAL, "unknown format '%s'", format);
             goto out;

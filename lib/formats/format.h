@@ -84,9 +84,38 @@ struct vimg_format {
                           const char *fmt);
 };
 
+/* Probing looks at the first VIMG_PROBE_HEAD_BYTES of a file (as qemu
+ * does), its last 512 bytes and its name. */
+#define VIMG_PROBE_HEAD_BYTES 512
+
+struct vimg_probe_data {
+    const uint8_t *head; /* the file's first bytes */
+    size_t head_len;     /* <= VIMG_PROBE_HEAD_BYTES, short for a small file */
+    const uint8_t *tail; /* the file's last 512 bytes, or NULL */
+    size_t tail_len;     /* 512, or 0 when there is no tail */
+    const char *name;    /* the file name, or NULL */
+};
+
+/* A format qemu-img probes that vimg has no driver for: it is recognised
+ * (score 0..100 as for drivers) so that it is refused by name. */
+struct vimg_foreign_format {
+    const char *name;
+    int (*probe)(const struct vimg_probe_data *d);
+};
+
+/* probe-foreign.c: the table, ended by a NULL name. */
+extern const struct vimg_foreign_format vimg_foreign_formats[];
+
 /* registry.c */
 const struct vimg_format *vimg_format_find(const char *name);
-/* The best-scoring driver for the first bytes of IO. */
+/* Is NAME a format vimg knows of but cannot open (vhdx, vmdk, ...)? */
+bool vimg_format_is_foreign(const char *name);
+/* The name of the format D looks like ("raw" if nothing else); when a
+ * driver has it, store the driver in *OUT (NULL otherwise). */
+const char *vimg_format_probe_data(const struct vimg_probe_data *d,
+                                   const struct vimg_format **out);
+/* The best-scoring driver for IO; -ENOTSUP naming the format when the
+ * file is in a format vimg cannot open. */
 int vimg_format_probe(struct vimg_io *io, const struct vimg_format **out);
 
 extern const struct vimg_format vimg_format_raw;

@@ -1,6 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * registry.c: the list of format drivers, in probe order, and probing.
+ * Probing also knows the formats vimg has no driver for
+ * (probe-foreign.c), so that they are refused by name, never taken for
+ * raw.
  */
 #include <string.h>
 
@@ -21,29 +24,75 @@ const struct vimg_format *vimg_format_find(const char *name)
     return NULL;
 }
 
+bool vimg_format_is_foreign(const char *name)
+{
+    for (const struct vimg_foreign_format *f = vimg_foreign_formats;
+         f->name; f++) {
+        if (strcmp(f->name, name) == 0) {
+            return !vimg_format_find(name);
+        }
+    }
+    return false;
+}
+
+const char *vimg_format_probe_data(const struct vimg_probe_data *d,
+                                   const struct vimg_format **out)
+{
+    const struct vimg_format *best = NULL;
+    int best_score = -1;
+    for (size_t i = 0; i < sizeof(formats) / sizeof(formats[0]); i++) {
+        int score = formats[i]->probe ? formats[i]->probe(d->head,
+                                                          d->head_len)
+                                      : 0;
+        if (score > best_score) {
+            best = formats[i];
+            best_score = score;
+        }
+    }
+    /* a driver wins ties; a foreign format must be surer */
+    const char *foreign = NULL;
+    for (const struct vimg_foreign_format *f = vimg_foreign_formats;
+         f->name; f++) {
+        const int score = f->probe(d);
+        if (score > best_score && !vimg_format_find(f->name)) {
+            foreign = f->name;
+            best_score = score;
+        }
+    }
+    *out = foreign ? NULL : best;
+    return foreign ? foreign : best->name;
+}
+
 int vimg_format_probe(struct vimg_io *io, const struct vimg_format **out)
 {
-    uint8_t buf[4096];
+    uint8_t head[VIMG_PROBE_HEAD_BYTES];
+    uint8_t tail[512];
     uint64_t size;
     int ret = vimg_io_get_size(io, &size);
 
     if (ret < 0) {
         return ret;
     }
-    size_t len = (size_t)VIMG_MIN(size, sizeof(buf));
-    ret = vimg_io_pread(io, buf, len, 0);
+    struct vimg_probe_data d = {
+        .head = head,
+        .head_len = (size_t)VIMG_MIN(size, sizeof(head)),
+        .name = io->name,
+    };
+    ret = vimg_io_pread(io, head, d.head_len, 0);
+    if (ret == 0 && size >= sizeof(tail)) {
+        d.tail = tail;
+        d.tail_len = sizeof(tail);
+        ret = vimg_io_pread(io, tail, sizeof(tail), size - sizeof(tail));
+    }
     if (ret < 0) {
         return ret;
     }
-    const struct vimg_format *best = NULL;
-    int best_score = -1;
-    for (size_t i = 0; i < sizeof(formats) / sizeof(formats[0]); i++) {
-        int score = formats[i]->probe ? formats[i]->probe(buf, len) : 0;
-        if (score > best_score) {
-            best = formats[i];
-            best_score = score;
-        }
+    const char *name = vimg_format_probe_data(&d, out);
+    if (!*out) {
+        return vimg_error(-ENOTSUP,
+                          "%s: image is in %s format, which vimg does not "
+                          "support yet",
+                          io->name, name);
     }
-    *out = best;
     return 0;
 }

@@ -19,7 +19,11 @@
 static int qcow2_probe(const uint8_t *buf, size_t len)
 {
     /* The magic alone decides, so that an unsupported version is reported
-     * as such instead of the file being taken for raw. */
+     * as such instead of the file being taken for raw; version 1 is QCOW
+     * (probe-foreign.c). */
+    if (len >= 8 && load_be32(buf + 4) == 1) {
+        return 0;
+    }
     return len >= 4 && load_be32(buf) == QCOW2_MAGIC ? 100 : 0;
 }
 
