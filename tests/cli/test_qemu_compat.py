@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from conftest import qemu, run, vimg
+from conftest import VIMG, qemu, run, vimg
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -179,3 +179,39 @@ def test_check_clears_corrupt_bit_after_refcount_rebuild(tmp_path):
     qemu('qemu-img', 'check', img)
     qemu('qemu-io', '-f', 'qcow2', '-c', 'write -P 7 0 64k', img)
     qemu('qemu-img', 'check', img)
+
+
+# ---------------------------------------------------------- iotest 036
+
+AUTOCLEAR = 88
+WRITERS = {
+    'resize': (['resize', '{img}', '2M'], ['resize', '-f', 'qcow2', '{img}',
+                                          '2M']),
+    'snapshot': (['snapshot', '-c', 's', '{img}'],
+                 ['snapshot', '-c', 's', '{img}']),
+    'check-r': (['check', '-r', 'all', '{img}'],
+                ['check', '-r', 'all', '{img}']),
+    'info': (['info', '{img}'], ['info', '{img}']),
+}
+
+
+@pytest.mark.parametrize('cmd', sorted(WRITERS))
+def test_unknown_autoclear_bits_cleared_by_writers(tmp_path, cmd):
+    """iotest 036 / qcow2.txt: a writer clears the autoclear bits it does
+    not know (bits 63 and 5 here); a reader keeps them.  The bits after vimg equal the bits
+    after qemu-img running the same command."""
+    results = []
+    for tool, args in (('qemu-img', WRITERS[cmd][0]),
+                       ('vimg', WRITERS[cmd][1])):
+        img = tmp_path / f'{tool}.qcow2'
+        qemu('qemu-img', 'create', '-q', '-f', 'qcow2', img, '1M')
+        poke(img, AUTOCLEAR, struct.pack('>Q', (1 << 63) | (1 << 5)))
+        argv = [a.format(img=img) for a in args]
+        p = run([tool if tool == 'qemu-img' else VIMG, *argv])
+        assert p.returncode == 0, p.stdout + p.stderr
+        results.append(header_u64(img, AUTOCLEAR))
+    assert results[1] == results[0]
+    if cmd != 'info':
+        assert results[1] == 0
+    else:
+        assert results[1] == (1 << 63) | (1 << 5)

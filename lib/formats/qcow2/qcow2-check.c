@@ -2127,6 +2127,14 @@ int qcow2_check(struct vimg_image *img, unsigned flags,
         }
     }
 
+    /* check -r opens the image for writing, as qemu-img check -r does */
+    if (flags) {
+        ret = qcow2_clear_unknown_autoclear(img);
+        if (ret < 0) {
+            p.r.check_errors++;
+            goto out;
+        }
+    }
     ret = check_refcounts(&ck, &p);
     if (ret < 0) {
         goto out;

@@ -1267,6 +1267,30 @@ int qcow2_open_write(struct vimg_image *img)
     qcow2_cache_set_writeback(s->l2_cache, l2_writeback, img);
     s->end_cluster = VIMG_DIV_ROUND_UP(s->file_size, s->cluster_size);
     s->free_cluster_index = 1;
+    return qcow2_clear_unknown_autoclear(img);
+}
+
+int qcow2_clear_unknown_autoclear(struct vimg_image *img)
+{
+    struct qcow2_state *s = img->priv;
+    const uint64_t known =
+        QCOW2_AUTOCLEAR_BITMAPS | QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    uint8_t b[8];
+
+    if (s->h.version < 3 || !(s->h.autoclear_features & ~known)) {
+        return 0;
+    }
+    store_be64(b, s->h.autoclear_features & known);
+    int ret = vimg_io_pwrite(img->io, b, sizeof(b), QCOW2_HDR_AUTOCLEAR);
+    if (ret == 0) {
+        ret = vimg_io_flush(img->io);
+    }
+    if (ret < 0) {
+        return vimg_error(ret, "%s: cannot clear the unknown autoclear "
+                               "feature bits: %s",
+                          img->filename, vimg_last_error());
+    }
+    s->h.autoclear_features &= known;
     return 0;
 }
 

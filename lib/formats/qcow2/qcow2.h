@@ -358,6 +358,9 @@ int qcow2_measure(const struct vimg_create_opts *opts, uint64_t virtual_size,
 /* qcow2-write.c */
 int qcow2_open_write(struct vimg_image *img);
 void qcow2_close_write(struct vimg_image *img);
+/* qcow2.txt: a writer clears the autoclear bits it does not know (they
+ * say that extra data it does not maintain is still valid). */
+int qcow2_clear_unknown_autoclear(struct vimg_image *img);
 int qcow2_pwrite(struct vimg_image *img, const void *buf, size_t count,
                  uint64_t offset);
 int qcow2_write_zeroes(struct vimg_image *img, uint64_t offset,
