@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "formats/format.h"
 
@@ -800,7 +801,15 @@ int vimg_create(const char *path, const struct vimg_create_opts *opts)
         return vimg_error(-ENOTSUP, "creating %s images is not supported",
                           drv->name);
     }
-    return drv->create(path, opts);
+    /* All or nothing: a create that fails removes the file it made (never
+     * one that was there before, nor a device). */
+    struct stat st;
+    const bool existed = lstat(path, &st) == 0;
+    int ret = drv->create(path, opts);
+    if (ret < 0 && !existed && lstat(path, &st) == 0 && S_ISREG(st.st_mode)) {
+        unlink(path);
+    }
+    return ret;
 }
 
 int vimg_image_plan(const struct vimg_create_opts *opts,

@@ -7,6 +7,8 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -88,19 +90,19 @@ static int file_get_size(struct vimg_io *io, uint64_t *out)
     struct io_file *f = (struct io_file *)io;
     struct stat st;
 
+    if (io->is_device) {
+        uint64_t bytes = 0;
+        if (ioctl(f->fd, BLKGETSIZE64, &bytes) < 0) {
+            int err = -errno;
+            return vimg_error(err, "%s: cannot get the device size: %s",
+                              f->path, strerror(-err));
+        }
+        *out = bytes;
+        return 0;
+    }
     if (fstat(f->fd, &st) < 0) {
         int err = -errno;
         return vimg_error(err, "%s: stat failed: %s", f->path, strerror(-err));
-    }
-    if (S_ISBLK(st.st_mode)) {
-        off_t end = lseek(f->fd, 0, SEEK_END);
-        if (end < 0) {
-            int err = -errno;
-            return vimg_error(err, "%s: cannot get size: %s", f->path,
-                              strerror(-err));
-        }
-        *out = (uint64_t)end;
-        return 0;
     }
     *out = (uint64_t)st.st_size;
     return 0;
@@ -110,6 +112,18 @@ static int file_truncate(struct vimg_io *io, uint64_t size)
 {
     struct io_file *f = (struct io_file *)io;
 
+    if (io->is_device) {
+        /* a device keeps its size: it only has to be large enough */
+        uint64_t have = 0;
+        int ret = file_get_size(io, &have);
+        if (ret == 0 && size > have) {
+            ret = vimg_error(-EINVAL, "%s: cannot grow a device of %llu "
+                                      "bytes to %llu bytes",
+                             f->path, (unsigned long long)have,
+                             (unsigned long long)size);
+        }
+        return ret;
+    }
     if (ftruncate(f->fd, (off_t)size) < 0) {
         int err = -errno;
         return vimg_error(err, "%s: cannot resize to %llu bytes: %s", f->path,
@@ -161,6 +175,12 @@ static int file_allocated_size(struct vimg_io *io, uint64_t *out)
 static int file_fallocate(struct vimg_io *io, uint64_t off, uint64_t len)
 {
     struct io_file *f = (struct io_file *)io;
+    if (io->is_device) {
+        /* as qemu-img: a device is all there already */
+        return vimg_error(-ENOTSUP, "%s: preallocation is not supported on "
+                                    "a block device",
+                          f->path);
+    }
     int err = posix_fallocate(f->fd, (off_t)off, (off_t)len);
 
     if (err) {
@@ -189,7 +209,28 @@ static int file_punch_hole(struct vimg_io *io, uint64_t off, uint64_t len)
                       (unsigned long long)off, strerror(errno));
 }
 
-/* Write zeroes, or punch a hole where IS_UNMAP allows it. */
+/* A device's own write-zeroes (BLKZEROOUT); sectors only. */
+static int file_zero_range(struct vimg_io *io, uint64_t off, uint64_t len)
+{
+    struct io_file *f = (struct io_file *)io;
+    uint64_t range[2] = {off, len};
+
+    if (!io->is_device || off % 512 || len % 512) {
+        return -ENOTSUP;
+    }
+    if (ioctl(f->fd, BLKZEROOUT, range) == 0) {
+        return 0;
+    }
+    if (errno == EOPNOTSUPP || errno == ENOTTY || errno == EINVAL) {
+        return -ENOTSUP; /* no message: the caller writes zeroes */
+    }
+    return vimg_error(-errno, "%s: cannot zero %llu bytes at 0x%llx: %s",
+                      f->path, (unsigned long long)len,
+                      (unsigned long long)off, strerror(errno));
+}
+
+/* Punch a hole where IS_UNMAP allows it, else zero through the backend's
+ * own command, else write zeroes. */
 int vimg_io_zero(struct vimg_io *io, uint64_t off, uint64_t len,
                  bool is_unmap)
 {
@@ -197,6 +238,12 @@ int vimg_io_zero(struct vimg_io *io, uint64_t off, uint64_t len,
 
     if (is_unmap && io->ops->punch_hole) {
         int ret = io->ops->punch_hole(io, off, len);
+        if (ret != -ENOTSUP) {
+            return ret;
+        }
+    }
+    if (io->ops->zero_range) {
+        int ret = io->ops->zero_range(io, off, len);
         if (ret != -ENOTSUP) {
             return ret;
         }
@@ -232,6 +279,7 @@ static const struct vimg_io_ops file_ops = {
     .allocated_size = file_allocated_size,
     .fallocate = file_fallocate,
     .punch_hole = file_punch_hole,
+    .zero_range = file_zero_range,
     .close = file_close,
 };
 
@@ -294,8 +342,10 @@ int vimg_io_file_open(struct vimg_io **out, const char *path, bool writable,
         close(fd);
         return vimg_error(-ENOMEM, "out of memory");
     }
+    struct stat st;
     f->io.ops = &file_ops;
     f->io.name = copy;
+    f->io.is_device = fstat(fd, &st) == 0 && S_ISBLK(st.st_mode);
     f->fd = fd;
     f->path = copy;
     *out = &f->io;

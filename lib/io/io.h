@@ -33,6 +33,9 @@ struct vimg_io_ops {
     /* Optional: deallocate [off, off+len), which then reads as zeroes;
      * the size stays.  -ENOTSUP where the file system cannot. */
     int (*punch_hole)(struct vimg_io *io, uint64_t off, uint64_t len);
+    /* Optional: make [off, off+len) read as zeroes, keeping it allocated
+     * (a device's write-zeroes command); -ENOTSUP where it cannot. */
+    int (*zero_range)(struct vimg_io *io, uint64_t off, uint64_t len);
     /* Optional: bytes the file really occupies (st_blocks * 512). */
     int (*allocated_size)(struct vimg_io *io, uint64_t *out);
     void (*close)(struct vimg_io *io);
@@ -42,6 +45,9 @@ struct vimg_io {
     const struct vimg_io_ops *ops;
     const char *name; /* for messages */
     bool is_unsafe;   /* flush writes nothing to stable storage */
+    /* A block device: its size is fixed (truncate only checks it) and
+     * it does not read as zeroes when "created". */
+    bool is_device;
 };
 
 static inline int vimg_io_pread(struct vimg_io *io, void *buf, size_t count,
@@ -76,7 +82,8 @@ static inline int vimg_io_truncate(struct vimg_io *io, uint64_t size)
 
 /*
  * Make [off, off+len) read as zeroes: punch a hole when IS_UNMAP and the
- * file can, else write zeroes.
+ * file can, else use the backend's zero_range (a device's own command),
+ * else write zeroes.
  */
 int vimg_io_zero(struct vimg_io *io, uint64_t off, uint64_t len,
                  bool is_unmap);

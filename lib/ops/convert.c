@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -32,6 +33,7 @@ struct convert_job {
     const struct vimg_convert_opts *opts;
     bool has_target_backing; /* copy only what the sources' tops hold */
     bool is_zero_init;       /* the target reads as zeroes before we write */
+    bool is_raw_zero_init;   /* the same for a raw target: a new file */
 
     /* image outputs commit chunks in order, so the file is the same
      * whatever the number of threads */
@@ -172,7 +174,7 @@ static int write_sparse(struct convert_job *job, const uint8_t *buf,
             if (ret < 0) {
                 return ret;
             }
-        } else if (job->opts->is_existing_target) {
+        } else if (!job->is_raw_zero_init) {
             /* the target's old data must go */
             const size_t at = (size_t)(pos * SECTOR);
             const size_t bytes =
@@ -200,10 +202,10 @@ static int convert_chunk(struct convert_job *job, uint8_t *buf,
     const uint64_t end =
         VIMG_MIN(vimg_size(src), src_off + CONVERT_CHUNK_BYTES);
     const uint64_t out_base = job->src_start[s];
-    /* A fresh target reads as zeroes; an existing one (-n) or a fully
-     * allocated one (-S 0) gets its zeroes written. */
+    /* A fresh target reads as zeroes; an existing one (-n), a device or
+     * a fully allocated one (-S 0) gets its zeroes written. */
     const bool must_write_zeroes =
-        job->opts->is_existing_target || job->opts->sparse_size == 0;
+        !job->is_raw_zero_init || job->opts->sparse_size == 0;
 
     for (uint64_t off = src_off; off < end;) {
         struct vimg_extent e;
@@ -606,8 +608,9 @@ static int open_image_target(struct convert_job *job, const char *out_path)
                         VIMG_OPEN_RDWR | unsafe |
                             (job->has_target_backing ? 0
                                                      : VIMG_OPEN_NO_BACKING));
-        if (ret < 0) {
-            unlink(out_path); /* ours, and useless */
+        struct stat st;
+        if (ret < 0 && stat(out_path, &st) == 0 && S_ISREG(st.st_mode)) {
+            unlink(out_path); /* ours, and useless; never a device */
         }
     }
     job->is_zero_init = ret == 0 && !job->has_target_backing;
@@ -702,6 +705,10 @@ int vimg_convert(vimg_image *const *srcs, size_t nb_srcs,
     if (ret < 0) {
         goto out;
     }
+    /* a device keeps its old bytes: "created" or not, zeroes are written
+     * (through the device's own zeroing or discard) */
+    job.is_raw_zero_init = is_raw && !opts->is_existing_target &&
+                           !job.out->is_device;
     if (is_raw && !opts->is_existing_target) {
         ret = vimg_io_truncate(job.out, total);
         if (ret < 0) {

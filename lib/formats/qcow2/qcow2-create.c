@@ -183,11 +183,29 @@ static int plan(struct layout *L, const char *path,
     return 0;
 }
 
+/* A block device as the image: large enough, no preallocation to do. */
+static int check_device(struct vimg_io *io, const struct layout *L,
+                        enum prealloc prealloc)
+{
+    if (prealloc == PREALLOC_FULL || prealloc == PREALLOC_FALLOC) {
+        return vimg_error(-ENOTSUP, "%s: preallocation mode '%s' is not "
+                                    "supported on a block device",
+                          io->name,
+                          prealloc == PREALLOC_FULL ? "full" : "falloc");
+    }
+    return vimg_io_truncate(io, L->end); /* checks the size */
+}
+
 static int preallocate(struct vimg_io *io, enum prealloc prealloc,
                        uint64_t off, uint64_t len)
 {
     if (len == 0) {
         return 0;
+    }
+    if (io->is_device && prealloc == PREALLOC_METADATA) {
+        /* the clusters are mapped as data: a device's old bytes must not
+         * show through (qemu-img leaves them; discard or zero them) */
+        return vimg_io_zero(io, off, len, true);
     }
     if (prealloc == PREALLOC_FULL) {
         return vimg_io_zero(io, off, len, false);
@@ -411,6 +429,14 @@ int qcow2_create(const char *path, const struct vimg_create_opts *o)
     ret = vimg_io_file_open(&io, path, true, true);
     if (ret < 0) {
         return ret;
+    }
+    if (io->is_device) {
+        /* refuse before writing anything: the device keeps its bytes */
+        ret = check_device(io, &L, prealloc);
+        if (ret < 0) {
+            vimg_io_close(io);
+            return ret;
+        }
     }
     ret = write_metadata(io, &L, o, prealloc);
     if (ret == 0) {

@@ -103,6 +103,10 @@ static int raw_resize(struct vimg_image *img, uint64_t new_size,
                                    "metadata",
                           img->filename);
     }
+    if (img->io->is_device) {
+        return vimg_error(-ENOTSUP, "%s: Cannot resize device files",
+                          img->filename);
+    }
     int ret = vimg_io_truncate(img->io, new_size);
     if (ret == 0 && new_size > old && strcmp(mode, "falloc") == 0) {
         ret = vimg_io_fallocate(img->io, old, new_size - old);
@@ -145,15 +149,23 @@ static int raw_create(const char *path, const struct vimg_create_opts *o)
     if (ret < 0) {
         return ret;
     }
-    ret = vimg_io_truncate(io, size);
+    if (io->is_device && !is_off) {
+        ret = vimg_error(-ENOTSUP, "%s: preallocation mode '%s' is not "
+                                   "supported on a block device",
+                         path, prealloc);
+    } else {
+        ret = vimg_io_truncate(io, size);
+    }
     if (ret == 0 && is_falloc && size) {
         ret = vimg_io_fallocate(io, 0, size);
     }
     if (ret == 0 && (is_off || is_full)) {
         /* qemu allocates the first block of a new raw file (so O_DIRECT
-         * users can probe alignment); full writes zeroes everywhere */
+         * users can probe alignment), on a device the first sector; full
+         * writes zeroes everywhere */
         static const uint8_t zero[64 * 1024];
-        const uint64_t end = is_full ? size : VIMG_MIN(size, 4096);
+        const uint64_t first = io->is_device ? 512 : 4096;
+        const uint64_t end = is_full ? size : VIMG_MIN(size, first);
         for (uint64_t off = 0; off < end && ret == 0;) {
             const size_t n = (size_t)VIMG_MIN(end - off, sizeof(zero));
             ret = vimg_io_pwrite(io, zero, n, off);
