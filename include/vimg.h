@@ -64,6 +64,22 @@ typedef struct vimg_image vimg_image;
  * For outputs that are worthless after a crash anyway, such as a convert
  * target. */
 #define VIMG_OPEN_CACHE_UNSAFE 0x10u
+/*
+ * Locking.  By default every file of an image (the image, its backing
+ * files, an external data file) is locked as qemu locks it, with OFD locks
+ * on the permission bytes qemu uses, so that qemu (qemu-nbd, qemu-io, a
+ * VM, qemu-img) and other vimg processes are refused what would conflict,
+ * and vimg_open() fails with -EAGAIN and qemu's message ("Failed to get
+ * "write" lock") when they hold it.  VIMG_OPEN_NO_LOCK takes no locks (for
+ * callers that hold their own); VIMG_OPEN_FORCE_SHARE (qemu-img -U) opens
+ * read-only while letting others do anything, and is refused with
+ * VIMG_OPEN_RDWR.
+ */
+#define VIMG_OPEN_NO_LOCK 0x100u
+#define VIMG_OPEN_FORCE_SHARE 0x200u
+/* Let nobody else write or resize any file of the image while it is open,
+ * raw files included (qemu-img convert's sources). */
+#define VIMG_OPEN_NO_OTHER_WRITERS 0x400u
 
 /*
  * Open for vimg_check() only.  Damage that check reports (tables past the

@@ -103,6 +103,61 @@ static void image_free(struct vimg_image *img)
     free(img);
 }
 
+/*
+ * The locks qemu-img takes on an image (or backing file) it opens with
+ * FLAGS (see io.h): metadata formats let nobody else write or resize;
+ * a raw file shares everything unless VIMG_OPEN_NO_OTHER_WRITERS.
+ */
+static void image_lock_perms(unsigned flags, bool is_raw, unsigned *perm,
+                             unsigned *shared)
+{
+    const unsigned no_writers =
+        VIMG_PERM_ALL & ~(VIMG_PERM_WRITE | VIMG_PERM_RESIZE);
+
+    *perm = (flags & VIMG_OPEN_INFO_ONLY) ? 0 : VIMG_PERM_CONSISTENT_READ;
+    if (flags & VIMG_OPEN_FORCE_SHARE) {
+        *shared = VIMG_PERM_ALL;
+        return;
+    }
+    *shared = is_raw && !(flags & VIMG_OPEN_NO_OTHER_WRITERS) ? VIMG_PERM_ALL
+                                                              : no_writers;
+    if (flags & VIMG_OPEN_RDWR) {
+        *perm |= VIMG_PERM_WRITE | (is_raw ? 0 : VIMG_PERM_RESIZE);
+    }
+}
+
+static int lock_image(struct vimg_image *img, struct vimg_io *io,
+                      unsigned flags)
+{
+    unsigned perm, shared;
+
+    if (flags & VIMG_OPEN_NO_LOCK) {
+        return 0;
+    }
+    image_lock_perms(flags, strcmp(img->drv->name, "raw") == 0, &perm,
+                     &shared);
+    return vimg_io_lock(io, perm, shared);
+}
+
+int vimg_lock_data_file(struct vimg_io *io, unsigned flags)
+{
+    unsigned perm = VIMG_PERM_CONSISTENT_READ;
+    unsigned shared = VIMG_PERM_ALL & ~VIMG_PERM_RESIZE;
+
+    if (flags & VIMG_OPEN_NO_LOCK) {
+        return 0;
+    }
+    if (flags & VIMG_OPEN_FORCE_SHARE) {
+        shared = VIMG_PERM_ALL;
+    } else if (flags & VIMG_OPEN_NO_OTHER_WRITERS) {
+        shared &= ~VIMG_PERM_WRITE;
+    }
+    if (flags & VIMG_OPEN_RDWR) {
+        perm |= VIMG_PERM_WRITE | VIMG_PERM_RESIZE;
+    }
+    return vimg_io_lock(io, perm, shared);
+}
+
 static int open_backing(struct vimg_image *img, unsigned depth,
                         const struct chain_link *up)
 {
@@ -177,6 +232,11 @@ static int open_io(struct vimg_image **out, struct vimg_io *io,
             goto out;
         }
     }
+    /* before the driver reads (or, read-write, repairs) anything */
+    ret = lock_image(img, io, flags);
+    if (ret < 0) {
+        goto out;
+    }
     ret = img->drv->open(img, flags);
     if (ret < 0) {
         goto out;
@@ -216,6 +276,11 @@ int vimg_open(vimg_image **out, const char *path, const char *format,
         return vimg_error(-EINVAL, "vimg_open: NULL argument");
     }
     vimg_error_clear();
+    if ((flags & VIMG_OPEN_FORCE_SHARE) && (flags & VIMG_OPEN_RDWR)) {
+        return vimg_error(-EINVAL, "%s: force-share=on can only be used "
+                                   "with read-only images",
+                          path);
+    }
     int ret = vimg_io_file_open(&io, path, flags & VIMG_OPEN_RDWR, false);
     if (ret < 0) {
         return ret;
@@ -438,8 +503,18 @@ int vimg_resize(vimg_image *img, uint64_t new_size,
         return vimg_error(-EINVAL, "unknown preallocation mode '%s'",
                           preallocation);
     }
+    /* raw files are locked without it (qemu-img resize takes it) */
+    int ret = 0;
+    if (!(img->flags & VIMG_OPEN_NO_LOCK) &&
+        !(img->io->lock_perm & VIMG_PERM_RESIZE)) {
+        ret = vimg_io_lock(img->io, img->io->lock_perm | VIMG_PERM_RESIZE,
+                           img->io->lock_shared);
+        if (ret < 0) {
+            return ret;
+        }
+    }
     const uint64_t old_size = img->size;
-    int ret = img->drv->resize(img, new_size, preallocation, flags);
+    ret = img->drv->resize(img, new_size, preallocation, flags);
     /* Grown over a longer backing file: the new area must read as zeroes,
      * not as the backing file's data; like qemu's bdrv_co_truncate, zero
      * all of it.  With preallocation the driver does it (zero clusters,
@@ -648,16 +723,29 @@ int vimg_reopen_rw(struct vimg_image *img)
         (img->flags | VIMG_OPEN_RDWR) & ~VIMG_OPEN_INFO_ONLY;
     struct vimg_image *probe = NULL;
     struct vimg_io *io = NULL;
+    struct vimg_io *probe_io = NULL;
+    const unsigned old_perm = img->io->lock_perm;
+    const unsigned old_shared = img->io->lock_shared;
+    /* the locks move to the new file: upgraded before anything writes */
     int ret = vimg_io_file_open(&io, img->filename, true, false);
+    if (ret == 0 && !(flags & VIMG_OPEN_NO_LOCK)) {
+        vimg_io_lock(img->io, 0, VIMG_PERM_ALL);
+        ret = lock_image(img, io, flags);
+    }
     if (ret == 0) {
-        ret = open_io(&probe, io, img->filename, img->drv->name,
-                      flags | VIMG_OPEN_NO_BACKING, 0, NULL);
+        ret = vimg_io_file_open(&probe_io, img->filename, true, false);
+    }
+    if (ret == 0) {
+        ret = open_io(&probe, probe_io, img->filename, img->drv->name,
+                      flags | VIMG_OPEN_NO_BACKING | VIMG_OPEN_NO_LOCK, 0,
+                      NULL);
         vimg_close(probe);
     }
-    if (ret == 0) {
-        ret = vimg_io_file_open(&io, img->filename, true, false);
-    }
     if (ret < 0) {
+        vimg_io_close(io);
+        if (!(flags & VIMG_OPEN_NO_LOCK)) {
+            vimg_io_lock(img->io, old_perm, old_shared);
+        }
         vimg_error_prefix("could not reopen '%s' read-write", img->filename);
         return ret;
     }
@@ -685,6 +773,10 @@ int vimg_reopen_rw(struct vimg_image *img)
             char msg[512];
             snprintf(msg, sizeof(msg), "%s", vimg_last_error());
             r = vimg_io_file_open(&io, img->filename, false, false);
+            if (r == 0 && !(img->flags & VIMG_OPEN_NO_LOCK)) {
+                vimg_io_lock(img->io, 0, VIMG_PERM_ALL);
+                vimg_io_lock(io, old_perm, old_shared);
+            }
             vimg_error(ret, "%s", msg);
             if (r < 0) {
                 break;

@@ -18,6 +18,10 @@ struct vimg_format;
 /* Internal open flag: the image lives in memory, no other files. */
 #define VIMG_OPEN_MEMORY 0x80000000u
 
+/* image.c: lock IO, the external data file of an image opened with
+ * FLAGS, as qemu does (nobody else resizes it; writes when read-write). */
+int vimg_lock_data_file(struct vimg_io *io, unsigned flags);
+
 struct vimg_image {
     const struct vimg_format *drv;
     void *priv;              /* driver state */

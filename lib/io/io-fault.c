@@ -98,6 +98,11 @@ static void fault_close(struct vimg_io *io)
     free(f);
 }
 
+static int fault_lock(struct vimg_io *io, unsigned perm, unsigned shared)
+{
+    return vimg_io_lock(((struct io_fault *)io)->inner, perm, shared);
+}
+
 static const struct vimg_io_ops fault_ops = {
     .pread = fault_pread,
     .pwrite = fault_pwrite,
@@ -106,6 +111,7 @@ static const struct vimg_io_ops fault_ops = {
     .truncate = fault_truncate,
     .data_status = fault_data_status,
     .close = fault_close,
+    .lock = fault_lock,
 };
 
 int vimg_io_fault_new(struct vimg_io **out, struct vimg_io *inner,
@@ -117,6 +123,7 @@ int vimg_io_fault_new(struct vimg_io **out, struct vimg_io *inner,
     }
     f->io.ops = &fault_ops;
     f->io.name = inner->name;
+    f->io.lock_shared = VIMG_PERM_ALL;
     f->inner = inner;
     f->plan = *plan;
     *out = &f->io;

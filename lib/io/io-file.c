@@ -18,6 +18,10 @@ struct io_file {
     struct vimg_io io;
     int fd;
     char *path;
+    /* lock bytes held: bit N for byte 100 + N, and for byte 200 + N */
+    unsigned held_perm;
+    unsigned held_unshared;
+    bool has_no_ofd_locks; /* the file system refused them: never lock */
 };
 
 static int file_pread(struct vimg_io *io, void *buf, size_t count,
@@ -269,6 +273,137 @@ static void file_close(struct vimg_io *io)
     free(f);
 }
 
+/*
+ * Image locks (see io.h): the byte offsets and names QEMU uses, so that
+ * qemu, qemu-img and vimg see each other's locks.
+ */
+#define LOCK_PERM_BASE 100
+#define LOCK_SHARED_BASE 200
+
+static const char *const perm_names[] = {"consistent read", "write",
+                                         "write unchanged", "resize"};
+
+static int set_lock_byte(int fd, short type, int byte)
+{
+    struct flock fl = {
+        .l_type = type, .l_whence = SEEK_SET, .l_start = byte, .l_len = 1};
+
+    return fcntl(fd, F_OFD_SETLK, &fl) < 0 ? -errno : 0;
+}
+
+/* 1 if another open file description holds a lock on BYTE, else 0. */
+static int lock_byte_is_taken(int fd, int byte)
+{
+    struct flock fl = {
+        .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = byte, .l_len = 1};
+
+    if (fcntl(fd, F_OFD_GETLK, &fl) < 0) {
+        return -errno;
+    }
+    return fl.l_type != F_UNLCK;
+}
+
+/* Make the bytes F holds exactly PERM (100 + N) and UNSHARED (200 + N);
+ * on failure F->held_* say what is held. */
+static int set_lock_bytes(struct io_file *f, unsigned perm, unsigned unshared)
+{
+    for (int n = 0; n < 4; n++) {
+        const unsigned bit = 1u << n;
+        unsigned *held[2] = {&f->held_perm, &f->held_unshared};
+        const unsigned want[2] = {perm, unshared};
+        const int base[2] = {LOCK_PERM_BASE, LOCK_SHARED_BASE};
+        for (int i = 0; i < 2; i++) {
+            if (!!(want[i] & bit) == !!(*held[i] & bit)) {
+                continue;
+            }
+            const short type = (want[i] & bit) ? F_RDLCK : F_UNLCK;
+            int ret = set_lock_byte(f->fd, type, base[i] + n);
+            if (ret < 0) {
+                return ret;
+            }
+            *held[i] ^= bit;
+        }
+    }
+    return 0;
+}
+
+/* Is a lock of another process in the way of PERM and UNSHARED?  0, or
+ * -EAGAIN with qemu's message. */
+static int check_lock_conflicts(struct io_file *f, unsigned perm,
+                                unsigned unshared)
+{
+    for (int pass = 0; pass < 2; pass++) {
+        const unsigned bits = pass == 0 ? perm : unshared;
+        const int base = pass == 0 ? LOCK_SHARED_BASE : LOCK_PERM_BASE;
+        for (int n = 0; n < 4; n++) {
+            if (!(bits & (1u << n))) {
+                continue;
+            }
+            int ret = lock_byte_is_taken(f->fd, base + n);
+            if (ret < 0) {
+                return vimg_error(ret, "%s: cannot test lock byte %d: %s",
+                                  f->path, base + n, strerror(-ret));
+            }
+            if (ret) {
+                return vimg_error(-EAGAIN,
+                                  "%s: Failed to get %s\"%s\" lock\nIs "
+                                  "another process using the image [%s]?",
+                                  f->path, pass == 0 ? "" : "shared ",
+                                  perm_names[n], f->path);
+            }
+        }
+    }
+    return 0;
+}
+
+static int file_lock(struct vimg_io *io, unsigned perm, unsigned shared)
+{
+    struct io_file *f = (struct io_file *)io;
+    const unsigned unshared = ~shared & VIMG_PERM_ALL;
+    const unsigned old_perm = f->held_perm;
+    const unsigned old_unshared = f->held_unshared;
+
+    if (f->has_no_ofd_locks) {
+        return 0;
+    }
+    /* take the new bytes first, so no moment holds less than either */
+    int ret = set_lock_bytes(f, old_perm | perm, old_unshared | unshared);
+    if (ret == -EINVAL || ret == -ENOLCK || ret == -EOPNOTSUPP) {
+        /* no OFD locks here (like qemu's locking=auto): go on unlocked */
+        f->has_no_ofd_locks = true;
+        set_lock_bytes(f, 0, 0);
+        return 0;
+    }
+    if (ret == -EAGAIN || ret == -EACCES) {
+        ret = vimg_error(-EAGAIN, "%s: Failed to lock byte %d\nIs another "
+                                  "process using the image [%s]?",
+                         f->path, LOCK_PERM_BASE, f->path);
+    } else if (ret < 0) {
+        ret = vimg_error(ret, "%s: cannot lock: %s", f->path, strerror(-ret));
+    }
+    if (ret == 0) {
+        ret = check_lock_conflicts(f, perm, unshared);
+    }
+    if (ret < 0) {
+        set_lock_bytes(f, old_perm, old_unshared);
+        return ret;
+    }
+    return set_lock_bytes(f, perm, unshared);
+}
+
+int vimg_io_lock(struct vimg_io *io, unsigned perm, unsigned shared)
+{
+    if (!io->ops->lock) {
+        return 0;
+    }
+    int ret = io->ops->lock(io, perm & VIMG_PERM_ALL, shared & VIMG_PERM_ALL);
+    if (ret == 0) {
+        io->lock_perm = perm & VIMG_PERM_ALL;
+        io->lock_shared = shared & VIMG_PERM_ALL;
+    }
+    return ret;
+}
+
 static const struct vimg_io_ops file_ops = {
     .pread = file_pread,
     .pwrite = file_pwrite,
@@ -281,6 +416,7 @@ static const struct vimg_io_ops file_ops = {
     .punch_hole = file_punch_hole,
     .zero_range = file_zero_range,
     .close = file_close,
+    .lock = file_lock,
 };
 
 /*
@@ -319,7 +455,8 @@ int vimg_io_file_open(struct vimg_io **out, const char *path, bool writable,
     int oflags = O_CLOEXEC;
 
     if (create) {
-        oflags |= O_RDWR | O_CREAT | O_TRUNC;
+        /* truncated below, once we hold the write lock */
+        oflags |= O_RDWR | O_CREAT;
     } else {
         oflags |= writable ? O_RDWR : O_RDONLY;
     }
@@ -348,6 +485,21 @@ int vimg_io_file_open(struct vimg_io **out, const char *path, bool writable,
     f->io.is_device = fstat(fd, &st) == 0 && S_ISBLK(st.st_mode);
     f->fd = fd;
     f->path = copy;
+    f->io.lock_shared = VIMG_PERM_ALL;
+    if (create) {
+        /* as qemu-img create: write and resize, nobody else resizing */
+        ret = vimg_io_lock(&f->io, VIMG_PERM_WRITE | VIMG_PERM_RESIZE,
+                           VIMG_PERM_ALL & ~VIMG_PERM_RESIZE);
+        if (ret == 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+            ftruncate(fd, 0) < 0) {
+            ret = vimg_error(-errno, "%s: cannot truncate: %s", path,
+                             strerror(errno));
+        }
+        if (ret < 0) {
+            file_close(&f->io);
+            return ret;
+        }
+    }
     *out = &f->io;
     return 0;
 }

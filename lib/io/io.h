@@ -39,6 +39,8 @@ struct vimg_io_ops {
     /* Optional: bytes the file really occupies (st_blocks * 512). */
     int (*allocated_size)(struct vimg_io *io, uint64_t *out);
     void (*close)(struct vimg_io *io);
+    /* Optional: see vimg_io_lock().  NULL: the backend takes no locks. */
+    int (*lock)(struct vimg_io *io, unsigned perm, unsigned shared);
 };
 
 struct vimg_io {
@@ -48,7 +50,33 @@ struct vimg_io {
     /* A block device: its size is fixed (truncate only checks it) and
      * it does not read as zeroes when "created". */
     bool is_device;
+    /* what vimg_io_lock() holds now: VIMG_PERM_* bits */
+    unsigned lock_perm;
+    unsigned lock_shared;
 };
+
+/*
+ * Image locking, compatible with QEMU's: a permission is one of the bits
+ * below (QEMU's BLK_PERM_*).  A holder of permission N keeps a shared
+ * open-file-description lock on byte 100 + N of the file; one that lets
+ * nobody else have permission N keeps one on byte 200 + N.
+ */
+#define VIMG_PERM_CONSISTENT_READ 0x1u
+#define VIMG_PERM_WRITE 0x2u
+#define VIMG_PERM_WRITE_UNCHANGED 0x4u
+#define VIMG_PERM_RESIZE 0x8u
+#define VIMG_PERM_ALL 0xfu
+
+/*
+ * Hold exactly the permissions PERM and share only SHARED with others
+ * (locks no longer needed are dropped).  Fails with -EAGAIN and qemu's
+ * message ("Failed to get "write" lock" / "Failed to get shared "write"
+ * lock", then "Is another process using the image [NAME]?") when another
+ * process holds a permission we do not share or does not share one we
+ * want; the locks held before stay as they were.  A backend without
+ * locks, or a file system without OFD locks, succeeds without locking.
+ */
+int vimg_io_lock(struct vimg_io *io, unsigned perm, unsigned shared);
 
 static inline int vimg_io_pread(struct vimg_io *io, void *buf, size_t count,
                                 uint64_t off)

@@ -693,6 +693,12 @@ int vimg_convert(vimg_image *const *srcs, size_t nb_srcs,
     if (is_raw) {
         ret = vimg_io_file_open(&job.out, out_path, true,
                                 !opts->is_existing_target);
+        if (ret == 0 && opts->is_existing_target) {
+            /* as qemu-img: write it, let others do what they like */
+            ret = vimg_io_lock(job.out,
+                               VIMG_PERM_CONSISTENT_READ | VIMG_PERM_WRITE,
+                               VIMG_PERM_ALL);
+        }
     }
     if (ret == 0 && is_raw && opts->is_existing_target) {
         uint64_t have = 0;

@@ -2,7 +2,9 @@
 /*
  * test-io-file.c: the POSIX file backend on temporary files: reads past
  * the end of file give zeroes, writes, size, truncate, open errors, and
- * holes of a sparse file reported by data_status.
+ * holes of a sparse file reported by data_status, and image locks (two
+ * opens of one file are two open file descriptions, so they lock each
+ * other out as two processes would).
  */
 #include <fcntl.h>
 #include <stdio.h>
@@ -227,6 +229,94 @@ static void test_data_status(void **state)
     vimg_io_close(io);
 }
 
+/* Which of bytes 100-103 (bits 0-3) and 200-203 (bits 4-7) someone else
+ * than a fresh descriptor has locked. */
+static unsigned locked_bytes(const char *path)
+{
+    const int fd = open(path, O_RDONLY);
+    unsigned bits = 0;
+
+    assert_true(fd >= 0);
+    for (int i = 0; i < 8; i++) {
+        struct flock fl = {.l_type = F_WRLCK,
+                           .l_whence = SEEK_SET,
+                           .l_start = (i < 4 ? 100 : 196) + i,
+                           .l_len = 1};
+        assert_int_equal(fcntl(fd, F_OFD_GETLK, &fl), 0);
+        if (fl.l_type != F_UNLCK) {
+            bits |= 1u << i;
+        }
+    }
+    close(fd);
+    return bits;
+}
+
+static void test_lock(void **state)
+{
+    struct tmp *t = *state;
+    struct vimg_io *a = NULL, *b = NULL, *c = NULL;
+    const unsigned rw = VIMG_PERM_CONSISTENT_READ | VIMG_PERM_WRITE |
+                        VIMG_PERM_RESIZE;
+    const unsigned no_writers =
+        VIMG_PERM_ALL & ~(VIMG_PERM_WRITE | VIMG_PERM_RESIZE);
+
+    assert_int_equal(vimg_io_file_open(&a, t->path, true, false), 0);
+    assert_int_equal(vimg_io_file_open(&b, t->path, false, false), 0);
+    assert_int_equal(vimg_io_file_open(&c, t->path, false, false), 0);
+    assert_int_equal(locked_bytes(t->path), 0);
+
+    /* a writer that lets nobody else write or resize: qemu's bytes */
+    assert_int_equal(vimg_io_lock(a, rw, no_writers), 0);
+    assert_int_equal(locked_bytes(t->path), 0x1 | 0x2 | 0x8 | 0x20 | 0x80);
+    assert_int_equal(a->lock_perm, rw);
+    assert_int_equal(a->lock_shared, no_writers);
+
+    /* a reader sharing everything gets in */
+    assert_int_equal(vimg_io_lock(b, VIMG_PERM_CONSISTENT_READ,
+                                  VIMG_PERM_ALL),
+                     0);
+    /* a second writer does not, and keeps what it held */
+    assert_int_equal(vimg_io_lock(b, rw, no_writers), -EAGAIN);
+    assert_non_null(strstr(vimg_last_error(), "Failed to get \"write\" lock"));
+    assert_non_null(strstr(vimg_last_error(), "Is another process using"));
+    assert_int_equal(b->lock_perm, VIMG_PERM_CONSISTENT_READ);
+    /* a reader that wants no writers is refused the sharing */
+    assert_int_equal(vimg_io_lock(c, VIMG_PERM_CONSISTENT_READ, no_writers),
+                     -EAGAIN);
+    assert_non_null(strstr(vimg_last_error(),
+                           "Failed to get shared \"write\" lock"));
+    assert_int_equal(c->lock_perm, 0);
+
+    /* creating over the held file fails and truncates nothing */
+    assert_int_equal(vimg_io_pwrite(a, "data", 4, 0), 0);
+    struct vimg_io *d = NULL;
+    assert_int_equal(vimg_io_file_open(&d, t->path, true, true), -EAGAIN);
+    assert_null(d);
+    struct stat st;
+    assert_int_equal(stat(t->path, &st), 0);
+    assert_int_equal(st.st_size, 4);
+
+    /* the writer downgrades to a plain reader: the others get in */
+    assert_int_equal(vimg_io_lock(a, VIMG_PERM_CONSISTENT_READ,
+                                  VIMG_PERM_ALL),
+                     0);
+    assert_int_equal(vimg_io_lock(b, rw, no_writers), 0);
+    assert_int_equal(locked_bytes(t->path), 0x1 | 0x2 | 0x8 | 0x20 | 0x80);
+    /* closing drops every lock */
+    vimg_io_close(b);
+    vimg_io_close(a);
+    assert_int_equal(locked_bytes(t->path), 0);
+    assert_int_equal(vimg_io_lock(c, rw, no_writers), 0);
+    vimg_io_close(c);
+
+    /* a create holds write and resize; nobody else resizes */
+    assert_int_equal(vimg_io_file_open(&d, t->path, true, true), 0);
+    assert_int_equal(locked_bytes(t->path), 0x2 | 0x8 | 0x80);
+    assert_int_equal(stat(t->path, &st), 0);
+    assert_int_equal(st.st_size, 0);
+    vimg_io_close(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -235,6 +325,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_data_status, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -234,10 +234,12 @@ static int open_faulty(vimg_image **out, const char *file,
 #define vimg_open open_faulty
 #endif
 
+unsigned cli_force_share;
+
 int cli_open(vimg_image **out, const char *file, const char *format,
              unsigned flags)
 {
-    int ret = vimg_open(out, file, format, flags);
+    int ret = vimg_open(out, file, format, flags | cli_force_share);
 
     if (ret < 0) {
         /* the library's message usually starts with the file name */

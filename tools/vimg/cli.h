@@ -34,6 +34,8 @@ int cli_strtosz(const char *s, uint64_t *out);
 bool cli_parse_size(const char *s, uint64_t *out);
 /* qemu-style human size: "348 KiB", "4 MiB", "0 B". */
 void cli_human_size(uint64_t bytes, char *buf, size_t len);
+/* VIMG_OPEN_FORCE_SHARE after -U/--force-share: cli_open() adds it. */
+extern unsigned cli_force_share;
 /* Open FILE (with FORMAT or probing), printing qemu-style errors. */
 int cli_open(vimg_image **out, const char *file, const char *format,
              unsigned flags);

@@ -148,7 +148,9 @@ int cmd_check(int argc, char **argv)
             }
             break;
         case 'T': /* cache mode: accepted for compatibility */
-        case 'U': /* a check only reads without -r */
+            break;
+        case 'U':
+            cli_force_share = VIMG_OPEN_FORCE_SHARE;
             break;
         case 'q':
             is_quiet = true;

@@ -49,7 +49,9 @@ int cmd_compare(int argc, char **argv)
             is_quiet = true;
             break;
         case 'T':
+            break;
         case 'U':
+            cli_force_share = VIMG_OPEN_FORCE_SHARE;
             break;
         case 'h':
             printf("usage: vimg %s\n", cli_commands[3].usage);

@@ -102,7 +102,9 @@ int cmd_convert(int argc, char **argv)
             break;
         }
         case 'W':
+            break;
         case 'U':
+            cli_force_share = VIMG_OPEN_FORCE_SHARE;
             break;
         case 't':
         case 'T':
@@ -169,7 +171,8 @@ int cmd_convert(int argc, char **argv)
     }
     for (size_t i = 0; i < nb_srcs; i++) {
         const char *in = argv[optind + (int)i];
-        if (cli_open(&srcs[i], in, format, 0) < 0) {
+        /* as qemu-img: nobody writes a source while it is copied */
+        if (cli_open(&srcs[i], in, format, VIMG_OPEN_NO_OTHER_WRITERS) < 0) {
             goto out;
         }
         if (snapshot && cli_view_snapshot(srcs[i], snapshot) < 0) {

@@ -261,6 +261,7 @@ int cmd_info(int argc, char **argv)
             is_chain = true;
             break;
         case 'U':
+            cli_force_share = VIMG_OPEN_FORCE_SHARE;
             break;
         case 'h':
             printf("usage: vimg %s\n", cli_commands[0].usage);

@@ -116,6 +116,7 @@ int cmd_map(int argc, char **argv)
             }
             break;
         case 'U':
+            cli_force_share = VIMG_OPEN_FORCE_SHARE;
             break;
         case 'h':
             printf("usage: vimg %s\n", cli_commands[1].usage);

@@ -172,6 +172,7 @@ int cmd_measure(int argc, char **argv)
             snapshot = optarg;
             break;
         case 'U':
+            cli_force_share = VIMG_OPEN_FORCE_SHARE;
             break;
         case OPT_OUTPUT:
             if (strcmp(optarg, "json") == 0) {

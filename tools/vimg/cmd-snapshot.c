@@ -68,6 +68,7 @@ int cmd_snapshot(int argc, char **argv)
             is_quiet = true;
             break;
         case 'U':
+            cli_force_share = VIMG_OPEN_FORCE_SHARE;
             break;
         case 'h':
             printf("usage: vimg snapshot [-l | -a SNAPSHOT | -c SNAPSHOT | "

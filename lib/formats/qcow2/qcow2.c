@@ -249,6 +249,10 @@ static int open_data_file(struct vimg_image *img, struct qcow2_state *s,
         return ret;
     }
     s->data_io->is_unsafe = img->io->is_unsafe;
+    ret = vimg_lock_data_file(s->data_io, flags);
+    if (ret < 0) {
+        return ret;
+    }
     return vimg_io_get_size(s->data_io, &s->data_size);
 }
 
