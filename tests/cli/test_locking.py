@@ -346,18 +346,33 @@ def test_locks_released(tmp_path):
     run([VIMG, 'resize', img, '4M'], check=True)
 
 
-def test_no_lock_flag(tmp_path):
-    """-U of the library: read-only only; and two vimg snapshots at once
-    never both succeed and lose one."""
+def test_library_flags(tmp_path):
+    """VIMG_OPEN_FORCE_SHARE is for read-only opens only; with
+    VIMG_OPEN_NO_LOCK a caller that locks by itself opens (and takes no
+    lock) what is refused otherwise."""
     d = str(tmp_path / 'x')
     img = os.path.join(d, make_files(d, 'qcow2'))
     p = subprocess.run([HOLD, '-w', '-U', img], capture_output=True,
                        stdin=subprocess.DEVNULL)
     assert p.returncode == 1
     assert b'force-share=on can only be used with read-only' in p.stderr
+    with Holder('qemu-io', 'rw', img, 'qcow2'):
+        held = lock_bytes(img)
+        p = subprocess.run([HOLD, img], capture_output=True,
+                           stdin=subprocess.DEVNULL)
+        assert p.returncode == 1
+        assert b'Failed to get shared "write" lock' in p.stderr
+        h = subprocess.Popen([HOLD, '-n', '-w', img], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE)
+        assert h.stdout.readline() == b'ready\n'
+        assert lock_bytes(img) == held
+        h.stdin.close()
+        assert h.wait(timeout=10) == 0
+        h.stdout.close()
 
 
 def test_concurrent_snapshots(tmp_path):
+    """Two vimg snapshot -c at once: never both succeed with one lost."""
     d = str(tmp_path / 'x')
     img = os.path.join(d, make_files(d, 'qcow2'))
     ok = 0

@@ -4,10 +4,10 @@
  * can see what vimg's locks let other programs do (tests/cli/
  * test_locking.py).
  *
- *   hold-image [-w] [-U] [-i] [-f FORMAT] IMAGE
+ *   hold-image [-w] [-U] [-i] [-n] [-f FORMAT] IMAGE
  *
  * -w opens read-write, -U with VIMG_OPEN_FORCE_SHARE, -i for inspection
- * only (as `vimg info`).  Prints "ready" on stdout once the image is
+ * only (as `vimg info`), -n with VIMG_OPEN_NO_LOCK.  Prints "ready" on stdout once the image is
  * open, then holds it until stdin is closed.
  *
  * Exit status: 0 after a clean close, 1 if the open failed (the message
@@ -25,7 +25,7 @@ int main(int argc, char **argv)
     const char *format = NULL;
     int opt;
 
-    while ((opt = getopt(argc, argv, "wUif:")) != -1) {
+    while ((opt = getopt(argc, argv, "wUinf:")) != -1) {
         switch (opt) {
         case 'w':
             flags |= VIMG_OPEN_RDWR;
@@ -36,6 +36,9 @@ int main(int argc, char **argv)
         case 'i':
             flags |= VIMG_OPEN_INFO_ONLY;
             break;
+        case 'n':
+            flags |= VIMG_OPEN_NO_LOCK;
+            break;
         case 'f':
             format = optarg;
             break;
@@ -44,7 +47,7 @@ int main(int argc, char **argv)
         }
     }
     if (optind + 1 != argc) {
-        fprintf(stderr, "usage: hold-image [-w] [-U] [-i] [-f FORMAT] "
+        fprintf(stderr, "usage: hold-image [-w] [-U] [-i] [-n] [-f FORMAT] "
                         "IMAGE\n");
         return 2;
     }
