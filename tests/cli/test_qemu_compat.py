@@ -215,3 +215,53 @@ def test_unknown_autoclear_bits_cleared_by_writers(tmp_path, cmd):
         assert results[1] == 0
     else:
         assert results[1] == (1 << 63) | (1 << 5)
+
+
+# ---------------------------------------------------------- iotest 261
+
+def _strip_snapshot_extra_data(path):
+    """Rewrite the snapshot table with no extra data in any entry, as
+    QEMU before 1.1 wrote version 2 snapshots (qcow2.txt, "Snapshots")."""
+    d = bytearray(path.read_bytes())
+    nb, off = struct.unpack('>IQ', d[60:72])
+    out, p = b'', off
+    for _ in range(nb):
+        fixed = list(struct.unpack('>QIHHIIQII', d[p:p + 40]))
+        id_len, name_len, extra_len = fixed[2], fixed[3], fixed[8]
+        strings = d[p + 40 + extra_len:p + 40 + extra_len + id_len + name_len]
+        fixed[8] = 0
+        e = struct.pack('>QIHHIIQII', *fixed) + strings
+        out += e + b'\0' * (-len(e) % 8)
+        p += 40 + extra_len + id_len + name_len
+        p += -p % 8
+    d[off:off + len(out)] = out
+    path.write_bytes(bytes(d))
+
+
+def test_upgrade_gives_snapshots_v3_extra_data(tmp_path):
+    """iotest 261: amend compat=1.1 of a version 2 image whose snapshot
+    entries have no extra data gives each the 16 bytes version 3 needs:
+    qemu-img check accepts the result, and info matches qemu-img's own
+    upgrade of the same image."""
+    img = tmp_path / 'v.qcow2'
+    qemu('qemu-img', 'create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', img,
+         '1M')
+    qemu('qemu-io', '-f', 'qcow2', '-c', 'write -P 1 0 64k', img)
+    qemu('qemu-img', 'snapshot', '-c', 's1', img)
+    qemu('qemu-io', '-f', 'qcow2', '-c', 'write -P 2 0 64k', img)
+    qemu('qemu-img', 'snapshot', '-c', 's2', img)
+    _strip_snapshot_extra_data(img)
+    qemu('qemu-img', 'check', img)
+    ref = tmp_path / 'q.qcow2'
+    ref.write_bytes(img.read_bytes())
+    before = snapshot_raw(tmp_path, img, 's1', 'before')
+    qemu('qemu-img', 'amend', '-o', 'compat=1.1', ref)
+
+    p = vimg('amend', '-f', 'qcow2', '-o', 'compat=1.1', img)
+    assert p.returncode == 0, p.stderr
+    qemu('qemu-img', 'check', img)
+    mine, theirs = info_json(img), info_json(ref)
+    assert mine['format-specific'] == theirs['format-specific']
+    assert mine['snapshots'] == theirs['snapshots']
+    assert same_content(before, snapshot_raw(tmp_path, img, 's1', 'after'))
+    assert vimg('check', img).returncode == 0

@@ -536,6 +536,14 @@ static int amend_locked(struct vimg_image *img, const struct vimg_create_opts *o
     if (ret == 0 && version < 3 && s->h.version >= 3) {
         ret = expand_zero_clusters(img);
     }
+    if (ret == 0 && version >= 3 && s->h.version < 3) {
+        ret = qcow2_snapshots_complete_extra(img);
+        if (ret == 0) {
+            /* the header on disk changed under FC */
+            fc.h.snapshots_offset = s->h.snapshots_offset;
+            ret = qcow2_first_cluster_encode(img, &fc, buf);
+        }
+    }
     if (ret == 0) {
         /* leaving lazy refcounts: the refcounts are right once flushed,
          * and the dirty bit goes with the feature */

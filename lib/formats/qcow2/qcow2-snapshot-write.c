@@ -28,6 +28,7 @@
 /* Bytes of extra data qemu writes in every snapshot entry: large VM state
  * size, disk size, icount */
 #define SN_EXTRA_BYTES 24
+#define SN_V3_EXTRA_BYTES 16 /* the least a version 3 entry has */
 
 static uint64_t refcount_max(const struct qcow2_state *s)
 {
@@ -759,4 +760,68 @@ int qcow2_snapshot_apply(struct vimg_image *img, const char *id_or_name)
 int qcow2_snapshot_delete(struct vimg_image *img, const char *name)
 {
     return snapshot_op(img, SN_DELETE, name);
+}
+
+/*
+ * Version 3 snapshot table entries carry at least 16 bytes of extra data
+ * (the 64-bit VM state size and the disk size; qcow2.txt, "Snapshots").
+ * Entries written by older version 2 writers may have none: give them
+ * those 16 bytes (the disk size is the image's, which a version 2 image
+ * cannot have changed under a snapshot) in a new table.  The caller holds
+ * the driver lock.
+ */
+int qcow2_snapshots_complete_extra(struct vimg_image *img)
+{
+    struct qcow2_state *s = img->priv;
+    size_t nb_short = 0;
+
+    for (size_t k = 0; k < s->nb_snapshots; k++) {
+        nb_short += s->snapshots[k].extra_data_size < SN_V3_EXTRA_BYTES;
+    }
+    if (!nb_short) {
+        return 0;
+    }
+    struct qcow2_snapshot *sn = calloc(s->nb_snapshots, sizeof(*sn));
+    uint8_t **extra = calloc(s->nb_snapshots, sizeof(*extra));
+    int ret = sn && extra ? 0 : vimg_error(-ENOMEM, "out of memory");
+    for (size_t k = 0; k < s->nb_snapshots && ret == 0; k++) {
+        sn[k] = s->snapshots[k];
+        if (sn[k].extra_data_size >= SN_V3_EXTRA_BYTES) {
+            continue;
+        }
+        extra[k] = calloc(1, SN_V3_EXTRA_BYTES);
+        if (!extra[k]) {
+            ret = vimg_error(-ENOMEM, "out of memory");
+            break;
+        }
+        if (sn[k].extra_data_size) {
+            memcpy(extra[k], sn[k].extra_data, sn[k].extra_data_size);
+        }
+        sn[k].extra_data = extra[k];
+        sn[k].extra_data_size = SN_V3_EXTRA_BYTES;
+        if (!sn[k].has_disk_size) {
+            sn[k].disk_size = s->h.size;
+            sn[k].has_disk_size = true;
+        }
+    }
+    struct qcow2_snapshot *old = s->snapshots;
+    if (ret == 0) {
+        ret = switch_snapshot_table(img, sn, s->nb_snapshots);
+    }
+    if (ret < 0) {
+        for (size_t k = 0; extra && k < s->nb_snapshots; k++) {
+            free(extra[k]);
+        }
+        free(extra);
+        free(sn);
+        return ret;
+    }
+    for (size_t k = 0; k < s->nb_snapshots; k++) {
+        if (extra[k]) {
+            free(old[k].extra_data); /* replaced by the longer copy */
+        }
+    }
+    free(extra);
+    free(old); /* the entries' strings moved to the new array */
+    return qcow2_flush_locked(img);
 }

@@ -479,6 +479,9 @@ int qcow2_reload_refcounts(struct vimg_image *img);
 int qcow2_snapshot_create(struct vimg_image *img, const char *name);
 int qcow2_snapshot_apply(struct vimg_image *img, const char *id_or_name);
 int qcow2_snapshot_delete(struct vimg_image *img, const char *name);
+/* Give every snapshot entry the 16 bytes of extra data version 3 needs
+ * (amend compat=1.1 of entries from old version 2 writers); lock held. */
+int qcow2_snapshots_complete_extra(struct vimg_image *img);
 /* The L1 table of snapshot SN, decoded (free it); -EIO if it is invalid. */
 int qcow2_read_snapshot_l1(struct vimg_image *img,
                            const struct qcow2_snapshot *sn, uint64_t **out);
