@@ -181,6 +181,68 @@ static void test_truncated(void **state)
     expect_bad(buf, 3, total, "truncated");
 }
 
+/* The bits covering a guest range, LSB first, clipped at the end. */
+static void test_set_range(void **state)
+{
+    (void)state;
+    uint8_t bits[8];
+
+    /* 16 MiB at 64 KiB: 256 bits */
+    assert_true(qcow2_dirty_nb_bits(16u << 20, 16) == 256);
+    assert_true(qcow2_dirty_nb_bits((16u << 20) + 1, 16) == 257);
+    assert_true(qcow2_dirty_nb_bits(0, 16) == 0);
+
+    memset(bits, 0, sizeof(bits));
+    qcow2_dirty_set_range(bits, 64, 9, 511, 2); /* bytes 511, 512 */
+    assert_int_equal(bits[0], 0x03);
+    assert_int_equal(bits[1], 0);
+
+    memset(bits, 0, sizeof(bits));
+    qcow2_dirty_set_range(bits, 64, 9, 3 * 512, 20 * 512); /* bits 3..22 */
+    assert_int_equal(bits[0], 0xf8);
+    assert_int_equal(bits[1], 0xff);
+    assert_int_equal(bits[2], 0x7f);
+    assert_int_equal(bits[3], 0);
+
+    memset(bits, 0, sizeof(bits));
+    qcow2_dirty_set_range(bits, 61, 9, 60 * 512, 1000 * 512); /* clipped */
+    assert_int_equal(bits[7], 0x10);
+    assert_int_equal(bits[6], 0);
+    qcow2_dirty_set_range(bits, 61, 9, 61 * 512, 512); /* past the end */
+    qcow2_dirty_set_range(bits, 61, 9, 0, 0);          /* nothing */
+    assert_int_equal(bits[7], 0x10);
+    assert_int_equal(bits[0], 0);
+
+    memset(bits, 0, sizeof(bits));
+    qcow2_dirty_set_range(bits, 64, 16, 0, 1ull << 22); /* all 64 */
+    for (int i = 0; i < 8; i++) {
+        assert_int_equal(bits[i], 0xff);
+    }
+}
+
+/* Bitmap table entries (qcow2.txt, "Bitmap table"). */
+static void test_table_entry(void **state)
+{
+    (void)state;
+    uint64_t off = 99;
+    bool ones = true;
+
+    assert_int_equal(qcow2_dirty_table_entry(0, 65536, &off, &ones), 0);
+    assert_true(off == 0 && !ones);
+    assert_int_equal(qcow2_dirty_table_entry(1, 65536, &off, &ones), 0);
+    assert_true(off == 0 && ones);
+    assert_int_equal(qcow2_dirty_table_entry(0x30000, 65536, &off, &ones), 0);
+    assert_true(off == 0x30000 && !ones);
+    /* unaligned, reserved bits 1-8 and 56-63, bit 0 with an offset */
+    assert_int_equal(qcow2_dirty_table_entry(0x30200, 65536, &off, &ones),
+                     -EIO);
+    assert_int_equal(qcow2_dirty_table_entry(0x2, 65536, &off, &ones), -EIO);
+    assert_int_equal(qcow2_dirty_table_entry(1ull << 56, 65536, &off, &ones),
+                     -EIO);
+    assert_int_equal(qcow2_dirty_table_entry(0x30001, 65536, &off, &ones),
+                     -EIO);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -188,6 +250,8 @@ int main(void)
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_bad_entries),
         cmocka_unit_test(test_truncated),
+        cmocka_unit_test(test_set_range),
+        cmocka_unit_test(test_table_entry),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

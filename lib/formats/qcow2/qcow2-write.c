@@ -1003,6 +1003,9 @@ int qcow2_pwrite(struct vimg_image *img, const void *buf, size_t count,
 
     pthread_mutex_lock(&s->lock);
     ret = begin_change(img, false);
+    if (ret == 0) {
+        ret = qcow2_dirty_note_locked(img, offset, count);
+    }
     while (ret == 0 && count > 0) {
         const uint64_t room = s->cluster_size - (offset & (s->cluster_size - 1));
         const size_t n = (size_t)VIMG_MIN((uint64_t)count, room);
@@ -1141,6 +1144,9 @@ static int zero_range(struct vimg_image *img, uint64_t offset,
 
     pthread_mutex_lock(&s->lock);
     ret = begin_change(img, true);
+    if (ret == 0) {
+        ret = qcow2_dirty_note_locked(img, offset, count);
+    }
     while (ret == 0 && count > 0) {
         const uint64_t room = s->cluster_size - (offset & (s->cluster_size - 1));
         const size_t n = (size_t)VIMG_MIN(count, room);
@@ -1267,7 +1273,8 @@ int qcow2_open_write(struct vimg_image *img)
     qcow2_cache_set_writeback(s->l2_cache, l2_writeback, img);
     s->end_cluster = VIMG_DIV_ROUND_UP(s->file_size, s->cluster_size);
     s->free_cluster_index = 1;
-    return qcow2_clear_unknown_autoclear(img);
+    ret = qcow2_clear_unknown_autoclear(img);
+    return ret < 0 ? ret : qcow2_dirty_open(img);
 }
 
 int qcow2_clear_unknown_autoclear(struct vimg_image *img)
@@ -1301,10 +1308,15 @@ void qcow2_close_write(struct vimg_image *img)
     if (!s->rb_cache) {
         free(s->reftable); /* open_write may have failed half-way */
         s->reftable = NULL;
+        qcow2_dirty_free(img);
         return;
     }
     pthread_mutex_lock(&s->lock);
-    int ret = s->is_broken ? -EIO : flush_locked(img);
+    /* bitmaps that cannot be stored stay in use (inconsistent) */
+    int ret = s->is_broken ? -EIO : qcow2_dirty_store_locked(img);
+    if (ret == 0) {
+        ret = flush_locked(img);
+    }
     if (ret == 0 && s->is_lazy &&
         (s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
         /* clean close: the refcounts are right again */
@@ -1322,6 +1334,7 @@ void qcow2_close_write(struct vimg_image *img)
     free(s->reftable);
     free(s->pending);
     free(s->meta);
+    qcow2_dirty_free(img);
 }
 
 /* ------------------------------------------------- compressed clusters */
@@ -1429,6 +1442,9 @@ int qcow2_pwrite_compressed(struct vimg_image *img, const void *data,
     }
     pthread_mutex_lock(&s->lock);
     ret = begin_change(img, true);
+    if (ret == 0) {
+        ret = qcow2_dirty_note_locked(img, offset, len);
+    }
     const uint64_t cluster_index = offset >> s->cluster_bits;
     const uint64_t l1_index = cluster_index >> s->l2_bits;
     const size_t i = (size_t)(cluster_index & ((1ull << s->l2_bits) - 1));
@@ -1597,6 +1613,10 @@ int qcow2_resize(struct vimg_image *img, uint64_t new_size,
     }
     pthread_mutex_lock(&s->lock);
     ret = begin_change(img, true);
+    if (ret == 0) {
+        /* bitmaps follow the new size (qemu: refused if inconsistent) */
+        ret = qcow2_dirty_resize_begin_locked(img);
+    }
     if (ret == 0 && new_size < old) {
         /* the part of the new last cluster past the end reads as zeroes
          * if the image grows again; the clusters after it are released */
@@ -1649,7 +1669,9 @@ int qcow2_resize(struct vimg_image *img, uint64_t new_size,
     if (ret == 0) {
         s->h.size = new_size;
         img->size = new_size;
-        if (s->has_data_file && s->data_io && s->data_size < new_size) {
+        ret = qcow2_dirty_resize_end_locked(img, new_size);
+        if (ret == 0 && s->has_data_file && s->data_io &&
+            s->data_size < new_size) {
             ret = vimg_io_truncate(s->data_io, new_size);
             s->data_size = new_size;
         }

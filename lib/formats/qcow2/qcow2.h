@@ -250,6 +250,11 @@ struct qcow2_state {
     unsigned nb_inflight;     /* in-place writes running without the lock */
     unsigned nb_flush_waiters;
     pthread_cond_t inflight_done;
+
+    /* persistent dirty bitmaps held in memory (qcow2-dirty.c) */
+    struct qcow2_dirty *dirty;
+    size_t nb_dirty;
+    bool is_dirty_marked;     /* their in_use flags are set on disk */
 };
 
 /* qcow2-header.c */
@@ -524,5 +529,32 @@ int qcow2_bitmaps_decode(struct qcow2_bitmap **out, uint32_t nb,
 size_t qcow2_bitmaps_encode(const struct qcow2_bitmap *bm, size_t nb,
                             uint8_t *buf);
 void qcow2_bitmaps_free(struct qcow2_bitmap *bm, size_t nb);
+
+/* qcow2-dirty.c: persistent dirty bitmaps kept true on writes.  The
+ * *_locked functions expect the driver lock held. */
+/* Bits of a bitmap of granularity 2^GRANULARITY_BITS over DISK_SIZE. */
+uint64_t qcow2_dirty_nb_bits(uint64_t disk_size, unsigned granularity_bits);
+/* Set the bits of BITS (NB_BITS long, LSB first) covering guest bytes
+ * [OFFSET, OFFSET+COUNT); bits past NB_BITS are not touched. */
+void qcow2_dirty_set_range(uint8_t *bits, uint64_t nb_bits,
+                           unsigned granularity_bits, uint64_t offset,
+                           uint64_t count);
+/* Decode bitmap table ENTRY: its data cluster (0: none) and whether a
+ * missing cluster reads as all ones.  -EIO if the entry is invalid. */
+int qcow2_dirty_table_entry(uint64_t entry, uint64_t cluster_size,
+                            uint64_t *offset_out, bool *is_ones_out);
+/* Read-write open: load the enabled, consistent bitmaps. */
+int qcow2_dirty_open(struct vimg_image *img);
+/* Guest bytes [OFFSET, OFFSET+COUNT) are about to change: mark the loaded
+ * bitmaps in use on disk (durably, the first time) and dirty them. */
+int qcow2_dirty_note_locked(struct vimg_image *img, uint64_t offset,
+                            uint64_t count);
+/* Before a resize: refuse inconsistent bitmaps, load the others (disabled
+ * ones too) and mark them in use.  After it succeeded: resize them. */
+int qcow2_dirty_resize_begin_locked(struct vimg_image *img);
+int qcow2_dirty_resize_end_locked(struct vimg_image *img, uint64_t new_size);
+/* Clean close: store the bitmaps and clear in_use (crash-safe). */
+int qcow2_dirty_store_locked(struct vimg_image *img);
+void qcow2_dirty_free(struct vimg_image *img);
 
 #endif
