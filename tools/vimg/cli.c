@@ -188,7 +188,8 @@ void cli_human_size(uint64_t bytes, char *buf, size_t len)
 /*
  * The test build of the CLI (vimg-faulty, tests only): with VIMG_FAULT=wN
  * or fN, the Nth write or flush of the first image opened read-write
- * fails, and every one after it, as a dying disk would.  At exit it says
+ * fails, and every one after it, as a dying disk would; with WN or FN
+ * only the Nth fails.  At exit it says
  * on stderr whether the fault fired.
  */
 #include "vimg-internal.h"
@@ -209,10 +210,13 @@ static int open_faulty(vimg_image **out, const char *file,
     if (!spec || !(flags & VIMG_OPEN_RDWR) || fault_io) {
         return vimg_open(out, file, format, flags);
     }
-    struct vimg_io_fault_plan plan = {.sticky = true,
+    /* upper case (WN, FN): only that one call fails, as on a file system
+     * that is full for a moment */
+    struct vimg_io_fault_plan plan = {.sticky = spec[0] == 'w' ||
+                                                spec[0] == 'f',
                                       .count_at_close = &fault_count};
     const unsigned n = (unsigned)strtoul(spec + 1, NULL, 10);
-    if (spec[0] == 'w') {
+    if (spec[0] == 'w' || spec[0] == 'W') {
         plan.fail_write_n = n;
     } else {
         plan.fail_flush_n = n;

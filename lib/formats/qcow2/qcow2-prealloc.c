@@ -23,6 +23,7 @@
  * table is written by the flush at the end.
  */
 #include <assert.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -446,8 +447,10 @@ static int refcount_area(struct vimg_image *img, uint64_t start,
     const uint64_t end = table_start + table_clusters;
     const uint64_t old_offset = s->h.refcount_table_offset;
     const uint64_t old_clusters = s->h.refcount_table_clusters;
+    const uint64_t old_entries = s->reftable_entries;
+    const uint64_t old_end = s->end_cluster;
+    uint64_t *old_table = s->reftable;
 
-    free(s->reftable);
     s->reftable = t;
     s->reftable_entries = entries;
     s->is_reftable_dirty = true;
@@ -465,18 +468,44 @@ static int refcount_area(struct vimg_image *img, uint64_t start,
     if (ret == 0) {
         ret = qcow2_sync_refcounts(img);
     }
+    bool is_switched = false;
     if (ret == 0) {
         uint8_t hdr[12];
         store_be64(hdr, s->h.refcount_table_offset);
         store_be32(hdr + 8, s->h.refcount_table_clusters);
         ret = qcow2_write_meta(img, QCOW2_HDR_REFTABLE_OFFSET, hdr,
                                sizeof(hdr));
+        is_switched = ret == 0;
     }
     if (ret == 0) {
         ret = qcow2_sync_files(img);
     }
-    if (ret == 0) {
-        ret = qcow2_free_clusters_later(img, old_offset, old_clusters);
+    if (is_switched) {
+        free(old_table);
+        const int err = qcow2_free_clusters_later(img, old_offset,
+                                                  old_clusters);
+        ret = ret < 0 ? ret : err;
+    } else {
+        /* the header still names the old table: go back to it, with the
+         * refcounts of the area at zero again, so nothing leaks */
+        char msg[512];
+        snprintf(msg, sizeof(msg), "%s", vimg_last_error());
+        for (uint64_t c = start; c < end; c++) {
+            uint64_t rc;
+            if (c / rb < old_entries &&
+                (old_table[c / rb] & QCOW2_REFT_OFFSET_MASK) &&
+                qcow2_get_refcount_locked(img, c, &rc) == 0 && rc) {
+                qcow2_set_refcount(img, c, 0);
+            }
+        }
+        free(s->reftable);
+        s->reftable = old_table;
+        s->reftable_entries = old_entries;
+        s->h.refcount_table_offset = old_offset;
+        s->h.refcount_table_clusters = (uint32_t)old_clusters;
+        s->is_reftable_dirty = false;
+        s->end_cluster = old_end;
+        vimg_error(ret, "%s", msg);
     }
     *end_out = end;
     return ret;
@@ -524,20 +553,44 @@ static int reserve_data(struct plan *p, uint64_t nb_data)
     }
     const uint64_t per_table = cs / s->l2_entry_bytes;
     const uint64_t nb_l2 = VIMG_DIV_ROUND_UP(nb_data, per_table) + 1;
-    uint64_t data = 0;
+    uint64_t data = 0, file_before = 0;
     int ret = refcount_area(img, last, nb_data + nb_l2, &data);
-    for (uint64_t c = data; c < data + nb_data && ret == 0; c++) {
-        ret = qcow2_set_refcount(img, c, 1);
+    if (ret == 0) {
+        ret = vimg_io_get_size(img->io, &file_before);
     }
     if (ret < 0) {
         return ret;
     }
+    const uint64_t end_cluster = s->end_cluster, file_size = s->file_size;
+    uint64_t done = data;
+    for (; done < data + nb_data && ret == 0; done++) {
+        ret = qcow2_set_refcount(img, done, 1);
+    }
     s->end_cluster = VIMG_MAX(s->end_cluster, data + nb_data);
     s->file_size = VIMG_MAX(s->file_size, (data + nb_data) * cs);
     p->data_base = data * cs;
-    ret = zero_reused(img->io, p->data_base, nb_data * cs, false);
+    if (ret == 0) {
+        ret = zero_reused(img->io, p->data_base, nb_data * cs, false);
+    }
     if (ret == 0) {
         ret = extend_file(img->io, p->mode, (data + nb_data) * cs);
+    }
+    if (ret < 0) {
+        /* all or nothing: no room for the data (a full file system) gives
+         * the clusters and the space back; the image keeps its old size
+         * and checks clean */
+        char msg[512];
+        snprintf(msg, sizeof(msg), "%s", vimg_last_error());
+        vimg_io_truncate(img->io, VIMG_MAX(file_before, data * cs));
+        for (uint64_t c = data; c < done; c++) {
+            qcow2_set_refcount(img, c, 0);
+        }
+        s->end_cluster = end_cluster;
+        s->file_size = file_size;
+        if (s->free_cluster_index > data) {
+            s->free_cluster_index = data;
+        }
+        return vimg_error(ret, "%s", msg);
     }
     /* refcounts and data durable; the old table's clusters are free for
      * the L2 tables (qemu frees it at once) */

@@ -2,6 +2,7 @@
 /*
  * raw.c: the raw format: the virtual disk is the file, byte for byte.
  */
+#include <stdio.h>
 #include <string.h>
 
 #include "formats/format.h"
@@ -107,7 +108,12 @@ static int raw_resize(struct vimg_image *img, uint64_t new_size,
         return vimg_error(-ENOTSUP, "%s: Cannot resize device files",
                           img->filename);
     }
-    int ret = vimg_io_truncate(img->io, new_size);
+    uint64_t old_file = 0;
+    int ret = vimg_io_get_size(img->io, &old_file);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = vimg_io_truncate(img->io, new_size);
     if (ret == 0 && new_size > old && strcmp(mode, "falloc") == 0) {
         ret = vimg_io_fallocate(img->io, old, new_size - old);
     }
@@ -121,6 +127,13 @@ static int raw_resize(struct vimg_image *img, uint64_t new_size,
     }
     if (ret == 0) {
         img->size = (new_size + 511) & ~(uint64_t)511;
+    } else if (new_size > old_file) {
+        /* all or nothing: a failed preallocation (a full file system)
+         * leaves the old size, as qemu-img does; the error stays */
+        char msg[512];
+        snprintf(msg, sizeof(msg), "%s", vimg_last_error());
+        vimg_io_truncate(img->io, old_file);
+        vimg_error(ret, "%s", msg);
     }
     return ret;
 }
