@@ -265,3 +265,24 @@ def test_upgrade_gives_snapshots_v3_extra_data(tmp_path):
     assert mine['snapshots'] == theirs['snapshots']
     assert same_content(before, snapshot_raw(tmp_path, img, 's1', 'after'))
     assert vimg('check', img).returncode == 0
+
+
+# ---------------------------------------------------------- iotest 287
+
+@pytest.mark.parametrize('cmd', ['info', 'check'])
+def test_compression_bit_with_zlib_refused(tmp_path, cmd):
+    """iotest 287: the compression-type incompatible bit with compression
+    type zlib (0) is invalid: qemu-img refuses to open the image, and so
+    does vimg (info and check)."""
+    img = tmp_path / 'c.qcow2'
+    qemu('qemu-img', 'create', '-q', '-f', 'qcow2', img, '1M')
+    poke(img, 72, struct.pack('>Q', header_u64(img, 72) | (1 << 3)))
+    q = run(['qemu-img', cmd, img])
+    assert q.returncode == 1
+    assert 'Compression type incompatible feature bit must not be set' \
+        in q.stderr
+    p = vimg(cmd, img)
+    assert p.returncode == 1, p.stdout
+    assert 'Compression type incompatible feature bit must not be set' \
+        in p.stderr
+    assert str(img) in p.stderr

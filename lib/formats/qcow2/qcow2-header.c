@@ -94,6 +94,14 @@ int qcow2_header_decode(struct qcow2_header *h, const uint8_t *buf,
         return corrupt("compression type set without its incompatible bit",
                        h->compression_type);
     }
+    if (h->compression_type == QCOW2_COMPRESSION_ZLIB &&
+        (h->incompatible_features & QCOW2_INCOMPAT_COMPRESSION)) {
+        /* qemu refuses to open it too (qcow2.txt: the bit is set only
+         * for a compression type other than zlib) */
+        return vimg_error(-EINVAL, "qcow2: Compression type incompatible "
+                                   "feature bit must not be set (the "
+                                   "compression type is zlib)");
+    }
     if (h->crypt_method > QCOW2_CRYPT_LUKS) {
         return corrupt("unknown encryption method", h->crypt_method);
     }
