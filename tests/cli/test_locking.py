@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from conftest import BUILD_DIR, VIMG, qemu, run
+from conftest import BUILD_DIR, SANITIZER_MARKS, VIMG, qemu, run
 
 HOLD = os.path.join(BUILD_DIR, 'tests', 'tools', 'hold-image')
 MIB = 1 << 20
@@ -99,9 +99,18 @@ class Holder:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        err = self.proc.stderr.read().decode(errors='replace')
         self.proc.stderr.close()
         if self.proc.stdout:
             self.proc.stdout.close()
+        if self.kind == 'vimg':
+            assert_clean(err, 'hold-image')
+            assert self.proc.returncode == 0, err
+
+
+def assert_clean(stderr, what):
+    for mark in SANITIZER_MARKS:
+        assert mark not in stderr, f'{what}: {mark} report:\n{stderr}'
 
 
 def outcome(p):
@@ -154,6 +163,8 @@ def run_pair(tmp_path, name, fmt, holder, mode, commands, target=None,
                 args = [a.replace('IMG', img) for a in cmd]
                 before = hashes(d)
                 p = run([tool, *args], cwd=d)
+                if tool == VIMG:
+                    assert_clean(p.stderr, args)
                 o = outcome(p)
                 if tool == VIMG and p.returncode != 0 and o[1]:
                     assert hashes(d) == before, \
