@@ -207,6 +207,16 @@ VIMG_API const char *vimg_format(const vimg_image *img);
 VIMG_API const char *vimg_filename(const vimg_image *img);
 
 /*
+ * Was IMG's format guessed (opened with format NULL, or a backing file
+ * with no stored format)?  As in qemu, a guessed raw image refuses
+ * (-EPERM) writes, zero writes and discards that would make its first
+ * 512 bytes probe as another format; open it with format "raw" to lift
+ * that.  Front ends should warn when they open a guessed raw image for
+ * writing (qemu-img does).
+ */
+VIMG_API bool vimg_is_format_probed(const vimg_image *img);
+
+/*
  * The backing image of IMG, or NULL when it has none or the chain was not
  * opened.  Borrowed: valid until vimg_close(IMG).
  */

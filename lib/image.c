@@ -231,6 +231,7 @@ static int open_io(struct vimg_image **out, struct vimg_io *io,
         if (ret < 0) {
             goto out;
         }
+        img->is_probed = true;
     }
     /* before the driver reads (or, read-write, repairs) anything */
     ret = lock_image(img, io, flags);
@@ -360,6 +361,9 @@ int vimg_pwrite(vimg_image *img, const void *buf, size_t count,
                           img->filename, img->drv->name);
     }
     int ret = check_range(img, count, offset);
+    if (ret == 0) {
+        ret = vimg_format_guard_head(img, buf, count, offset);
+    }
     if (ret < 0 || count == 0) {
         return ret;
     }
@@ -380,6 +384,9 @@ int vimg_write_zeroes(vimg_image *img, uint64_t offset, uint64_t count,
         return vimg_error(-EINVAL, "vimg_write_zeroes: count too large");
     }
     int ret = check_range(img, (size_t)count, offset);
+    if (ret == 0) {
+        ret = vimg_format_guard_head(img, NULL, (size_t)count, offset);
+    }
     if (ret < 0 || count == 0) {
         return ret;
     }
@@ -404,6 +411,9 @@ int vimg_discard(vimg_image *img, uint64_t offset, uint64_t count)
     }
     if (img->is_writable && img->drv->discard && count <= SIZE_MAX) {
         int ret = check_range(img, (size_t)count, offset);
+        if (ret == 0) {
+            ret = vimg_format_guard_head(img, NULL, (size_t)count, offset);
+        }
         if (ret < 0 || count == 0) {
             return ret;
         }
@@ -626,6 +636,11 @@ const char *vimg_format(const vimg_image *img)
 const char *vimg_filename(const vimg_image *img)
 {
     return img ? img->filename : NULL;
+}
+
+bool vimg_is_format_probed(const vimg_image *img)
+{
+    return img && img->is_probed;
 }
 
 vimg_image *vimg_backing(const vimg_image *img)

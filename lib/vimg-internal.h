@@ -29,6 +29,7 @@ struct vimg_image {
     char *filename;          /* as given by the caller */
     unsigned flags;          /* VIMG_OPEN_* */
     bool is_writable;
+    bool is_probed;          /* format guessed: see vimg_is_format_probed */
     uint64_t size;           /* virtual size, set by the driver's open */
 
     /* Backing chain: the driver fills backing_name/backing_fmt on open,
@@ -47,6 +48,15 @@ int vimg_error(int err, const char *fmt, ...)
 void vimg_error_prefix(const char *fmt, ...)
     __attribute__((format(printf, 1, 2)));
 void vimg_error_clear(void);
+
+/* registry.c */
+/*
+ * The block-0 guard of a guessed raw image: 0 when writing COUNT bytes of
+ * BUF (NULL: zeroes) at OFFSET into IMG leaves a first sector that still
+ * probes as raw (or IMG is no guessed raw image), else -EPERM.
+ */
+int vimg_format_guard_head(struct vimg_image *img, const void *buf,
+                           size_t count, uint64_t offset);
 
 /* image.c */
 /*

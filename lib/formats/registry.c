@@ -96,3 +96,39 @@ int vimg_format_probe(struct vimg_io *io, const struct vimg_format **out)
     }
     return 0;
 }
+
+int vimg_format_guard_head(struct vimg_image *img, const void *buf,
+                           size_t count, uint64_t offset)
+{
+    uint8_t head[VIMG_PROBE_HEAD_BYTES];
+
+    if (!img->is_probed || img->drv != &vimg_format_raw ||
+        offset >= sizeof(head) || count == 0) {
+        return 0;
+    }
+    /* the first sector as it would be after the write (the image layer
+     * checked the range, and a raw disk is whole sectors) */
+    const size_t len = (size_t)VIMG_MIN(img->size, sizeof(head));
+    int ret = img->drv->pread(img, head, len, 0);
+    if (ret < 0) {
+        return ret;
+    }
+    const size_t n = (size_t)VIMG_MIN((uint64_t)count, len - offset);
+    if (buf) {
+        memcpy(head + offset, buf, n);
+    } else {
+        memset(head + offset, 0, n);
+    }
+    /* the head alone, as the next probe of the file starts */
+    const struct vimg_probe_data d = {.head = head, .head_len = len};
+    const struct vimg_format *drv = NULL;
+    const char *name = vimg_format_probe_data(&d, &drv);
+    if (drv == &vimg_format_raw) {
+        return 0;
+    }
+    return vimg_error(-EPERM,
+                      "%s: Operation not permitted: the format was guessed "
+                      "as raw, and this write would make the image probe as "
+                      "%s (give the format raw to allow it)",
+                      img->filename, name);
+}

@@ -192,7 +192,19 @@ int vimg_commit(vimg_image *top, const struct vimg_commit_opts *opts)
                           top->filename);
     }
 
-    int ret = vimg_reopen_rw(job.base);
+    /* A guessed raw base refuses a first sector that would make it probe
+     * as another format (a guest's qcow2 header naming a host file): say
+     * so before anything is written, not after some chunks were. */
+    uint8_t head[512];
+    const size_t head_len = (size_t)VIMG_MIN(job.size, sizeof(head));
+    int ret = head_len ? vimg_pread(top, head, head_len, 0) : 0;
+    if (ret == 0) {
+        ret = vimg_format_guard_head(job.base, head, head_len, 0);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    ret = vimg_reopen_rw(job.base);
     if (ret < 0) {
         return ret;
     }

@@ -14,6 +14,8 @@
  *                    the last cluster may be short) written compressed;
  *                    an error if the pattern does not compress
  *   f                vimg_flush
+ *   s:OFF:FILE       vimg_pwrite of the bytes of FILE at OFF (qemu-io's
+ *                    write -s)
  *
  * The pattern (tests/cli/snapshot_model.py makes the same bytes): the disk
  * is cut into 16-byte units; the unit at offset U holds SEED and then U,
@@ -138,8 +140,40 @@ static int do_compressed(vimg_image *img, uint64_t off, uint64_t seed)
     return r;
 }
 
+/* "s:OFF:FILE": write FILE's bytes (at most 1 MiB) at OFF. */
+static int do_write_file(vimg_image *img, const char *arg)
+{
+    uint64_t off;
+    char *num = strdup(arg);
+    char *colon = num ? strchr(num, ':') : NULL;
+
+    if (!colon) {
+        free(num);
+        return -EINVAL;
+    }
+    *colon = '\0';
+    FILE *f = parse_num(num, &off) == 0 ? fopen(colon + 1, "rb") : NULL;
+    free(num);
+    if (!f) {
+        return -EINVAL;
+    }
+    static uint8_t buf[1 << 20];
+    const size_t len = fread(buf, 1, sizeof(buf), f);
+    fclose(f);
+    return vimg_pwrite(img, buf, len, off);
+}
+
 static int run_op(vimg_image *img, const char *op_text, char *word)
 {
+    if (!strncmp(word, "s:", 2)) {
+        const int r = do_write_file(img, word + 2);
+        if (r < 0) {
+            fprintf(stderr, "write-ops: %s failed: %s (%s)\n", op_text,
+                    strerror(-r), vimg_last_error());
+            return 1;
+        }
+        return 0;
+    }
     char *kind;
     uint64_t num[3] = {0, 0, 0};
     const int n = parse_op(word, &kind, num);

@@ -3,8 +3,13 @@
  * test-probe.c: probing (registry.c, probe-foreign.c) on first and last
  * sectors built by hand from each format's documented magic: each names
  * its format, near misses stay raw, and a file in a format vimg cannot
- * open is refused by name through vimg_open_memory().
+ * open is refused by name through vimg_open_memory(); and the block-0
+ * guard of a guessed raw image on a real file.
  */
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
 #include "unit.h"
 
 #include "formats/format.h"
@@ -246,6 +251,73 @@ static void test_open_refuses_by_name(void **state)
                  -ENOTSUP, "vmdk");
 }
 
+/* A raw file of 4 sectors holding SECTOR0 first; returns its path. */
+static char *raw_file(const uint8_t *sector0)
+{
+    static char path[] = "/tmp/vimg-test-probe-XXXXXX";
+    uint8_t file[2048] = {0};
+
+    strcpy(path, "/tmp/vimg-test-probe-XXXXXX");
+    const int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    memcpy(file, sector0, 512);
+    assert_int_equal(write(fd, file, sizeof(file)), (ssize_t)sizeof(file));
+    close(fd);
+    return path;
+}
+
+static void file_sector0(const char *path, uint8_t out[512])
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    assert_int_equal(fread(out, 1, 512, f), 512);
+    fclose(f);
+}
+
+static void test_guard_probed_raw(void **state)
+{
+    (void)state;
+    static const uint8_t qcow2_hdr[16] = {'Q', 'F', 'I', 0xfb, 0, 0, 0, 3};
+    uint8_t zero[512] = {0}, now[512];
+    char *path = raw_file(zero);
+    vimg_image *img = NULL;
+
+    assert_int_equal(vimg_open(&img, path, NULL, VIMG_OPEN_RDWR), 0);
+    assert_string_equal(vimg_format(img), "raw");
+    assert_true(vimg_is_format_probed(img));
+    vimg_error_clear();
+    assert_error(vimg_pwrite(img, qcow2_hdr, sizeof(qcow2_hdr), 0), -EPERM,
+                 "probe as qcow2");
+    /* the same bytes past the first sector, or harmless ones, are fine */
+    assert_int_equal(vimg_pwrite(img, qcow2_hdr, sizeof(qcow2_hdr), 512), 0);
+    assert_int_equal(vimg_pwrite(img, "hello", 5, 100), 0);
+    /* a magic built up by two writes is refused at the second */
+    assert_int_equal(vimg_pwrite(img, "QFI", 3, 0), 0);
+    vimg_error_clear();
+    assert_error(vimg_pwrite(img, "\xfb", 1, 3), -EPERM, "qcow2");
+    assert_int_equal(vimg_flush(img), 0);
+    file_sector0(path, now);
+    assert_memory_equal(now, "QFI\0", 4);
+    assert_memory_equal(now + 100, "hello", 5);
+
+    /* zeroes can complete a magic too: parallels version 0x102 -> 2 */
+    assert_int_equal(vimg_pwrite(img, "WithoutFreeSpace\x02\x01", 18, 0), 0);
+    vimg_error_clear();
+    assert_error(vimg_write_zeroes(img, 17, 1, 0), -EPERM, "parallels");
+    assert_int_equal(vimg_discard(img, 0, 512), 0); /* all zeroes: raw */
+    vimg_close(img);
+
+    /* given as raw, nothing is guarded */
+    assert_int_equal(vimg_open(&img, path, "raw", VIMG_OPEN_RDWR), 0);
+    assert_false(vimg_is_format_probed(img));
+    assert_int_equal(vimg_pwrite(img, qcow2_hdr, sizeof(qcow2_hdr), 0), 0);
+    vimg_close(img);
+    file_sector0(path, now);
+    assert_memory_equal(now, qcow2_hdr, sizeof(qcow2_hdr));
+    /* and now it probes as qcow2: never a guessed raw image again */
+    unlink(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -261,6 +333,7 @@ int main(void)
         cmocka_unit_test(test_vpc_footer),
         cmocka_unit_test(test_dmg),
         cmocka_unit_test(test_open_refuses_by_name),
+        cmocka_unit_test(test_guard_probed_raw),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -253,6 +253,18 @@ int cli_open(vimg_image **out, const char *file, const char *format,
             msg += n + 2;
         }
         cli_error("Could not open '%s': %s", file, msg);
+    } else if ((flags & VIMG_OPEN_RDWR) && vimg_is_format_probed(*out) &&
+               strcmp(vimg_format(*out), "raw") == 0) {
+        /* qemu-img's warning, word for word */
+        fprintf(stderr,
+                "WARNING: Image format was not specified for '%s' and "
+                "probing guessed raw.\n"
+                "         Automatically detecting the format is dangerous for "
+                "raw images, write operations on block 0 will be "
+                "restricted.\n"
+                "         Specify the 'raw' format explicitly to remove the "
+                "restrictions.\n",
+                file);
     }
     return ret;
 }
