@@ -315,3 +315,27 @@ def test_crash_leaves_bitmaps_in_use(tmp_path):
     c = run(['qemu-img', 'check', '--output=json', img])
     assert c.returncode in (0, 3), c.stdout + c.stderr  # leaks allowed
     assert dirty_map(img, 'off') == [(0, 16 << 20, 'clean')]
+
+
+@pytest.mark.parametrize('enabled', [True, False], ids=['enabled', 'disabled'])
+def test_snapshot_apply_refused_like_qemu(tmp_path, enabled):
+    mine = tmp_path / 'mine.qcow2'
+    qemu('qemu-img', 'create', '-q', '-f', 'qcow2', mine, '16M')
+    qemu('qemu-io', '-c', 'write -P 1 1M 64k', mine)
+    qemu('qemu-img', 'snapshot', '-c', 's1', mine)
+    qemu('qemu-img', 'bitmap', '--add', *([] if enabled else ['--disable']),
+         mine, 'b0')
+    qemu('qemu-io', '-c', 'write -P 2 1M 64k', mine)
+    theirs = tmp_path / 'theirs.qcow2'
+    shutil.copy(mine, theirs)
+
+    q = run(['qemu-img', 'snapshot', '-a', 's1', theirs])
+    p = vimg('snapshot', '-a', 's1', mine)
+    assert q.returncode == 1, q.stderr
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "Could not apply snapshot 's1': Device has active dirty " \
+        "bitmaps" in p.stderr
+    # nothing changed: the data written after the snapshot is still there
+    assert run(['qemu-img', 'compare', mine, theirs]).returncode == 0
+    assert_clean_image(mine, 'snapshot -a')
+    assert bitmap_flags(mine)['b0'] == (['auto'] if enabled else [])

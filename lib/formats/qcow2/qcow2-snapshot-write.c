@@ -754,6 +754,14 @@ int qcow2_snapshot_create(struct vimg_image *img, const char *name)
 
 int qcow2_snapshot_apply(struct vimg_image *img, const char *id_or_name)
 {
+    const struct qcow2_state *s = img->priv;
+
+    /* Reverting changes the whole disk behind every bitmap's back; an
+     * "auto" bitmap must reflect snapshot switching (qcow2.txt).  qemu-img
+     * refuses while the image has any bitmap, in these words. */
+    if (s->nb_bitmaps) {
+        return vimg_error(-EBUSY, "Device has active dirty bitmaps");
+    }
     return snapshot_op(img, SN_APPLY, id_or_name);
 }
 
