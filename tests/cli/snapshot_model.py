@@ -311,7 +311,7 @@ class Image:
         assert p.returncode == 0 and 'No errors were found' in p.stdout, \
             f'after {what}: qemu-img check:\n{p.stdout}{p.stderr}'
 
-    def check_list(self, what):
+    def check_list(self, what, full):
         info = json.loads(run(['qemu-img', 'info', '--output=json', '-f',
                                'qcow2', self.path], check=True).stdout)
         assert info['virtual-size'] == len(self.active), what
@@ -326,6 +326,8 @@ class Image:
                 assert entry['disk_size'] == len(snap.data), \
                     f'after {what}: snapshot {snap.name} disk size ' \
                     f'{entry["disk_size"]}, expected {len(snap.data)}'
+        if not full:
+            return
         v = run([VIMG, 'snapshot', '-l', self.path])
         no_sanitizer_report(v, ['snapshot', '-l', self.path])
         q = run(['qemu-img', 'snapshot', '-l', self.path])
@@ -333,12 +335,17 @@ class Image:
             f'after {what}: vimg snapshot -l:\n{v.stdout}{v.stderr}\n' \
             f'qemu-img snapshot -l:\n{q.stdout}'
 
-    def verify(self, what, readers=('qemu-img', 'vimg')):
+    def verify(self, what, full=False):
         """The image is clean, lists the model's snapshots, and every
-        layer reads as its model with each of READERS."""
+        layer reads as its model with qemu-img.  vimg reads the active
+        layer; to keep the test quick its snapshot reads and its snapshot
+        list are compared every third time, after snapshot commands, and
+        when FULL."""
+        self.verifies = getattr(self, 'verifies', 0) + 1
+        full = full or self.verifies % 3 == 0 or what.startswith('snapshot')
         self.check_clean(what)
-        self.check_list(what)
-        for tool in readers:
+        self.check_list(what, full)
+        for tool in ('qemu-img', 'vimg'):
             self.compare(what, tool, None)
-            for snap in self.snaps:
+            for snap in self.snaps if tool == 'qemu-img' or full else ():
                 self.compare(what, tool, snap)

@@ -124,7 +124,7 @@ def test_sequence(tmp_path, kind):
     if kind == 'v2':
         # v2 to v3 with snapshots in place
         img.amend('compat=1.1')
-        img.verify('amend compat=1.1')
+        img.verify('amend compat=1.1', full=True)
     img.amend('lazy_refcounts=on')
     if True:
         workload(img, rnd, kind, 6)
@@ -146,7 +146,7 @@ def test_sequence(tmp_path, kind):
     img.make_leak()
     img.expect_check_errors('refcount made too low')
     img.vimg('check', '-r', 'all', img.path)
-    img.verify('check -r all')
+    img.verify('check -r all', full=True)
     # the repaired refcount makes writes copy the shared clusters
     img.write(('w', 0, len(img.active)))
     img.verify('writes over everything after the repair')
@@ -167,7 +167,7 @@ def test_sequence(tmp_path, kind):
     img.amend(f'size={new}', expect=1)
     img.write(('d', new, len(img.active) - new))
     img.amend(f'size={new}')
-    img.verify('amend size (shrink)')
+    img.verify('amend size (shrink)', full=True)
     # refused as qemu-img refuses them, the file unchanged
     img.amend(f'data_file={img.path}.data', expect=1)
     img.amend('data_file_raw=on', expect=1)
@@ -218,9 +218,9 @@ def test_amend_compat_downgrade(tmp_path, kind):
         return
     assert kind != 'extl2', 'extended L2 tables cannot be downgraded'
 
-    img.verify('amend compat=0.10')
+    img.verify('amend compat=0.10', full=True)
     workload(img, rnd, kind, 6)
-    img.verify('writes after the downgrade')
+    img.verify('writes after the downgrade', full=True)
 
 
 @pytest.mark.parametrize('prealloc', ['metadata', 'falloc', 'full'])
@@ -249,7 +249,7 @@ def test_resize_preallocation(tmp_path, kind, prealloc):
     img.write(('d', 0, 256 * KiB))
     img.verify('shrink and discard')
     img.resize(SIZE + MiB, prealloc=prealloc)
-    img.verify(f'resize --preallocation={prealloc}')
+    img.verify(f'resize --preallocation={prealloc}', full=True)
     workload(img, rnd, 'v3', 6, start=SIZE - 2 * MiB)
     img.verify('writes after the grow')
     if img.snaps:
@@ -281,8 +281,8 @@ def test_commit_into_image_with_snapshots(tmp_path, kind):
     workload(ov, rnd, 'zero', 12)
     img.vimg('commit', '-q', ov.path)
     img.active[:] = ov.active
-    img.verify('commit into it')
-    ov.verify('commit (the overlay)')
+    img.verify('commit into it', full=True)
+    ov.verify('commit (the overlay)', full=True)
     img.snapshot_apply('s1')
     img.verify('snapshot -a s1 after the commit')
 
@@ -307,7 +307,7 @@ def test_commit_image_with_snapshots(tmp_path, kind, drop):
     top.vimg('commit', '-q', *(['-d'] if drop else []), top.path)
     base.active[:] = top.active
     base.verify('commit of the overlay')
-    top.verify('commit (the overlay)')
+    top.verify('commit (the overlay)', full=True)
     workload(top, rnd, kind, 6)
     top.snapshot_apply('s1')
     top.verify('snapshot -a s1 after the commit')
@@ -342,7 +342,7 @@ def test_rebase_image_with_snapshots(tmp_path, kind):
 
     top.vimg('rebase', '-q', '-b', b2.path, '-F', 'qcow2', top.path)
     top.set_snapshots(SIZE - MiB, b2.active[tail])
-    top.verify('rebase onto b2')
+    top.verify('rebase onto b2', full=True)
     top.vimg('rebase', '-q', '-u', '-b', b1.path, '-F', 'qcow2', top.path)
     top.set_snapshots(SIZE - MiB, b1.active[tail])
     top.verify('rebase -u onto b1')
