@@ -339,3 +339,22 @@ def test_snapshot_apply_refused_like_qemu(tmp_path, enabled):
     assert run(['qemu-img', 'compare', mine, theirs]).returncode == 0
     assert_clean_image(mine, 'snapshot -a')
     assert bitmap_flags(mine)['b0'] == (['auto'] if enabled else [])
+
+
+def test_compressed_convert_n_dirties_like_qemu(tmp_path):
+    src = tmp_path / 'src.raw'
+    qemu('qemu-img', 'create', '-q', '-f', 'raw', src, '3M')
+    qemu('qemu-io', '-f', 'raw', '-c', 'write -P 4 0 1M',
+         '-c', 'write -P 5 2M 64k', src)
+    mine = make_image(tmp_path / 'mine.qcow2', size='8M')
+    theirs = tmp_path / 'theirs.qcow2'
+    shutil.copy(mine, theirs)
+
+    p = vimg('convert', '-n', '-c', '-f', 'raw', '-O', 'qcow2', src, mine)
+    assert p.returncode == 0, p.stderr
+    qemu('qemu-img', 'convert', '-n', '-c', '-f', 'raw', '-O', 'qcow2', src,
+         theirs)
+    assert_clean_image(mine, 'convert -n -c')
+    assert_stored(mine)
+    assert_same_maps(mine, theirs)
+    assert dirty_map(mine, 'b0')[0] == (0, 3 << 20, 'dirty')

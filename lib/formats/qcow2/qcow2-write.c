@@ -1443,7 +1443,8 @@ int qcow2_pwrite_compressed(struct vimg_image *img, const void *data,
     pthread_mutex_lock(&s->lock);
     ret = begin_change(img, true);
     if (ret == 0) {
-        ret = qcow2_dirty_note_locked(img, offset, len);
+        /* LEN is the compressed size: the whole guest cluster changes */
+        ret = qcow2_dirty_note_locked(img, offset, s->cluster_size);
     }
     const uint64_t cluster_index = offset >> s->cluster_bits;
     const uint64_t l1_index = cluster_index >> s->l2_bits;
