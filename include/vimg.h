@@ -310,7 +310,8 @@ VIMG_API void vimg_info_free(struct vimg_info *info);
 VIMG_API int vimg_snapshot_view(vimg_image *img, const char *id,
                                 const char *name);
 
-#define VIMG_CREATE_OPTS_VERSION 1
+/* Version 2 added data_file_keep; version 1 structs are still accepted. */
+#define VIMG_CREATE_OPTS_VERSION 2
 /* What a new image looks like (qemu-img create -o names in comments). */
 struct vimg_create_opts {
     unsigned version;            /* VIMG_CREATE_OPTS_VERSION */
@@ -327,9 +328,13 @@ struct vimg_create_opts {
     const char *preallocation;   /* "off" (NULL), "metadata", "falloc", "full" */
     const char *backing_file;    /* backing_file, or NULL */
     const char *backing_format;  /* backing_fmt, or NULL */
+    /* vimg only (version 2): an existing data_file keeps its bytes (it
+     * is only grown to the size); otherwise it is emptied first, as
+     * qemu-img does.  Useful with data_file_raw to wrap a raw disk. */
+    bool data_file_keep;         /* data_file_keep */
 };
 #define VIMG_CREATE_OPTS_INIT { VIMG_CREATE_OPTS_VERSION, "qcow2", 0, 0, 0, \
-    false, 0, false, NULL, false, NULL, NULL, NULL, NULL }
+    false, 0, false, NULL, false, NULL, NULL, NULL, NULL, false }
 
 /*
  * Create a new image at PATH (an existing file is replaced).  Options the

@@ -5,6 +5,7 @@
  * here, so any format can back any other.
  */
 #include <assert.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -460,10 +461,31 @@ int vimg_snapshot_delete(vimg_image *img, const char *name)
     return snapshot_op(img, name, img ? img->drv->snapshot_delete : NULL);
 }
 
-int vimg_amend(vimg_image *img, const struct vimg_create_opts *opts,
+int vimg_create_opts_copy(const struct vimg_create_opts *opts,
+                          struct vimg_create_opts *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!opts) {
+        return -EINVAL;
+    }
+    if (opts->version == 1) {
+        memcpy(out, opts, offsetof(struct vimg_create_opts, data_file_keep));
+    } else if (opts->version == VIMG_CREATE_OPTS_VERSION) {
+        *out = *opts;
+    } else {
+        return -EINVAL;
+    }
+    out->version = VIMG_CREATE_OPTS_VERSION;
+    return 0;
+}
+
+int vimg_amend(vimg_image *img, const struct vimg_create_opts *caller_opts,
                unsigned which)
 {
-    if (!img || !opts || opts->version != VIMG_CREATE_OPTS_VERSION) {
+    struct vimg_create_opts copy;
+    const struct vimg_create_opts *opts = &copy;
+
+    if (!img || vimg_create_opts_copy(caller_opts, &copy) < 0) {
         return vimg_error(-EINVAL, "vimg_amend: bad argument");
     }
     if (!img->drv->amend) {
@@ -893,10 +915,13 @@ int vimg_change_backing(vimg_image *img, const char *name, const char *fmt)
     return ret;
 }
 
-int vimg_create(const char *path, const struct vimg_create_opts *opts)
+int vimg_create(const char *path, const struct vimg_create_opts *caller_opts)
 {
-    if (!path || !opts || !opts->format ||
-        opts->version != VIMG_CREATE_OPTS_VERSION) {
+    struct vimg_create_opts copy;
+    const struct vimg_create_opts *opts = &copy;
+
+    if (!path || vimg_create_opts_copy(caller_opts, &copy) < 0 ||
+        !opts->format) {
         return vimg_error(-EINVAL, "vimg_create: bad argument");
     }
     vimg_error_clear();

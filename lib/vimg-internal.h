@@ -120,4 +120,9 @@ static inline bool vimg_is_aligned(uint64_t v, uint64_t align)
 #define VIMG_MAX(a, b) ((a) > (b) ? (a) : (b))
 #define VIMG_DIV_ROUND_UP(n, d) (((n) + (d) - 1) / (d))
 
+/* Copy caller OPTS (version 1 or 2) into OUT, a current-version struct
+ * (fields a version 1 caller lacks are zero); -EINVAL for other versions. */
+int vimg_create_opts_copy(const struct vimg_create_opts *opts,
+                          struct vimg_create_opts *out);
+
 #endif

@@ -79,11 +79,14 @@ static int bitmaps_bytes(vimg_image *src, uint64_t unit, bool *has_out,
     return 0;
 }
 
-int vimg_measure(vimg_image *src, const struct vimg_create_opts *target,
+int vimg_measure(vimg_image *src, const struct vimg_create_opts *caller,
                  struct vimg_measure_result *out)
 {
-    if (!target || !target->format || !out ||
-        target->version != VIMG_CREATE_OPTS_VERSION) {
+    struct vimg_create_opts copy;
+    const struct vimg_create_opts *target = &copy;
+
+    if (vimg_create_opts_copy(caller, &copy) < 0 || !target->format ||
+        !out) {
         return vimg_error(-EINVAL, "vimg_measure: bad argument");
     }
     vimg_error_clear();

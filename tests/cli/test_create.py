@@ -195,13 +195,16 @@ def test_create_options_help():
 
 
 def test_create_keeps_existing_raw_data_file(tmp_path):
-    """Wrapping an existing raw disk with data_file_raw keeps its bytes:
-    the qcow2 image then reads exactly the raw file."""
+    """Wrapping an existing raw disk with data_file_raw and vimg's
+    data_file_keep=on keeps its bytes: the qcow2 image then reads exactly
+    the raw file.  (Without data_file_keep the file is emptied, as
+    qemu-img does: test_qemu_compat.py.)"""
     raw = tmp_path / 'disk.raw'
     data = os.urandom(1 << 20)
     raw.write_bytes(data)
     p = run([VIMG, 'create', '-q', '-f', 'qcow2', '-o',
-             'data_file=disk.raw,data_file_raw=on', 'wrap.qcow2', '1M'],
+             'data_file=disk.raw,data_file_raw=on,data_file_keep=on',
+             'wrap.qcow2', '1M'],
             cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert raw.read_bytes() == data

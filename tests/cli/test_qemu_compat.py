@@ -286,3 +286,56 @@ def test_compression_bit_with_zlib_refused(tmp_path, cmd):
     assert 'Compression type incompatible feature bit must not be set' \
         in p.stderr
     assert str(img) in p.stderr
+
+
+# ---------------------------------------------------------- iotest 244
+
+def _old_data_file(path, size):
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return data
+
+
+@pytest.mark.parametrize('raw', ['on', 'off'])
+@pytest.mark.parametrize('old_size', [1 * MiB, 3 * MiB])
+def test_create_empties_existing_data_file(tmp_path, raw, old_size):
+    """iotest 244: create -o data_file=d.raw (raw or not) empties an
+    existing d.raw as qemu-img 7.2 does: the new image reads as zeroes and
+    d.raw has the image's size, byte for byte as qemu-img leaves it."""
+    outcomes = []
+    for tool in ('qemu-img', 'vimg'):
+        d = tmp_path / f'{tool}-d.raw'
+        img = tmp_path / f'{tool}.qcow2'
+        _old_data_file(d, old_size)
+        args = ['create', '-q', '-f', 'qcow2', '-o',
+                f'data_file={d},data_file_raw={raw}', img, '2M']
+        p = run(['qemu-img', *args]) if tool == 'qemu-img' else vimg(*args)
+        assert p.returncode == 0, p.stderr
+        qemu('qemu-img', 'check', img)
+        out = tmp_path / f'{tool}.raw'
+        qemu('qemu-img', 'convert', '-O', 'raw', img, out)
+        outcomes.append((d.read_bytes(), out.read_bytes()))
+    assert outcomes[1] == outcomes[0]
+    assert outcomes[1][1] == bytes(2 * MiB)
+
+
+def test_create_data_file_keep(tmp_path):
+    """vimg's own -o data_file_keep=on keeps the bytes of an existing data
+    file, so data_file_raw=on wraps a raw disk: qemu-img reads the image
+    as that disk.  It is documented in `vimg create -o help`."""
+    d = tmp_path / 'd.raw'
+    data = _old_data_file(d, 1 * MiB)
+    img = tmp_path / 'k.qcow2'
+    p = vimg('create', '-q', '-f', 'qcow2', '-o',
+             f'data_file={d},data_file_raw=on,data_file_keep=on', img, '2M')
+    assert p.returncode == 0, p.stderr
+    qemu('qemu-img', 'check', img)
+    out = tmp_path / 'k.raw'
+    qemu('qemu-img', 'convert', '-O', 'raw', img, out)
+    assert out.read_bytes() == data + bytes(1 * MiB)
+    assert d.read_bytes()[:1 * MiB] == data
+    h = vimg('create', '-f', 'qcow2', '-o', 'help')
+    assert 'data_file_keep' in h.stdout
+    bad = vimg('create', '-q', '-f', 'qcow2', '-o', 'data_file_keep=on',
+               tmp_path / 'n.qcow2', '1M')
+    assert bad.returncode == 1 and 'data_file_keep' in bad.stderr

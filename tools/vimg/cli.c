@@ -415,7 +415,8 @@ int cli_apply_create_option(struct vimg_create_opts *o, char *kv,
         o->refcount_bits = (unsigned)v;
     } else if (!strcmp(key, "lazy_refcounts") ||
                !strcmp(key, "extended_l2") ||
-               !strcmp(key, "data_file_raw")) {
+               !strcmp(key, "data_file_raw") ||
+               !strcmp(key, "data_file_keep")) {
         if (!parse_bool(val, &b)) {
             goto bad;
         }
@@ -423,6 +424,8 @@ int cli_apply_create_option(struct vimg_create_opts *o, char *kv,
             o->lazy_refcounts = b;
         } else if (key[0] == 'e') {
             o->extended_l2 = b;
+        } else if (!strcmp(key, "data_file_keep")) {
+            o->data_file_keep = b;
         } else {
             o->data_file_raw = b;
         }

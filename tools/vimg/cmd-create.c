@@ -28,6 +28,9 @@ static void print_options_help(const char *format)
            "  compression_type=<str> zlib or zstd\n"
            "  data_file=<str>        File name of an external data file\n"
            "  data_file_raw=<bool>   The external data file is a raw image\n"
+           "  data_file_keep=<bool>  vimg only: keep the bytes of an existing\n"
+           "                         data file (qemu-img empties it; use with\n"
+           "                         data_file_raw=on to wrap a raw disk)\n"
            "  extended_l2=<bool>     Extended L2 tables (subclusters)\n"
            "  lazy_refcounts=<bool>  Postpone refcount updates\n"
            "  refcount_bits=<num>    Width of a reference count (1..64)\n");

@@ -97,6 +97,9 @@ static int check_opts(const char *path, const struct vimg_create_opts *o,
         return refuse(path, "Extended L2 entries are only supported with "
                             "cluster sizes of at least 16384 bytes");
     }
+    if (o->data_file_keep && !o->data_file) {
+        return refuse(path, "data_file_keep requires data_file");
+    }
     if (o->data_file_raw && !o->data_file) {
         return refuse(path, "data-file-raw requires data-file");
     }
@@ -401,8 +404,9 @@ int qcow2_create(const char *path, const struct vimg_create_opts *o)
         return ret;
     }
     if (o->data_file) {
-        /* An existing data file keeps its contents (wrapping a raw disk
-         * with data_file_raw is the point); it only grows to the size. */
+        /* As qemu-img, the data file is emptied (then sized); with
+         * data_file_keep an existing one keeps its contents (wrapping a
+         * raw disk with data_file_raw) and only grows to the size. */
         ret = vimg_io_file_open(&data_io, o->data_file, true, false);
         if (ret == -ENOENT) {
             ret = vimg_io_file_open(&data_io, o->data_file, true, true);
@@ -412,6 +416,11 @@ int qcow2_create(const char *path, const struct vimg_create_opts *o)
         }
         uint64_t have;
         ret = vimg_io_get_size(data_io, &have);
+        if (ret == 0 && !o->data_file_keep && have > 0 &&
+            !data_io->is_device) {
+            ret = vimg_io_truncate(data_io, 0);
+            have = 0;
+        }
         if (ret == 0 && have < size) {
             ret = vimg_io_truncate(data_io, size);
             if (ret == 0) {
