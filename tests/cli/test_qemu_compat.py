@@ -339,3 +339,26 @@ def test_create_data_file_keep(tmp_path):
     bad = vimg('create', '-q', '-f', 'qcow2', '-o', 'data_file_keep=on',
                tmp_path / 'n.qcow2', '1M')
     assert bad.returncode == 1 and 'data_file_keep' in bad.stderr
+
+
+# ------------------------------------------------- item 8: info as qemu
+
+@pytest.mark.parametrize('length', [327680, 200000, 70000, 1000])
+def test_info_of_truncated_image(tmp_path, length):
+    """Issue 9 item 8: qemu-img info describes a qcow2 file cut short of
+    the metadata it points to (tables past the end read as zeroes); vimg
+    info prints the same, in JSON and as text."""
+    img = tmp_path / 't.qcow2'
+    qemu('qemu-img', 'create', '-q', '-f', 'qcow2', img, '64M')
+    qemu('qemu-io', '-f', 'qcow2', '-c', 'write -P 1 0 1M', img)
+    qemu('qemu-img', 'snapshot', '-c', 'snap', img)
+    os.truncate(img, length)
+    for fmt in ('json', 'human'):
+        q = run(['qemu-img', 'info', f'--output={fmt}', img])
+        p = vimg('info', f'--output={fmt}', img)
+        assert q.returncode == 0, q.stderr
+        assert p.returncode == 0, p.stderr
+        if fmt == 'json':
+            assert json.loads(p.stdout) == json.loads(q.stdout)
+        else:
+            assert p.stdout == q.stdout

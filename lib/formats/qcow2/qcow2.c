@@ -88,10 +88,10 @@ static int load_snapshots(struct vimg_image *img, struct qcow2_state *s)
     }
     /* Entries have variable length: read a window and grow it until the
      * whole table decodes, bounded by the file and a sanity limit.  For a
-     * check, bytes past the end of the file read as zeroes (as qemu reads
+     * check or info, bytes past the end of the file read as zeroes (as qemu reads
      * them), so that check can report such a table instead of failing. */
     const uint64_t avail =
-        s->is_check ? QCOW2_MAX_SNAPSHOT_TABLE
+        s->is_past_eof_zero ? QCOW2_MAX_SNAPSHOT_TABLE
         : s->h.snapshots_offset < s->file_size
             ? s->file_size - s->h.snapshots_offset
             : 0;
@@ -289,8 +289,13 @@ static int qcow2_open(struct vimg_image *img, unsigned flags)
     /* A check reads tables past the end of the file as zeroes (as qemu
      * does) and reports them, so only their alignment and size matter. */
     s->is_check = flags & VIMG_OPEN_CHECK;
+    /* So does info (qemu-img info describes a truncated image) */
+    s->is_past_eof_zero =
+        s->is_check || ((flags & VIMG_OPEN_INFO_ONLY) &&
+                        !(flags & VIMG_OPEN_RDWR));
     ret = qcow2_header_decode(&s->h, first, first_len,
-                              s->is_check ? UINT64_MAX : s->file_size);
+                              s->is_past_eof_zero ? UINT64_MAX
+                                                  : s->file_size);
     if (ret < 0) {
         vimg_error_prefix("%s", img->filename);
         goto out;
@@ -365,7 +370,7 @@ static int qcow2_open(struct vimg_image *img, unsigned flags)
         goto out;
     }
     if (s->h.l1_size && s->h.l1_table_offset < s->file_size) {
-        /* entries past the end of the file (check mode) stay zero */
+        /* entries past the end of the file (check, info) stay zero */
         const uint64_t n = VIMG_MIN(
             (uint64_t)s->h.l1_size,
             VIMG_DIV_ROUND_UP(s->file_size - s->h.l1_table_offset, 8));

@@ -217,6 +217,9 @@ struct qcow2_state {
     size_t nb_snapshots;
     struct qcow2_snapshot *snapshots;
     bool is_check;            /* opened with VIMG_OPEN_CHECK */
+    /* check or info: tables past the end of the file read as zeroes, as
+     * qemu reads them, so a truncated image can still be described */
+    bool is_past_eof_zero;
     int check_load_error;     /* check mode: snapshots/bitmaps unreadable */
     char check_load_msg[256];
     size_t nb_bitmaps;
