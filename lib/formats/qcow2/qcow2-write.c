@@ -1548,16 +1548,29 @@ static int grow_l1(struct vimg_image *img, uint64_t new_entries)
     if (ret == 0) {
         ret = sync_refcounts(img);
     }
+    bool is_switched = false;
     if (ret == 0) {
         uint8_t hdr[12];
         store_be32(hdr, (uint32_t)new_entries);
         store_be64(hdr + 4, off);
         ret = write_meta(img, QCOW2_HDR_L1_SIZE, hdr, sizeof(hdr));
+        is_switched = ret == 0;
     }
     if (ret == 0) {
         ret = sync_files(img);
     }
-    if (ret == 0) {
+    if (ret < 0 && !is_switched && off) {
+        /* the header still names the old table: the new one's clusters
+         * go back, so a failed resize leaks nothing */
+        for (uint64_t c = off / s->cluster_size;
+             c < VIMG_DIV_ROUND_UP(off + bytes, s->cluster_size); c++) {
+            qcow2_set_refcount(img, c, 0);
+        }
+        if (s->free_cluster_index > off / s->cluster_size) {
+            s->free_cluster_index = off / s->cluster_size;
+        }
+    }
+    if (is_switched) {
         const uint64_t old_off = s->h.l1_table_offset;
         const uint64_t old_clusters =
             VIMG_DIV_ROUND_UP((uint64_t)s->h.l1_size * 8, s->cluster_size);
@@ -1567,7 +1580,9 @@ static int grow_l1(struct vimg_image *img, uint64_t new_entries)
         s->h.l1_size = (uint32_t)new_entries;
         s->h.l1_table_offset = off;
         if (old_off && old_clusters) {
-            ret = qcow2_free_clusters_later(img, old_off, old_clusters);
+            const int err =
+                qcow2_free_clusters_later(img, old_off, old_clusters);
+            ret = ret < 0 ? ret : err;
         }
     }
 out:
