@@ -170,6 +170,13 @@ class Image:
              f'expected {expect}:\n{p.stdout}{p.stderr}')
         return p
 
+    def refused(self, *args):
+        """vimg ARGS must fail and leave the file as it was."""
+        before = open(self.path, 'rb').read()
+        self.vimg(*args, expect=1)
+        assert open(self.path, 'rb').read() == before, \
+            f'a refused vimg {" ".join(map(str, args))} changed the file'
+
     def next_seed(self):
         self.seed += 1
         return self.seed

@@ -9,6 +9,7 @@ qemu-img and with vimg, as a model of what they hold (snapshot_model.py);
 qemu-img check must be clean and list the model's snapshots.  Run on v2
 and v3 images, extended L2, compressed and zero clusters, refcount widths
 1 and 64."""
+import json
 import random
 
 import pytest
@@ -355,3 +356,47 @@ def test_rebase_image_with_snapshots(tmp_path, kind):
     top.verify('snapshot -a s1 over b2')
     top.snapshot_delete('s2')
     top.verify('snapshot -d s2 over b2')
+
+
+def bitmap_names(img):
+    """Names of IMG's persistent bitmaps; none may be left in use."""
+    info = json.loads(run(['qemu-img', 'info', '--output=json', '-f',
+                           'qcow2', img.path], check=True).stdout)
+    bitmaps = info['format-specific']['data'].get('bitmaps', [])
+    for b in bitmaps:
+        assert 'in-use' not in b['flags'], f'bitmap {b["name"]} in use'
+    return [b['name'] for b in bitmaps]
+
+
+def test_image_with_bitmap(tmp_path):
+    """The metadata-writing commands on an image with a persistent dirty
+    bitmap (which vimg keeps, and which stops some commands as it stops
+    qemu-img's): snapshots and the active layer stay as modelled."""
+    rnd = random.Random('bitmap')
+    img = make(tmp_path, 'compressed')
+    run(['qemu-img', 'bitmap', '--add', img.path, 'b0'], check=True)
+    workload(img, rnd, 'compressed', 10)
+    img.snapshot_create('s1')
+    workload(img, rnd, 'zero', 10)
+    img.verify('writes with a bitmap')
+    # refused by qemu-img too: "Device has active dirty bitmaps"
+    img.refused('snapshot', '-a', 's1', img.path)
+    img.refused('amend', '-o', 'compat=0.10', img.path)
+    img.snapshot_create('s2')
+    img.amend('lazy_refcounts=on')
+    workload(img, rnd, 'v3', 6)
+    img.amend('lazy_refcounts=off,refcount_bits=64')
+    img.verify('amend with a bitmap', full=True)
+    img.resize(SIZE + MiB)
+    img.write(('w', SIZE - 100, 200))
+    img.vimg('check', '-r', 'all', img.path)
+    img.verify('resize and check -r all with a bitmap', full=True)
+    ov = Image(tmp_path / 'ov.qcow2', SIZE + MiB, 64 * KiB, [],
+               base=(img.path, img.active))
+    ov.seed = 10000
+    workload(ov, rnd, 'zero', 8)
+    img.vimg('commit', '-q', ov.path)
+    img.active[:] = ov.active
+    img.snapshot_delete('s1')
+    img.verify('commit into it, snapshot -d s1', full=True)
+    assert bitmap_names(img) == ['b0']
