@@ -148,7 +148,7 @@ def make_files(d, fmt):
 
 
 def run_pair(tmp_path, name, fmt, holder, mode, commands, target=None,
-             maker=None):
+             maker=None, hold_fmt='raw'):
     """Run COMMANDS with qemu-img and with vimg, each on its own copy of
     the files, whose TARGET (default the image) is held by HOLDER/MODE."""
     results = {}
@@ -156,9 +156,8 @@ def run_pair(tmp_path, name, fmt, holder, mode, commands, target=None,
         d = str(tmp_path / f'{name}-{"q" if tool == "qemu-img" else "v"}')
         img = (maker or make_files)(d, fmt)
         held = os.path.join(d, target or img)
-        hold_fmt = 'raw' if target else fmt
         got = []
-        with Holder(holder, mode, held, hold_fmt):
+        with Holder(holder, mode, held, hold_fmt if target else fmt):
             for cmd in commands:
                 args = [a.replace('IMG', img) for a in cmd]
                 before = hashes(d)
@@ -222,15 +221,15 @@ def test_raw_held(tmp_path, holder, mode):
     run_pair(tmp_path, 'r', 'raw', holder, mode, cmds)
 
 
-def make_chain(d):
-    """top.qcow2 over base.raw, with other.raw to rebase onto."""
-    for name in ('base.raw', 'other.raw'):
-        qemu('qemu-img', 'create', '-q', '-f', 'raw', os.path.join(d, name),
-             '1M')
-    qemu('qemu-io', '-f', 'raw', '-c', 'write -q -P 0x11 0 128k',
-         os.path.join(d, 'base.raw'))
-    qemu('qemu-img', 'create', '-q', '-f', 'qcow2', '-b', 'base.raw', '-F',
-         'raw', os.path.join(d, 'top.qcow2'))
+def make_chain(d, bfmt):
+    """top.qcow2 over base.BFMT, with other.raw to rebase onto."""
+    base = os.path.join(d, f'base.{bfmt}')
+    qemu('qemu-img', 'create', '-q', '-f', bfmt, base, '1M')
+    qemu('qemu-img', 'create', '-q', '-f', 'raw', os.path.join(d, 'other.raw'),
+         '1M')
+    qemu('qemu-io', '-f', bfmt, '-c', 'write -q -P 0x11 0 128k', base)
+    qemu('qemu-img', 'create', '-q', '-f', 'qcow2', '-b', f'base.{bfmt}',
+         '-F', bfmt, os.path.join(d, 'top.qcow2'))
     qemu('qemu-io', '-f', 'qcow2', '-c', 'write -q -P 0x22 64k 64k',
          os.path.join(d, 'top.qcow2'))
 
@@ -241,26 +240,32 @@ CHAIN = [
     ['compare', 'top.qcow2', 'ref.raw'],
     ['snapshot', '-c', 's', 'top.qcow2'],
     ['rebase', '-u', '-b', 'other.raw', '-F', 'raw', 'top.qcow2'],
-    ['rebase', '-u', '-b', 'base.raw', '-F', 'raw', 'top.qcow2'],
+    ['rebase', '-u', '-b', 'BASE', '-F', 'BFMT', 'top.qcow2'],
     ['rebase', '-b', 'other.raw', '-F', 'raw', 'top.qcow2'],
-    ['rebase', '-u', '-b', 'base.raw', '-F', 'raw', 'top.qcow2'],
+    ['rebase', '-u', '-b', 'BASE', '-F', 'BFMT', 'top.qcow2'],
     ['commit', 'top.qcow2'],
 ]
+BACKING_HOLDS = [('raw', 'qemu-nbd', 'rw'), ('raw', 'qemu-nbd', 'ro'),
+                 ('raw', 'qemu-io', 'U'), ('raw', 'vimg', 'rw'),
+                 ('raw', 'vimg', 'ro'), ('qcow2', 'qemu-nbd', 'ro'),
+                 ('qcow2', 'vimg', 'ro'), ('qcow2', 'qemu-io', 'U')]
 
 
-@pytest.mark.parametrize('holder,mode', [('qemu-nbd', 'rw'), ('qemu-nbd', 'ro'),
-                                         ('qemu-io', 'U'), ('vimg', 'rw'),
-                                         ('vimg', 'ro')])
-def test_backing_held(tmp_path, holder, mode):
-    """The backing file is held: reads of the chain and commit into it."""
+@pytest.mark.parametrize('bfmt,holder,mode', BACKING_HOLDS,
+                         ids=['-'.join(x) for x in BACKING_HOLDS])
+def test_backing_held(tmp_path, bfmt, holder, mode):
+    """The backing file is held: reads of the chain, rebases, and a commit
+    into it (which reopens it read-write: the locks are upgraded)."""
     def files(d, fmt):
         os.makedirs(d)
-        make_chain(d)
+        make_chain(d, bfmt)
         qemu('qemu-img', 'convert', '-O', 'raw', os.path.join(d, 'top.qcow2'),
              os.path.join(d, 'ref.raw'))
         return 'top.qcow2'
-    run_pair(tmp_path, 'c', 'qcow2', holder, mode, CHAIN, target='base.raw',
-             maker=files)
+    cmds = [[a.replace('BFMT', bfmt).replace('BASE', f'base.{bfmt}')
+             for a in c] for c in CHAIN]
+    run_pair(tmp_path, 'c', 'qcow2', holder, mode, cmds,
+             target=f'base.{bfmt}', maker=files, hold_fmt=bfmt)
 
 
 @pytest.mark.parametrize('holder,mode', [('qemu-nbd', 'rw'), ('qemu-nbd', 'ro'),
