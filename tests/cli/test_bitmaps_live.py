@@ -123,39 +123,63 @@ def test_convert_n_dirties_like_qemu(tmp_path, opts):
     assert dirty_map(mine, 'off') == [(0, 16 << 20, 'clean')]
 
 
-def replay_ops(log):
+RUN_BYTES = 4096  # workload phase 2: run r belongs to thread r % THREADS
+
+
+def owned_segments(thread, threads, off, end):
+    """The parts of [OFF, END) a phase 2 thread writes (workload.c,
+    next_owned)."""
+    pos = off
+    while pos < end:
+        run = pos // RUN_BYTES
+        run += (thread + threads - run % threads) % threads
+        start = max(pos, run * RUN_BYTES)
+        if start >= end:
+            return
+        stop = end if threads == 1 else min(end, (run + 1) * RUN_BYTES)
+        yield start, stop - start
+        pos = stop
+
+
+def replay_ops(log, threads=4):
     """qemu-io commands for the write, zero and discard ops of a workload
-    -v log."""
+    -v log (phase 2 ops only on their thread's runs)."""
     cmds = []
     for line in log.splitlines():
         f = line.split()
         if '#' not in line or len(f) < 4:
             continue
         i = next(k for k, w in enumerate(f) if w.startswith('#'))
-        if i + 2 >= len(f):
+        if i + 3 >= len(f):
             continue
-        op, off, length = f[i + 1], f[i + 2], f[i + 3].lstrip('+')
-        if op == 'pwrite':
-            cmds.append(f'write {off} {length}')
-        elif op == 'write_zeroes':
-            unmap = ' -u' if 'may_unmap' in f else ''
-            cmds.append(f'write -z{unmap} {off} {length}')
-        elif op == 'discard':
-            cmds.append(f'discard {off} {length}')
+        op, off, length = f[i + 1], int(f[i + 2], 16), int(f[i + 3][1:])
+        if f[0] == 'p2':
+            segs = owned_segments(int(f[1][1:]), threads, off, off + length)
+        else:
+            segs = [(off, length)]
+        for o, n in segs:
+            if op == 'pwrite':
+                cmds.append(f'write {o} {n}')
+            elif op == 'write_zeroes':
+                unmap = ' -u' if 'may_unmap' in f else ''
+                cmds.append(f'write -z{unmap} {o} {n}')
+            elif op == 'discard':
+                cmds.append(f'discard {o} {n}')
     return cmds
 
 
+@pytest.mark.parametrize('phase', ['1', '2'])
 @pytest.mark.parametrize('seed', [1, 7])
-def test_workload_dirties_like_qemu(tmp_path, seed):
+def test_workload_dirties_like_qemu(tmp_path, seed, phase):
     mine = make_image(tmp_path / 'mine.qcow2', opts=['-o', 'cluster_size=4k'])
     theirs = tmp_path / 'theirs.qcow2'
     shutil.copy(mine, theirs)
     model = tmp_path / 'model.raw'
     qemu('qemu-img', 'convert', '-O', 'raw', mine, model)
 
-    # phase 1 only: phase 2 ops write only their thread's runs of a range
-    p = run([WORKLOAD, '--phase', '1', '-n', '160', '-s', str(seed), '-m',
-             '100000', '-v',
+    # phase 2: four threads writing the same clusters at once
+    p = run([WORKLOAD, '--phase', phase, '-n', '160', '-s', str(seed), '-m',
+             '100000', '-t', '4', '-v',
              mine, model], timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     cmds = replay_ops(p.stderr)
