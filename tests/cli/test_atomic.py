@@ -67,6 +67,23 @@ def test_resize_on_full_fs_keeps_old_image(small_fs, fmt, mode):
     assert outcome[VIMG] == outcome['qemu-img']
 
 
+def test_metadata_resize_on_full_fs_leaks_nothing(small_fs):
+    """The L2 tables of a 200G metadata preallocation do not fit: the
+    clusters planned for them are given back (qemu-img is clean too)."""
+    for tool in ('qemu-img', VIMG):
+        path = small_fs / f'{os.path.basename(tool)}.qcow2'
+        qemu('qemu-img', 'create', '-f', 'qcow2', path, '1M')
+        qemu('qemu-io', '-f', 'qcow2', '-c', 'write -P 0x5a 0 64k', path)
+        p = run([tool, 'resize', '-f', 'qcow2', '--preallocation=metadata',
+                 path, '200G'])
+        assert p.returncode == 1, (tool, p.stderr)
+        assert 'No space left on device' in p.stderr, p.stderr
+        assert virtual_size(path, 'qcow2') == 1 << 20
+        check_clean(path)
+        qemu('qemu-io', '-f', 'qcow2', '-c', 'read -P 0x5a 0 64k', path)
+        os.unlink(path)
+
+
 @pytest.mark.parametrize('fmt', ['raw', 'qcow2'])
 def test_create_on_full_fs_leaves_no_file(small_fs, fmt):
     for tool in ('qemu-img', VIMG):
@@ -130,7 +147,8 @@ def test_resize_under_ulimit_keeps_old_size(tmp_path, fmt):
 
 
 @pytest.mark.parametrize('fmt,mode,size', [
-    ('raw', 'full', '4M'), ('qcow2', 'full', '4M'), ('qcow2', 'off', '2T')])
+    ('raw', 'full', '4M'), ('qcow2', 'full', '4M'), ('qcow2', 'off', '2T'),
+    ('qcow2', 'metadata', '2G')])
 def test_resize_with_one_write_fault_rolls_back(tmp_path, fmt, mode, size):
     """Each of the resize's writes in turn fails once (VIMG_FAULT=WN):
     the command fails, and the image keeps its size, its data, and (qcow2)

@@ -90,6 +90,7 @@ struct plan {
     uint64_t first_cluster; /* guest cluster of the first new mapping */
     struct run *runs;
     size_t nb_runs, cap_runs;
+    size_t nb_linked;       /* runs of this batch already mapped */
     uint8_t *table;         /* one L2 table being built */
 };
 
@@ -341,6 +342,8 @@ static int link_runs(struct plan *p)
     for (size_t k = 0; k < p->nb_runs && ret == 0; k++) {
         const struct run *r = &p->runs[k];
         if (r->l2_offset) {
+            /* from here on a failure may have mapped some of it */
+            p->nb_linked = k + 1;
             for (uint64_t i = 0; i < r->count && ret == 0; i++) {
                 const size_t idx = (size_t)(r->first_index + i);
                 uint64_t old, old_bitmap, e, b;
@@ -383,14 +386,46 @@ static int link_runs(struct plan *p)
             }
         }
         ret = qcow2_write_meta(img, r->new_l2, p->table, (size_t)cs);
-        if (ret == 0) {
-            s->l1[r->l1_index] = r->new_l2 | QCOW2_OFLAG_COPIED;
-            s->is_l1_dirty = true;
+        if (ret < 0) {
+            break;
         }
+        s->l1[r->l1_index] = r->new_l2 | QCOW2_OFLAG_COPIED;
+        s->is_l1_dirty = true;
         k = j - 1;
+        p->nb_linked = j;
+    }
+    if (ret == 0) {
+        p->nb_runs = 0;
+        p->nb_linked = 0;
+    }
+    return ret;
+}
+
+/*
+ * After a failure: the clusters planned for runs not mapped yet (their
+ * data and their new L2 tables) are given back, so nothing leaks.  A run
+ * in an existing table counts as mapped once its update has begun (a
+ * leak at worst, never a cluster in use with a refcount of zero).
+ */
+static void unplan(struct plan *p)
+{
+    struct qcow2_state *s = p->img->priv;
+
+    for (size_t k = p->nb_linked; k < p->nb_runs; k++) {
+        const struct run *r = &p->runs[k];
+        if (!s->has_data_file) {
+            for (uint64_t i = 0; i < r->count; i++) {
+                qcow2_set_refcount(p->img, (r->host >> s->cluster_bits) + i,
+                                   0);
+            }
+        }
+        if (!r->l2_offset &&
+            (s->l1[r->l1_index] & QCOW2_L1E_OFFSET_MASK) != r->new_l2) {
+            qcow2_set_refcount(p->img, r->new_l2 >> s->cluster_bits, 0);
+        }
     }
     p->nb_runs = 0;
-    return ret;
+    p->nb_linked = 0;
 }
 
 /*
@@ -647,6 +682,12 @@ int qcow2_prealloc_grow_locked(struct vimg_image *img, uint64_t old_size,
         if (ret == 0) {
             ret = link_runs(&p);
         }
+    }
+    if (ret < 0) {
+        char msg[512];
+        snprintf(msg, sizeof(msg), "%s", vimg_last_error());
+        unplan(&p);
+        vimg_error(ret, "%s", msg);
     }
     /* the file (or data file) reaches the end of the last new cluster's
      * unit, as qemu truncates it there */

@@ -1669,6 +1669,14 @@ int qcow2_resize(struct vimg_image *img, uint64_t new_size,
         }
         if (ret == 0 && mode != QCOW2_PREALLOC_OFF) {
             ret = qcow2_prealloc_grow_locked(img, old, new_size, mode);
+            if (ret < 0) {
+                /* the size stays: what was mapped past the old end goes
+                 * back, so the image checks clean */
+                char msg[512];
+                snprintf(msg, sizeof(msg), "%s", vimg_last_error());
+                drop_clusters_from(img, VIMG_DIV_ROUND_UP(old, cs));
+                vimg_error(ret, "%s", msg);
+            }
         }
     }
     if (ret == 0) {
