@@ -268,6 +268,28 @@ struct vimg_bitmap_info {
     bool auto_;
 };
 
+/* One LUKS key slot (qemu-img info "slots"). */
+struct vimg_luks_slot {
+    bool active;
+    uint32_t iters;          /* valid if active */
+    uint64_t key_offset;     /* bytes from the start of the LUKS header */
+    uint32_t stripes;        /* valid if active */
+};
+
+#define VIMG_LUKS_SLOTS 8
+/* A LUKS1 header as qemu-img info describes it (no key needed). */
+struct vimg_luks_info {
+    char cipher_alg[32];     /* "aes-256" */
+    char cipher_mode[32];    /* "xts" */
+    char ivgen_alg[32];      /* "plain64" */
+    char ivgen_hash_alg[32]; /* "sha256" for essiv, else "" */
+    char hash_alg[32];       /* "sha256" */
+    char uuid[40];
+    uint64_t payload_offset; /* bytes */
+    uint32_t master_key_iters;
+    struct vimg_luks_slot slots[VIMG_LUKS_SLOTS];
+};
+
 /* What `vimg info` shows.  Free with vimg_info_free(). */
 struct vimg_info {
     const char *format;      /* "raw", "qcow2" */
@@ -293,6 +315,12 @@ struct vimg_info {
     struct vimg_snapshot_info *snapshots;
     size_t nb_bitmaps;
     struct vimg_bitmap_info *bitmaps;
+
+    /* qcow2 encryption: "aes" or "luks" (encrypted is then true), else
+     * NULL; for "luks", the header (NULL if it could not be read).  Data
+     * of encrypted images cannot be read or written yet. */
+    const char *encrypt_format;
+    struct vimg_luks_info *luks;
 };
 
 VIMG_API int vimg_get_info(vimg_image *img, struct vimg_info **out);

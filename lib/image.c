@@ -1037,5 +1037,6 @@ void vimg_info_free(struct vimg_info *info)
         free(info->bitmaps[i].name);
     }
     free(info->bitmaps);
+    free(info->luks);
     free(info);
 }

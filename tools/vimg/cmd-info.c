@@ -38,6 +38,57 @@ static struct json_object *snapshot_json(const struct vimg_snapshot_info *s)
 }
 
 /* The "format-specific" data of a qcow2 image. */
+static void add_string(struct json_object *o, const char *key,
+                       const char *value)
+{
+    json_object_object_add(o, key, json_object_new_string(value));
+}
+
+/* qemu-img info's "encrypt" block (its key order, for the text form). */
+static struct json_object *encrypt_json(const struct vimg_info *info)
+{
+    struct json_object *e = json_object_new_object();
+    const struct vimg_luks_info *l = info->luks;
+
+    if (!l) {
+        add_string(e, "format", info->encrypt_format);
+        return e;
+    }
+    if (*l->ivgen_alg) {
+        add_string(e, "ivgen-alg", l->ivgen_alg);
+    }
+    add_string(e, "hash-alg", l->hash_alg);
+    add_string(e, "cipher-alg", l->cipher_alg);
+    add_string(e, "uuid", l->uuid);
+    if (*l->ivgen_hash_alg) {
+        add_string(e, "ivgen-hash-alg", l->ivgen_hash_alg);
+    }
+    add_string(e, "format", "luks");
+    add_string(e, "cipher-mode", l->cipher_mode);
+    struct json_object *slots = json_object_new_array();
+    for (unsigned i = 0; i < VIMG_LUKS_SLOTS; i++) {
+        const struct vimg_luks_slot *k = &l->slots[i];
+        struct json_object *o = json_object_new_object();
+        json_object_object_add(o, "active", json_object_new_boolean(k->active));
+        if (k->active) {
+            json_object_object_add(o, "iters", json_object_new_int64(k->iters));
+        }
+        json_object_object_add(o, "key-offset",
+                               json_object_new_int64((int64_t)k->key_offset));
+        if (k->active) {
+            json_object_object_add(o, "stripes",
+                                   json_object_new_int64(k->stripes));
+        }
+        json_object_array_add(slots, o);
+    }
+    json_object_object_add(e, "slots", slots);
+    json_object_object_add(e, "payload-offset",
+                           json_object_new_int64((int64_t)l->payload_offset));
+    json_object_object_add(e, "master-key-iters",
+                           json_object_new_int64(l->master_key_iters));
+    return e;
+}
+
 static struct json_object *qcow2_json(const struct vimg_info *info)
 {
     struct json_object *d = json_object_new_object();
@@ -73,6 +124,9 @@ static struct json_object *qcow2_json(const struct vimg_info *info)
     }
     json_object_object_add(d, "refcount-bits",
                            json_object_new_int64(info->refcount_bits));
+    if (info->encrypt_format) {
+        json_object_object_add(d, "encrypt", encrypt_json(info));
+    }
     if (info->data_file) {
         json_object_object_add(d, "data-file",
                                json_object_new_string(info->data_file));

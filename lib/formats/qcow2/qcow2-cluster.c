@@ -272,6 +272,14 @@ int qcow2_decompress_cluster(struct vimg_image *img, uint64_t comp_offset,
 int qcow2_pread(struct vimg_image *img, void *buf, size_t count,
                 uint64_t offset)
 {
+    struct qcow2_state *s = img->priv;
+
+    if (s->h.crypt_method != QCOW2_CRYPT_NONE) {
+        /* opened for info only; reading needs the key and a cipher */
+        return vimg_error(-ENOTSUP, "%s: reading encrypted qcow2 images is "
+                                    "not supported yet",
+                          img->filename);
+    }
     return qcow2_read_range(img, buf, count, offset, false);
 }
 

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "crypto/luks.h"
 #include "formats/qcow2/qcow2.h"
 #include "vimg-endian.h"
 
@@ -323,7 +324,9 @@ static int qcow2_open(struct vimg_image *img, unsigned flags)
     if (ret < 0) {
         goto out;
     }
-    if (s->h.crypt_method != QCOW2_CRYPT_NONE) {
+    /* info needs no key: an encrypted image opens for info only */
+    if (s->h.crypt_method != QCOW2_CRYPT_NONE &&
+        ((flags & VIMG_OPEN_RDWR) || !(flags & VIMG_OPEN_INFO_ONLY))) {
         ret = vimg_error(-ENOTSUP,
                          "%s: encrypted qcow2 images (%s) are not supported "
                          "yet",
@@ -530,6 +533,47 @@ static int qcow2_block_status(struct vimg_image *img, uint64_t offset,
     return 0;
 }
 
+/* The encryption qemu-img info shows: the format, and for LUKS the
+ * header the crypto header extension points at (no key needed). */
+static int encrypt_info(struct vimg_image *img, struct vimg_info *info)
+{
+    struct qcow2_state *s = img->priv;
+
+    if (s->h.crypt_method == QCOW2_CRYPT_AES) {
+        info->encrypt_format = "aes";
+        return 0;
+    }
+    info->encrypt_format = "luks";
+    if (!s->ext.has_crypto) {
+        return vimg_error(-EINVAL, "%s: LUKS encryption without a crypto "
+                                   "header extension",
+                          img->filename);
+    }
+    uint8_t buf[VIMG_LUKS_HEADER_LEN];
+    if (s->ext.crypto_length < sizeof(buf) ||
+        s->ext.crypto_offset > s->file_size ||
+        s->file_size - s->ext.crypto_offset < sizeof(buf)) {
+        return vimg_error(-EINVAL, "%s: the LUKS header at 0x%llx (%llu "
+                                   "bytes) is not in the file",
+                          img->filename,
+                          (unsigned long long)s->ext.crypto_offset,
+                          (unsigned long long)s->ext.crypto_length);
+    }
+    int ret = vimg_io_pread(img->io, buf, sizeof(buf), s->ext.crypto_offset);
+    if (ret < 0) {
+        return ret;
+    }
+    info->luks = calloc(1, sizeof(*info->luks));
+    if (!info->luks) {
+        return vimg_error(-ENOMEM, "out of memory");
+    }
+    ret = vimg_luks_parse(buf, sizeof(buf), info->luks);
+    if (ret < 0) {
+        vimg_error_prefix("%s", img->filename);
+    }
+    return ret;
+}
+
 static int qcow2_info(struct vimg_image *img, struct vimg_info *info)
 {
     struct qcow2_state *s = img->priv;
@@ -543,6 +587,12 @@ static int qcow2_info(struct vimg_image *img, struct vimg_info *info)
     info->refcount_bits = 1u << h->refcount_order;
     info->extended_l2 = s->has_subclusters;
     info->encrypted = h->crypt_method != QCOW2_CRYPT_NONE;
+    if (info->encrypted) {
+        int ret = encrypt_info(img, info);
+        if (ret < 0) {
+            return ret;
+        }
+    }
     info->compression_type =
         h->compression_type == QCOW2_COMPRESSION_ZSTD ? "zstd" : "zlib";
     if (s->has_data_file) {
