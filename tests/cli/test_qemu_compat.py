@@ -379,10 +379,18 @@ def encrypted_images(tmp_path_factory):
     images = {}
     for name, extra in LUKS_VARIANTS.items():
         img = d / f'luks-{name}.qcow2'
-        opts = ','.join(['encrypt.format=luks', 'encrypt.key-secret=s',
-                         'encrypt.iter-time=100', *extra])
-        qemu('qemu-img', 'create', '-q', '-f', 'qcow2', '--object',
-             'secret,id=s,data=pw', '-o', opts, img, '4M', timeout=120)
+        # qemu times its key derivation; on a loaded machine a short
+        # iter-time can fail ("Unable to get accurate CPU usage"): retry
+        # with longer ones
+        for iter_time in (100, 300, 1000, 2000):
+            opts = ','.join(['encrypt.format=luks', 'encrypt.key-secret=s',
+                             f'encrypt.iter-time={iter_time}', *extra])
+            p = run(['qemu-img', 'create', '-q', '-f', 'qcow2', '--object',
+                     'secret,id=s,data=pw', '-o', opts, img, '4M'],
+                    timeout=120)
+            if p.returncode == 0 or 'accurate CPU usage' not in p.stderr:
+                break
+        assert p.returncode == 0, p.stderr
         images[name] = img
     img = d / 'aes.qcow2'
     qemu('qemu-img', 'create', '-q', '-f', 'qcow2', '--object',
