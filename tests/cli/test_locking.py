@@ -283,7 +283,9 @@ def test_data_file_held(tmp_path, holder, mode):
     cmds = [['info', 'IMG'], ['map', 'IMG'], ['check', 'IMG'],
             ['convert', '-O', 'raw', 'IMG', 'out.raw'],
             ['snapshot', '-l', 'IMG'], ['resize', 'IMG', '2M'],
-            ['amend', '-o', 'lazy_refcounts=on', 'IMG']]
+            ['amend', '-o', 'lazy_refcounts=on', 'IMG'],
+            ['create', '-f', 'qcow2', '-o', 'data_file=data.raw', 'new.qcow2',
+             '1M']]
     run_pair(tmp_path, 'd', 'qcow2', holder, mode, cmds, target='data.raw',
              maker=files)
 

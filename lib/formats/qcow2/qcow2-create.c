@@ -414,6 +414,13 @@ int qcow2_create(const char *path, const struct vimg_create_opts *o)
         if (ret < 0) {
             return ret;
         }
+        /* as qemu-img: not while another process uses it (it is emptied) */
+        ret = vimg_io_lock(data_io, VIMG_PERM_WRITE | VIMG_PERM_RESIZE,
+                           VIMG_PERM_ALL & ~VIMG_PERM_RESIZE);
+        if (ret < 0) {
+            vimg_io_close(data_io);
+            return ret;
+        }
         uint64_t have;
         ret = vimg_io_get_size(data_io, &have);
         if (ret == 0 && !o->data_file_keep && have > 0 &&
