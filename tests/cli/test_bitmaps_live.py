@@ -385,3 +385,25 @@ def test_compressed_convert_n_dirties_like_qemu(tmp_path):
     assert_stored(mine)
     assert_same_maps(mine, theirs)
     assert dirty_map(mine, 'b0')[0] == (0, 3 << 20, 'dirty')
+
+
+def test_open_without_writes_keeps_bitmaps_consistent(tmp_path):
+    """The documented difference from qemu (docs/bitmaps.md): a read-write
+    open marks nothing until the first change, so a vimg killed before it
+    wrote leaves consistent bitmaps (qemu-io would leave them in use).
+    A guard for that choice, alongside the tests of the new behaviour."""
+    img = make_image(tmp_path / 'h.qcow2')
+    qemu('qemu-io', '-c', 'write 1M 64k', img)
+    before = img.read_bytes()
+    holder = subprocess.Popen([os.path.join(BUILD_DIR, 'tests', 'tools',
+                                            'hold-image'), '-w', str(img)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    line = holder.stdout.readline().decode()
+    assert line.strip() == 'ready', line + holder.stderr.read().decode()
+    assert bitmap_flags(img) == {'b0': ['auto'], 'b1': ['auto'],
+                                 'b2': ['auto'], 'off': []}
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert img.read_bytes() == before
+    assert dirty_map(img, 'b0')[1] == (1 << 20, 64 << 10, 'dirty')
