@@ -12,6 +12,7 @@
 
 #include "vimg.h"
 #include "io/io.h"
+#include "util/vimg-util.h"
 
 struct vimg_format;
 
@@ -39,15 +40,6 @@ struct vimg_image {
     char *backing_path;      /* backing_name resolved against our dir */
     struct vimg_image *backing;
 };
-
-/* error.c */
-/* Record a printf-style message for vimg_last_error(); returns ERR. */
-int vimg_error(int err, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-/* Prefix the current message with "PREFIX: " (used for file names). */
-void vimg_error_prefix(const char *fmt, ...)
-    __attribute__((format(printf, 1, 2)));
-void vimg_error_clear(void);
 
 /* registry.c */
 /*
@@ -104,21 +96,6 @@ struct vimg_measure_plan {
  * cannot be measured. */
 int vimg_image_plan(const struct vimg_create_opts *opts,
                     uint64_t virtual_size, struct vimg_measure_plan *out);
-
-/* Overflow-checked helpers. */
-static inline bool vimg_add_overflows(uint64_t a, uint64_t b, uint64_t *out)
-{
-    return __builtin_add_overflow(a, b, out);
-}
-
-static inline bool vimg_is_aligned(uint64_t v, uint64_t align)
-{
-    return (v & (align - 1)) == 0;
-}
-
-#define VIMG_MIN(a, b) ((a) < (b) ? (a) : (b))
-#define VIMG_MAX(a, b) ((a) > (b) ? (a) : (b))
-#define VIMG_DIV_ROUND_UP(n, d) (((n) + (d) - 1) / (d))
 
 /* Copy caller OPTS (version 1 or 2) into OUT, a current-version struct
  * (fields a version 1 caller lacks are zero); -EINVAL for other versions. */
