@@ -1,0 +1,302 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2-check-refcounts.c: the computed refcounts (one 16-bit counter per
+ * host cluster; counters that would pass it go to a small side table) and
+ * their comparison with the refcounts stored in the image.  What counts
+ * as one corruption or one leak follows qemu-img check 7.2
+ * (docs/formats/qcow2.md lists the rules).
+ */
+#include <assert.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "formats/qcow2/qcow2-check.h"
+#include "vimg-endian.h"
+
+/* ------------------------------------------------------------ counters */
+
+uint64_t qcow2_check_ovf_extra(struct ck *ck, uint64_t k)
+{
+    for (size_t i = 0; i < ck->nb_ovf; i++) {
+        if (ck->ovf[i].cluster == k) {
+            return ck->ovf[i].extra;
+        }
+    }
+    return 0;
+}
+
+/* Set the side-table part of cluster K's counter to EXTRA. */
+void qcow2_check_ovf_set(struct ck *ck, uint64_t k, uint64_t extra)
+{
+    for (size_t i = 0; i < ck->nb_ovf; i++) {
+        if (ck->ovf[i].cluster == k) {
+            ck->ovf[i].extra = extra;
+            return;
+        }
+    }
+    if (ck->nb_ovf == ck->cap_ovf) {
+        const size_t cap = ck->cap_ovf ? ck->cap_ovf * 2 : 16;
+        struct ck_overflow *o = realloc(ck->ovf, cap * sizeof(*o));
+        if (!o) {
+            return; /* keeps CK_SAT: off only for absurd images */
+        }
+        ck->ovf = o;
+        ck->cap_ovf = cap;
+    }
+    ck->ovf[ck->nb_ovf].cluster = k;
+    ck->ovf[ck->nb_ovf].extra = extra;
+    ck->nb_ovf++;
+}
+
+void qcow2_check_ref_set(struct ck *ck, uint64_t k, uint64_t v)
+{
+    assert(k < ck->cap_clusters);
+    if (v < CK_SAT) {
+        ck->refs[k] = (uint16_t)v;
+        return;
+    }
+    ck->refs[k] = CK_SAT;
+    qcow2_check_ovf_set(ck, k, v - CK_SAT);
+}
+
+/* ---------------------------------------------------- stored refcounts */
+
+uint64_t qcow2_check_compare_end(const struct ck *ck)
+{
+    return VIMG_MAX(ck->nb_clusters, ck->used_end);
+}
+
+/* Is refcount table entry IDX's block unreadable (unaligned)? */
+bool qcow2_check_is_block_broken(const struct ck *ck, uint64_t idx)
+{
+    return idx < ck->reftable_entries &&
+           (ck->reftable[idx] & QCOW2_REFT_OFFSET_MASK & (ck->cs - 1));
+}
+
+/* The stored refcount of cluster C, read from the file: -EIO when its
+ * refcount block is not aligned. */
+static int stored_from_file(struct ck *ck, uint64_t c, uint64_t *out)
+{
+    const uint64_t idx = c / ck->rb_entries;
+    *out = 0;
+    if (idx >= ck->reftable_entries) {
+        return 0;
+    }
+    const uint64_t off = ck->reftable[idx] & QCOW2_REFT_OFFSET_MASK;
+    if (!off) {
+        return 0;
+    }
+    if (off & (ck->cs - 1)) {
+        return -EIO;
+    }
+    const uint64_t i = c % ck->rb_entries;
+    const unsigned order = ck->s->h.refcount_order;
+    const uint64_t byte = (i << order) / 8;
+    uint8_t b[8];
+    const size_t len = order >= 3 ? (size_t)1 << (order - 3) : 1;
+    int ret = qcow2_check_read(ck, b, len, off + byte);
+    if (ret < 0) {
+        return ret;
+    }
+    /* qcow2_refcount_get wants the block; fake one around the entry */
+    *out = order >= 3 ? qcow2_refcount_get(b, 0, order)
+                      : qcow2_refcount_get(b, i % (8u >> order), order);
+    return 0;
+}
+
+/*
+ * Compare the computed refcounts with the stored ones (qemu's
+ * compare_refcounts).  FIX: the repairs allowed now.  With IS_FINAL, the
+ * repairs are written and ck->refs ends up holding the stored refcounts
+ * (for the COPIED pass); else nothing is written.
+ */
+int qcow2_check_compare_refcounts(struct ck *ck, struct ck_part *p,
+                                  unsigned fix, bool is_final)
+{
+    const uint64_t end = qcow2_check_compare_end(ck);
+    const uint64_t rbe = ck->rb_entries;
+    const unsigned order = ck->s->h.refcount_order;
+    uint8_t *block = malloc((size_t)ck->cs);
+    uint8_t *orig = malloc((size_t)ck->cs);
+    int ret = 0;
+    bool has_lowered = false;
+
+    if (!block || !orig) {
+        free(block);
+        free(orig);
+        p->r.check_errors++;
+        return vimg_error(-ENOMEM, "out of memory");
+    }
+    ck->highest = 0;
+    for (uint64_t idx = 0; idx * rbe < end; idx++) {
+        const uint64_t first = idx * rbe;
+        const uint64_t last = VIMG_MIN(end, first + rbe);
+        const uint64_t off = idx < ck->reftable_entries
+                                 ? ck->reftable[idx] & QCOW2_REFT_OFFSET_MASK
+                                 : 0;
+        if (off & (ck->cs - 1)) {
+            for (uint64_t c = first; c < last; c++) {
+                p->r.check_errors++;
+                qcow2_check_say(ck, p,
+                    "ERROR: cannot get the refcount of cluster %llu "
+                    "(0x%llx): its refcount block at 0x%llx is not cluster "
+                    "aligned",
+                    (unsigned long long)c, (unsigned long long)(c << ck->cb),
+                    (unsigned long long)off);
+            }
+            continue;
+        }
+        if (off) {
+            ret = qcow2_check_read(ck, block, (size_t)ck->cs, off);
+            if (ret < 0) {
+                p->r.check_errors++;
+                qcow2_check_say(ck, p,
+                                "ERROR: could not read the refcount block at "
+                                "0x%llx: %s",
+                                (unsigned long long)off, vimg_last_error());
+                goto out;
+            }
+            memcpy(orig, block, (size_t)ck->cs);
+        }
+        bool is_raised = false;
+        for (uint64_t c = first; c < last; c++) {
+            if (order == 4 && off) {
+                /* the common width: skip equal entries quickly */
+                while (c < last && ck->refs[c] < CK_SAT &&
+                       load_be16(block + 2 * (c - first)) == ck->refs[c]) {
+                    if (ck->refs[c]) {
+                        ck->highest = c;
+                    }
+                    c++;
+                }
+                if (c == last) {
+                    break;
+                }
+            }
+            const uint64_t stored =
+                off ? qcow2_refcount_get(block, c - first, order) : 0;
+            const uint64_t computed = ref_get(ck, c);
+            if (stored || computed) {
+                ck->highest = c;
+            }
+            if (stored == computed) {
+                continue;
+            }
+            uint64_t *fixed = NULL;
+            if (stored == 0) {
+                ck->is_rebuild_needed = true;
+            } else if (stored > computed &&
+                       (fix & VIMG_CHECK_REPAIR_LEAKS)) {
+                fixed = &p->r.leaks_fixed;
+            } else if (stored < computed &&
+                       (fix & VIMG_CHECK_REPAIR_ERRORS)) {
+                fixed = &p->r.corruptions_fixed;
+            }
+            qcow2_check_say(ck, p,
+                "%s cluster %llu (0x%llx): refcount %llu in the refcount "
+                "block at 0x%llx, but %llu reference%s",
+                fixed                ? "Repairing"
+                : stored < computed ? "ERROR:"
+                                     : "Leaked",
+                (unsigned long long)c, (unsigned long long)(c << ck->cb),
+                (unsigned long long)stored, (unsigned long long)off,
+                (unsigned long long)computed, computed == 1 ? "" : "s");
+            if (fixed) {
+                (*fixed)++;
+                if (stored < computed) {
+                    qcow2_refcount_set(block, c - first, order, computed);
+                    is_raised = true;
+                } else {
+                    has_lowered = true;
+                }
+                continue;
+            }
+            if (stored < computed) {
+                p->r.corruptions++;
+                if (ck->suspects && ck->nb_suspects < CK_MAX_SUSPECTS) {
+                    ck->suspects[ck->nb_suspects++].cluster = c;
+                }
+            } else {
+                p->r.leaks++;
+            }
+            if (is_final) {
+                /* keep what the file says, for the COPIED pass */
+                qcow2_check_ref_set(ck, c, stored);
+            }
+        }
+        if (is_final && is_raised) {
+            ret = qcow2_check_write(ck, block, (size_t)ck->cs, off);
+            if (ret < 0) {
+                p->r.check_errors++;
+                qcow2_check_say(ck, p,
+                                "ERROR: could not write the refcount block at "
+                                "0x%llx: %s",
+                                (unsigned long long)off, vimg_last_error());
+                goto out;
+            }
+        }
+    }
+    if (!is_final || !has_lowered) {
+        if (is_final && fix) {
+            ret = qcow2_check_sync(ck);
+        }
+        goto out;
+    }
+    /* Raised refcounts are durable before any is lowered: a crash in
+     * between leaves leaks, never a cluster in use with too low a count. */
+    ret = qcow2_check_sync(ck);
+    for (uint64_t idx = 0; ret == 0 && idx * rbe < end; idx++) {
+        const uint64_t first = idx * rbe;
+        const uint64_t last = VIMG_MIN(end, first + rbe);
+        const uint64_t off = idx < ck->reftable_entries
+                                 ? ck->reftable[idx] & QCOW2_REFT_OFFSET_MASK
+                                 : 0;
+        if (!off || (off & (ck->cs - 1))) {
+            continue;
+        }
+        ret = qcow2_check_read(ck, block, (size_t)ck->cs, off);
+        bool is_lowered = false;
+        for (uint64_t c = first; ret == 0 && c < last; c++) {
+            const uint64_t stored = qcow2_refcount_get(block, c - first, order);
+            const uint64_t computed = ref_get(ck, c);
+            if (stored > computed) {
+                qcow2_refcount_set(block, c - first, order, computed);
+                is_lowered = true;
+            }
+        }
+        if (ret == 0 && is_lowered) {
+            ret = qcow2_check_write(ck, block, (size_t)ck->cs, off);
+        }
+    }
+    if (ret == 0) {
+        ret = qcow2_check_sync(ck);
+    }
+    if (ret < 0) {
+        p->r.check_errors++;
+        qcow2_check_say(ck, p, "ERROR: could not write refcount blocks: %s",
+            vimg_last_error());
+    }
+out:
+    free(block);
+    free(orig);
+    return ret;
+}
+
+/* Stored refcount of cluster C after qcow2_check_compare_refcounts(): -EIO if
+ * unreadable. */
+int qcow2_check_stored_refcount(struct ck *ck, uint64_t c,
+                                  uint64_t *out)
+{
+    if (ck->has_broken_block &&
+        qcow2_check_is_block_broken(ck, c / ck->rb_entries)) {
+        return -EIO;
+    }
+    if (c < ck->cmp_end) {
+        *out = ref_get(ck, c);
+        return 0;
+    }
+    return stored_from_file(ck, c, out);
+}

@@ -1,0 +1,527 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2-check-repair.c: the repairs of check -r, in a crash-safe order:
+ * refcounts that are too low are raised and made durable before leaked
+ * ones are lowered; a rebuilt refcount structure goes to fresh clusters
+ * past the end of the file and is made durable before the header points
+ * at it (one 12-byte write); COPIED flags are fixed only after the
+ * refcounts are right; the snapshot table is rewritten last.
+ */
+#include <assert.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "formats/qcow2/qcow2-check.h"
+#include "vimg-endian.h"
+
+/* ---------------------------------------------------------- L2 entries */
+
+/* Make the entry at [L2_OFF + J * entry size] read as zeroes
+ * (qemu's fix for preallocated clusters that are not aligned). */
+int qcow2_check_zero_l2_entry(struct ck *ck, uint64_t l2_off, uint64_t j,
+                         uint64_t bitmap)
+{
+    uint8_t b[16];
+    size_t n = 8;
+
+    if (ck->s->has_subclusters) {
+        /* allocated subclusters become zero ones */
+        bitmap |= bitmap << 32;
+        bitmap &= 0xffffffff00000000ull;
+        store_be64(b, 0);
+        store_be64(b + 8, bitmap);
+        n = 16;
+    } else {
+        store_be64(b, QCOW2_OFLAG_ZERO);
+    }
+    int ret = qcow2_check_write(ck, b, n, l2_off + j * ck->s->l2_entry_bytes);
+    return ret == 0 ? qcow2_check_sync(ck) : ret;
+}
+
+/* ------------------------------------------------------------- rebuild */
+
+static int grow_refs(struct ck *ck, uint64_t n)
+{
+    if (n <= ck->cap_clusters) {
+        return 0;
+    }
+    uint16_t *r = realloc(ck->refs, (size_t)n * sizeof(uint16_t));
+    if (!r) {
+        return vimg_error(-ENOMEM, "out of memory");
+    }
+    memset(r + ck->cap_clusters, 0,
+           (size_t)(n - ck->cap_clusters) * sizeof(uint16_t));
+    ck->refs = r;
+    ck->cap_clusters = n;
+    return 0;
+}
+
+/*
+ * Write a new refcount structure for the computed refcounts: refcount
+ * blocks and table in fresh clusters past the end of everything, made
+ * durable, then the header switched to them in one write.  The old
+ * structure is leaked (the caller frees it).
+ */
+int qcow2_check_rebuild_refcount_structure(struct ck *ck, struct ck_part *p)
+{
+    struct qcow2_state *s = ck->s;
+    const uint64_t rbe = ck->rb_entries;
+    const uint64_t per_rt_cluster = ck->cs / 8;
+    const uint64_t start = VIMG_MAX(qcow2_check_compare_end(ck),
+                                    VIMG_DIV_ROUND_UP(s->file_size, ck->cs));
+    uint64_t nb_blocks = VIMG_DIV_ROUND_UP(start, rbe);
+    uint64_t rt_clusters = VIMG_DIV_ROUND_UP(nb_blocks, per_rt_cluster);
+    uint8_t *buf = NULL;
+    int ret;
+
+    qcow2_check_say(ck, p, "Rebuilding refcount structure");
+    for (;;) {
+        const uint64_t end = start + nb_blocks + rt_clusters;
+        const uint64_t b = VIMG_DIV_ROUND_UP(end, rbe);
+        const uint64_t t = VIMG_DIV_ROUND_UP(b, per_rt_cluster);
+        if (b == nb_blocks && t == rt_clusters) {
+            break;
+        }
+        nb_blocks = b;
+        rt_clusters = t;
+    }
+    if ((rt_clusters << ck->cb) > QCOW2_MAX_REFTABLE_BYTES) {
+        p->r.check_errors++;
+        return vimg_error(-EFBIG, "%s: the new refcount table would exceed "
+                                  "8 MiB",
+                          ck->img->filename);
+    }
+    const uint64_t end = start + nb_blocks + rt_clusters;
+    ret = grow_refs(ck, end);
+    if (ret < 0) {
+        p->r.check_errors++;
+        return ret;
+    }
+    for (uint64_t c = start; c < end; c++) {
+        qcow2_check_ref_set(ck, c, 1);
+    }
+
+    /* refcount blocks, contiguous: written in batches of up to 1 MiB */
+    const uint64_t batch = VIMG_MAX(1, (1u << 20) >> ck->cb);
+    buf = malloc((size_t)(batch << ck->cb));
+    if (!buf) {
+        p->r.check_errors++;
+        return vimg_error(-ENOMEM, "out of memory");
+    }
+    for (uint64_t i = 0; i < nb_blocks; i += batch) {
+        const uint64_t n = VIMG_MIN(batch, nb_blocks - i);
+        memset(buf, 0, (size_t)(n << ck->cb));
+        for (uint64_t k = 0; k < n; k++) {
+            uint8_t *b = buf + (k << ck->cb);
+            const uint64_t first = (i + k) * rbe;
+            const uint64_t last = VIMG_MIN(end, first + rbe);
+            for (uint64_t c = first; c < last; c++) {
+                const uint64_t v = ref_get(ck, c);
+                if (v) {
+                    qcow2_refcount_set(b, c - first, s->h.refcount_order, v);
+                }
+            }
+        }
+        ret = qcow2_check_write(ck, buf, (size_t)(n << ck->cb),
+                       (start + i) << ck->cb);
+        if (ret < 0) {
+            goto fail;
+        }
+    }
+    /* refcount table */
+    free(buf);
+    const uint64_t rt_entries = rt_clusters * per_rt_cluster;
+    buf = calloc((size_t)rt_entries, 8);
+    uint64_t *table = calloc((size_t)rt_entries, sizeof(uint64_t));
+    if (!buf || !table) {
+        free(table);
+        p->r.check_errors++;
+        ret = vimg_error(-ENOMEM, "out of memory");
+        goto out;
+    }
+    for (uint64_t i = 0; i < nb_blocks; i++) {
+        table[i] = (start + i) << ck->cb;
+        store_be64(buf + i * 8, table[i]);
+    }
+    const uint64_t rt_off = (start + nb_blocks) << ck->cb;
+    ret = qcow2_check_write(ck, buf, (size_t)rt_entries * 8, rt_off);
+    if (ret == 0) {
+        ret = qcow2_check_sync(ck);
+    }
+    if (ret < 0) {
+        free(table);
+        goto fail;
+    }
+    /* switch the header: table offset and size are adjacent fields */
+    uint8_t h[12];
+    store_be64(h, rt_off);
+    store_be32(h + 8, (uint32_t)rt_clusters);
+    ret = qcow2_check_write(ck, h, sizeof(h), QCOW2_HDR_REFTABLE_OFFSET);
+    if (ret == 0) {
+        ret = qcow2_check_sync(ck);
+    }
+    if (ret < 0) {
+        free(table);
+        goto fail;
+    }
+    s->h.refcount_table_offset = rt_off;
+    s->h.refcount_table_clusters = (uint32_t)rt_clusters;
+    free(ck->reftable);
+    ck->reftable = table;
+    ck->reftable_entries = rt_entries;
+    ck->has_broken_block = false;
+    ck->file_size = s->file_size;
+    ck->nb_clusters = VIMG_DIV_ROUND_UP(ck->file_size, ck->cs);
+    ret = grow_refs(ck, ck->nb_clusters + 2);
+    if (ret < 0) {
+        p->r.check_errors++;
+    }
+    goto out;
+fail:
+    p->r.check_errors++;
+    qcow2_check_say(ck, p,
+                    "ERROR: could not write the new refcount structure: %s",
+                    vimg_last_error());
+out:
+    free(buf);
+    return ret;
+}
+
+/* -------------------------------------------------------- COPIED flags */
+
+/* Would writing CS bytes at OFF overwrite fixed metadata? */
+static bool overlaps_metadata(struct ck *ck, uint64_t off)
+{
+    const struct qcow2_state *s = ck->s;
+    const uint64_t c = off >> ck->cb;
+    const uint64_t c_last = (off + ck->cs - 1) >> ck->cb;
+    const struct {
+        uint64_t off, bytes;
+    } r[] = {
+        {0, ck->cs},
+        {s->h.l1_table_offset, (uint64_t)s->h.l1_size * 8},
+        {s->h.refcount_table_offset,
+         (uint64_t)s->h.refcount_table_clusters << ck->cb},
+        {s->h.snapshots_offset, s->nb_snapshots ? s->snapshots_size : 0},
+    };
+    for (size_t i = 0; i < sizeof(r) / sizeof(r[0]); i++) {
+        if (r[i].bytes == 0) {
+            continue;
+        }
+        const uint64_t a = r[i].off >> ck->cb;
+        const uint64_t b = (r[i].off + r[i].bytes - 1) >> ck->cb;
+        if (c <= b && c_last >= a) {
+            return true;
+        }
+    }
+    for (uint64_t i = 0; i < ck->reftable_entries; i++) {
+        const uint64_t rb = (ck->reftable[i] & QCOW2_REFT_OFFSET_MASK) >>
+                            ck->cb;
+        if (rb && rb >= c && rb <= c_last) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The COPIED flags of entries [FIRST, END) of the active L1 table and of
+ * their L2 tables (qemu's check_oflag_copied). */
+int qcow2_check_copied_range(struct ck *ck, struct ck_part *p,
+                             const struct ck_l1 *t, uint64_t first,
+                             uint64_t end, bool is_repair, uint8_t *buf)
+{
+    struct qcow2_state *s = ck->s;
+    const unsigned eb = s->l2_entry_bytes;
+
+    for (uint64_t i = first; i < end; i++) {
+        const uint64_t l1e = s->l1[i];
+        const uint64_t l2_off = l1e & QCOW2_L1E_OFFSET_MASK;
+        const uint64_t g0 = i * l2_span(ck);
+        uint64_t rc;
+        if (!l2_off ||
+            qcow2_check_stored_refcount(ck, l2_off >> ck->cb, &rc) < 0) {
+            continue;
+        }
+        if ((rc == 1) != ((l1e & QCOW2_OFLAG_COPIED) != 0)) {
+            p->r.corruptions++;
+            qcow2_check_say(ck, p,
+                "%s: %s: entry %llu (guest 0x%llx-0x%llx) has the COPIED "
+                "flag %s, but its L2 table at 0x%llx has refcount %llu",
+                is_repair ? "Repairing" : "ERROR", t->label,
+                (unsigned long long)i, (unsigned long long)g0,
+                (unsigned long long)(g0 + l2_span(ck) - 1),
+                (l1e & QCOW2_OFLAG_COPIED) ? "set" : "clear",
+                (unsigned long long)l2_off, (unsigned long long)rc);
+            if (is_repair) {
+                const uint64_t v = rc == 1 ? l1e | QCOW2_OFLAG_COPIED
+                                           : l1e & ~QCOW2_OFLAG_COPIED;
+                uint8_t b[8];
+                store_be64(b, v);
+                int ret =
+                    qcow2_check_write(ck, b, 8, s->h.l1_table_offset + i * 8);
+                if (ret < 0) {
+                    p->r.check_errors++;
+                    qcow2_check_say(ck, p,
+                                    "ERROR: could not write the L1 entry: %s",
+                                    vimg_last_error());
+                    return ret;
+                }
+                s->l1[i] = v;
+                p->r.corruptions--;
+                p->r.corruptions_fixed++;
+            }
+        }
+        int ret = qcow2_check_read(ck, buf, (size_t)ck->cs, l2_off);
+        if (ret < 0) {
+            p->r.check_errors++;
+            qcow2_check_say(ck, p,
+                            "ERROR: could not read the L2 table at 0x%llx: %s",
+                            (unsigned long long)l2_off, vimg_last_error());
+            return ret;
+        }
+        uint64_t nb_dirty = 0;
+        for (uint64_t j = 0; j < ck->cs / eb; j++) {
+            const uint64_t e = load_be64(buf + j * eb);
+            const enum ck_type type = qcow2_check_entry_type(ck, e);
+            if (type != CK_NORMAL && type != CK_ZERO_ALLOC) {
+                continue;
+            }
+            const uint64_t off = e & QCOW2_L2E_OFFSET_MASK;
+            if (s->has_data_file) {
+                rc = 1;
+            } else if (qcow2_check_stored_refcount(ck, off >> ck->cb, &rc) <
+                       0) {
+                continue;
+            }
+            if ((rc == 1) == ((e & QCOW2_OFLAG_COPIED) != 0)) {
+                continue;
+            }
+            p->r.corruptions++;
+            qcow2_check_say(ck, p,
+                "%s: L2 table at 0x%llx (%s entry %llu): entry %llu (guest "
+                "0x%llx) has the COPIED flag %s, but its cluster at 0x%llx "
+                "has refcount %llu",
+                is_repair ? "Repairing" : "ERROR", (unsigned long long)l2_off,
+                t->label, (unsigned long long)i, (unsigned long long)j,
+                (unsigned long long)(g0 + j * ck->cs),
+                (e & QCOW2_OFLAG_COPIED) ? "set" : "clear",
+                (unsigned long long)off, (unsigned long long)rc);
+            if (is_repair) {
+                store_be64(buf + j * eb, rc == 1 ? e | QCOW2_OFLAG_COPIED
+                                                 : e & ~QCOW2_OFLAG_COPIED);
+                nb_dirty++;
+            }
+        }
+        if (nb_dirty) {
+            if (overlaps_metadata(ck, l2_off)) {
+                p->r.check_errors++;
+                qcow2_check_say(ck, p,
+                    "ERROR: could not write the L2 table at 0x%llx: it "
+                    "overlaps other metadata",
+                    (unsigned long long)l2_off);
+                return vimg_error(-EIO, "%s: L2 table at 0x%llx overlaps "
+                                        "other metadata",
+                                  ck->img->filename,
+                                  (unsigned long long)l2_off);
+            }
+            ret = qcow2_check_write(ck, buf, (size_t)ck->cs, l2_off);
+            if (ret < 0) {
+                p->r.check_errors++;
+                qcow2_check_say(
+                    ck, p,
+                    "ERROR: could not write the L2 table at 0x%llx: "
+                    "%s",
+                    (unsigned long long)l2_off, vimg_last_error());
+                return ret;
+            }
+            p->r.corruptions -= nb_dirty;
+            p->r.corruptions_fixed += nb_dirty;
+        }
+    }
+    return 0;
+}
+
+int qcow2_check_copied_flags(struct ck *ck, struct ck_part *p)
+{
+    struct qcow2_state *s = ck->s;
+    bool is_repair;
+
+    if (ck->fix & VIMG_CHECK_REPAIR_ERRORS) {
+        is_repair = true;
+    } else if (ck->fix & VIMG_CHECK_REPAIR_LEAKS) {
+        /* only when the refcounts are known to be right */
+        is_repair = !p->r.check_errors && !p->r.corruptions && !p->r.leaks;
+    } else {
+        is_repair = false;
+    }
+    struct ck_l1 t;
+    memset(&t, 0, sizeof(t));
+    ck->cmp_end = qcow2_check_compare_end(ck);
+    snprintf(t.label, sizeof(t.label), "active L1 table at 0x%llx",
+             (unsigned long long)s->h.l1_table_offset);
+    t.offset = s->h.l1_table_offset;
+    t.l1 = s->l1;
+    /* entries past the end of the file read as zeroes */
+    t.nb_entries =
+        s->h.l1_table_offset < ck->file_size
+            ? VIMG_MIN(s->h.l1_size,
+                       VIMG_DIV_ROUND_UP(ck->file_size - s->h.l1_table_offset,
+                                         8))
+            : 0;
+    t.is_active = true;
+    int ret = qcow2_check_run_jobs(ck, p, &t, true, is_repair);
+    if (ret == 0 && is_repair) {
+        ret = qcow2_check_sync(ck);
+    }
+    return ret;
+}
+
+/* ------------------------------------------------------ snapshot table */
+
+/* Set the stored refcount of cluster C (its refcount block must exist). */
+static int set_stored(struct ck *ck, uint64_t c, uint64_t v, uint8_t *block)
+{
+    const uint64_t idx = c / ck->rb_entries;
+    const uint64_t off = ck->reftable[idx] & QCOW2_REFT_OFFSET_MASK;
+    int ret = qcow2_check_read(ck, block, (size_t)ck->cs, off);
+
+    if (ret == 0) {
+        qcow2_refcount_set(block, c % ck->rb_entries,
+                           ck->s->h.refcount_order, v);
+        ret = qcow2_check_write(ck, block, (size_t)ck->cs, off);
+    }
+    return ret;
+}
+
+/* Can cluster C get a refcount (its refcount block exists and is sane)? */
+static bool is_covered(const struct ck *ck, uint64_t c)
+{
+    const uint64_t idx = c / ck->rb_entries;
+    if (idx >= ck->reftable_entries) {
+        return false;
+    }
+    const uint64_t off = ck->reftable[idx] & QCOW2_REFT_OFFSET_MASK;
+    return off && !(off & (ck->cs - 1)) && off < ck->file_size;
+}
+
+/*
+ * Give the incomplete version 3 snapshot table entries their 16 bytes of
+ * extra data (disk size: the current one, as qemu does) and write the
+ * table anew: refcounts of the new clusters first, then the table, then
+ * the header (entry count and offset, adjacent fields: one write), then
+ * the old table's clusters are released.  Returns the entries fixed.
+ */
+int qcow2_check_fix_snapshot_table(struct ck *ck, struct ck_part *p)
+{
+    struct qcow2_state *s = ck->s;
+    uint8_t *table = NULL, *block = NULL;
+    int ret = 0;
+
+    for (size_t k = 0; k < s->nb_snapshots; k++) {
+        struct qcow2_snapshot *sn = &s->snapshots[k];
+        if (sn->has_disk_size) {
+            continue;
+        }
+        uint8_t *extra = calloc(1, 16);
+        if (!extra) {
+            return vimg_error(-ENOMEM, "out of memory");
+        }
+        free(sn->extra_data);
+        sn->extra_data = extra;
+        sn->extra_data_size = 16;
+        sn->disk_size = s->h.size;
+        sn->has_disk_size = true;
+    }
+    const size_t len = qcow2_snapshots_encode(s->snapshots, s->nb_snapshots,
+                                              NULL);
+    const uint64_t n = VIMG_DIV_ROUND_UP(len, ck->cs);
+    table = calloc(1, (size_t)(n << ck->cb));
+    block = malloc((size_t)ck->cs);
+    if (!table || !block) {
+        ret = vimg_error(-ENOMEM, "out of memory");
+        goto out;
+    }
+    qcow2_snapshots_encode(s->snapshots, s->nb_snapshots, table);
+
+    /* n free clusters with a refcount block to count them */
+    const uint64_t limit = ck->reftable_entries * ck->rb_entries;
+    uint64_t start = 0, run = 0;
+    for (uint64_t c = 1; c < limit && run < n; c++) {
+        if (ref_get(ck, c) == 0 && is_covered(ck, c)) {
+            start = run ? start : c;
+            run++;
+        } else {
+            run = 0;
+        }
+    }
+    if (run < n) {
+        ret = vimg_error(-ENOSPC, "%s: no room for a new snapshot table "
+                                  "under the existing refcount blocks",
+                         ck->img->filename);
+        goto out;
+    }
+    for (uint64_t c = start; c < start + n && ret == 0; c++) {
+        ret = set_stored(ck, c, 1, block);
+    }
+    if (ret == 0) {
+        ret = qcow2_check_sync(ck);
+    }
+    if (ret == 0) {
+        ret = qcow2_check_write(ck, table, (size_t)(n << ck->cb),
+                                start << ck->cb);
+    }
+    if (ret == 0) {
+        ret = qcow2_check_sync(ck);
+    }
+    if (ret < 0) {
+        goto out;
+    }
+    uint8_t h[12];
+    store_be32(h, (uint32_t)s->nb_snapshots);
+    store_be64(h + 4, start << ck->cb);
+    ret = qcow2_check_write(ck, h, sizeof(h), QCOW2_HDR_NB_SNAPSHOTS);
+    if (ret == 0) {
+        ret = qcow2_check_sync(ck);
+    }
+    if (ret < 0) {
+        goto out;
+    }
+    const uint64_t old_off = s->h.snapshots_offset;
+    const uint64_t old_size = s->snapshots_size;
+    s->h.snapshots_offset = start << ck->cb;
+    s->snapshots_size = len;
+    for (uint64_t c = start; c < start + n; c++) {
+        if (c < ck->cap_clusters) {
+            qcow2_check_ref_set(ck, c, 1);
+        }
+    }
+    /* the old table's clusters lose the table's reference */
+    if (old_size && old_off < ck->file_size) {
+        const uint64_t first = old_off >> ck->cb;
+        const uint64_t last = (old_off + old_size - 1) >> ck->cb;
+        for (uint64_t c = first; c <= last && c < ck->cmp_end && ret == 0;
+             c++) {
+            const uint64_t v = ref_get(ck, c);
+            if (v && is_covered(ck, c)) {
+                qcow2_check_ref_set(ck, c, v - 1);
+                ret = set_stored(ck, c, v - 1, block);
+            }
+        }
+        if (ret == 0) {
+            ret = qcow2_check_sync(ck);
+        }
+    }
+out:
+    if (ret < 0) {
+        p->r.check_errors++;
+        qcow2_check_say(ck, p,
+                        "ERROR: could not rewrite the snapshot table: %s",
+                        vimg_last_error());
+    }
+    free(table);
+    free(block);
+    return ret;
+}

@@ -1,0 +1,721 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2-check-scan.c: the check's first pass, counting every reference to
+ * every host cluster into one counter per cluster (qcow2.txt, "Host cluster
+ * management"): the header, active and snapshot L1/L2 tables ("Cluster
+ * mapping"), data and compressed clusters ("Compressed Clusters
+ * Descriptor"), the snapshot table ("Snapshots"), refcount table and
+ * blocks, crypto header, bitmap directory and bitmap tables ("Bitmaps").
+ * Entries that break the spec are reported on the way.
+ *
+ * L2 tables of an L1 table are scanned by worker threads, each over a
+ * slice of the L1 entries, with atomic counters; each worker buffers its
+ * messages so that they come out in table order whatever the thread count.
+ */
+#include <assert.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "formats/qcow2/qcow2-check.h"
+#include "vimg-endian.h"
+
+/* ------------------------------------------------------------ counting */
+
+/*
+ * Add a reference to cluster K; false if its refcount would overflow the
+ * image's refcount width.  Safe from many threads: one atomic add, undone
+ * when the counter was already at the image's maximum or in the side
+ * table (at most CK_MAX_THREADS such overshoots are in flight at once).
+ */
+static inline bool ref_inc(struct ck *ck, uint64_t k)
+{
+    const uint16_t old =
+        __atomic_fetch_add(&ck->refs[k], (uint16_t)1, __ATOMIC_RELAXED);
+
+    if (old < CK_SAT && old < ck->refcount_max) {
+        return true;
+    }
+    __atomic_fetch_sub(&ck->refs[k], (uint16_t)1, __ATOMIC_RELAXED);
+    if (old < CK_SAT) {
+        return false; /* narrow refcounts: at the maximum */
+    }
+    bool is_ok = true;
+    pthread_mutex_lock(&ck->ovf_lock);
+    const uint64_t extra = qcow2_check_ovf_extra(ck, k);
+    if (CK_SAT + extra >= ck->refcount_max) {
+        is_ok = false;
+    } else {
+        /* refs[k] is at CK_SAT (plus other threads' overshoots, which
+         * they undo): leave it alone, a store could lose those undos */
+        qcow2_check_ovf_set(ck, k, extra + 1);
+    }
+    pthread_mutex_unlock(&ck->ovf_lock);
+    return is_ok;
+}
+
+/*
+ * Count one reference to every cluster [OFFSET, OFFSET+SIZE) touches.
+ * Like qemu, the last cluster may reach less than one cluster past the end
+ * of the file (it may be partly written); anything further is a corruption
+ * the caller describes: returns false then (counted here).
+ */
+static bool inc_refs(struct ck *ck, struct ck_part *p, uint64_t offset,
+                     uint64_t size)
+{
+    uint64_t end;
+
+    if (size == 0) {
+        return true;
+    }
+    if (vimg_add_overflows(offset, size, &end) ||
+        (end > ck->file_size && end - ck->file_size >= ck->cs)) {
+        p->r.corruptions++;
+        return false;
+    }
+    const uint64_t first = offset >> ck->cb;
+    const uint64_t last = (end - 1) >> ck->cb;
+    if (last + 1 > p->used_end) {
+        p->used_end = last + 1;
+    }
+    for (uint64_t k = first; k <= last; k++) {
+        assert(k < ck->cap_clusters);
+        if (!ref_inc(ck, k)) {
+            p->r.corruptions++;
+            qcow2_check_say(ck, p,
+                "ERROR: cluster 0x%llx is referenced more often than a "
+                "%u-bit refcount can count; widen the refcounts with 'qemu-img "
+                "amend -o refcount_bits=64' or copy the image with 'vimg "
+                "convert'",
+                (unsigned long long)(k << ck->cb),
+                1u << ck->s->h.refcount_order);
+        }
+    }
+    return true;
+}
+
+/* ------------------------------------------------------ L1 and L2 scan */
+
+enum ck_type qcow2_check_entry_type(const struct ck *ck, uint64_t e)
+{
+    if (e & QCOW2_OFLAG_COMPRESSED) {
+        return CK_COMPRESSED;
+    }
+    if ((e & QCOW2_OFLAG_ZERO) && !ck->s->has_subclusters) {
+        return (e & QCOW2_L2E_OFFSET_MASK) ? CK_ZERO_ALLOC : CK_ZERO_PLAIN;
+    }
+    if (!(e & QCOW2_L2E_OFFSET_MASK)) {
+        /* offset 0 is a real cluster of an external data file when the
+         * COPIED flag says so (qcow2.txt) */
+        return ck->s->has_data_file && (e & QCOW2_OFLAG_COPIED)
+                   ? CK_NORMAL
+                   : CK_UNALLOCATED;
+    }
+    return CK_NORMAL;
+}
+
+/* Check the L2 table at L2_OFF, entry L1_INDEX of table T. */
+static int check_l2(struct ck *ck, struct ck_part *p, const struct ck_l1 *t,
+                    uint64_t l1_index, uint64_t l2_off, uint8_t *buf)
+{
+    struct qcow2_state *s = ck->s;
+    const uint64_t guest0 = l1_index * l2_span(ck);
+    const unsigned eb = s->l2_entry_bytes;
+    const uint64_t nb_entries = ck->cs / eb;
+    uint64_t next_contiguous = 0;
+
+    if (l2_off >= ck->file_size) {
+        return 0; /* reads as zeroes: nothing allocated */
+    }
+    /* only the part inside the file can hold entries */
+    const uint64_t in_file = VIMG_MIN(ck->cs, ck->file_size - l2_off);
+    const uint64_t n = VIMG_DIV_ROUND_UP(in_file, eb);
+    int ret = qcow2_check_read(ck, buf, (size_t)(n * eb), l2_off);
+    if (ret < 0) {
+        p->r.check_errors++;
+        qcow2_check_say(ck, p,
+                        "ERROR: could not read the L2 table at 0x%llx: %s",
+                        (unsigned long long)l2_off, vimg_last_error());
+        return ret;
+    }
+    (void)nb_entries;
+#define L2CTX "L2 table at 0x%llx (%s entry %llu, guest 0x%llx-0x%llx)"
+#define L2ARGS                                                                 \
+    (unsigned long long)l2_off, t->label, (unsigned long long)l1_index,        \
+        (unsigned long long)guest0,                                            \
+        (unsigned long long)(guest0 + l2_span(ck) - 1)
+    for (uint64_t j = 0; j < n; j++) {
+        uint64_t e = load_be64(buf + j * eb);
+        const uint64_t bm = s->has_subclusters ? load_be64(buf + j * eb + 8)
+                                               : 0;
+        const enum ck_type type = qcow2_check_entry_type(ck, e);
+        const unsigned long long guest = guest0 + j * ck->cs;
+
+        if (e == 0 && bm == 0) {
+            continue;
+        }
+        if (type != CK_COMPRESSED && (e & L2E_STD_RESERVED_MASK)) {
+            p->r.corruptions++;
+            qcow2_check_say(ck, p,
+                "ERROR: " L2CTX ": entry %llu (guest 0x%llx) has reserved "
+                "bits set: 0x%016llx",
+                L2ARGS, (unsigned long long)j, guest, (unsigned long long)e);
+        }
+        switch (type) {
+        case CK_COMPRESSED: {
+            if (e & QCOW2_OFLAG_COPIED) {
+                p->r.corruptions++;
+                qcow2_check_say(ck, p,
+                    "ERROR: " L2CTX ": entry %llu (guest 0x%llx) is a "
+                    "compressed cluster with the COPIED flag set, which "
+                    "compressed clusters never have",
+                    L2ARGS, (unsigned long long)j, guest);
+                e &= ~QCOW2_OFLAG_COPIED;
+            }
+            if (s->has_data_file) {
+                p->r.corruptions++;
+                qcow2_check_say(ck, p,
+                    "ERROR: " L2CTX ": entry %llu (guest 0x%llx) is a "
+                    "compressed cluster, but the image has an external data "
+                    "file",
+                    L2ARGS, (unsigned long long)j, guest);
+                break;
+            }
+            if (bm) {
+                p->r.corruptions++;
+                qcow2_check_say(ck, p,
+                    "ERROR: " L2CTX ": entry %llu (guest 0x%llx) is a "
+                    "compressed cluster with a non-zero subcluster bitmap "
+                    "0x%016llx",
+                    L2ARGS, (unsigned long long)j, guest,
+                    (unsigned long long)bm);
+                break;
+            }
+            const uint64_t coff = e & s->csize_mask;
+            const uint64_t sectors =
+                ((e >> s->csize_shift) & ((1ull << (ck->cb - 8)) - 1)) + 1;
+            const uint64_t csize = sectors * 512 - (coff & 511);
+            if (!inc_refs(ck, p, coff, csize)) {
+                qcow2_check_say(ck, p,
+                    "ERROR: " L2CTX ": entry %llu (guest 0x%llx) points at "
+                    "compressed data at 0x%llx (%llu bytes), past the end "
+                    "of the file",
+                    L2ARGS, (unsigned long long)j, guest,
+                    (unsigned long long)coff, (unsigned long long)csize);
+            }
+            if (t->is_active) {
+                p->r.allocated_clusters++;
+                p->r.compressed_clusters++;
+                /* compressed clusters count as fragmented, as in qemu */
+                p->r.fragmented_clusters++;
+            }
+            break;
+        }
+        case CK_ZERO_ALLOC:
+        case CK_NORMAL: {
+            const uint64_t off = e & QCOW2_L2E_OFFSET_MASK;
+            if ((bm >> 32) & bm) {
+                p->r.corruptions++;
+                qcow2_check_say(ck, p,
+                    "ERROR: " L2CTX ": entry %llu (guest 0x%llx) has a "
+                    "subcluster bitmap 0x%016llx with subclusters both "
+                    "allocated and zero",
+                    L2ARGS, (unsigned long long)j, guest,
+                    (unsigned long long)bm);
+            }
+            if (off & (ck->cs - 1)) {
+                p->r.corruptions++;
+                const bool has_data = s->has_subclusters
+                                          ? (bm & L2_BITMAP_ALL_ALLOC) != 0
+                                          : !(e & QCOW2_OFLAG_ZERO);
+                if (!has_data) {
+                    const bool is_fix = ck->fix & VIMG_CHECK_REPAIR_ERRORS;
+                    qcow2_check_say(ck, p,
+                        "%s: " L2CTX ": entry %llu (guest 0x%llx) is a "
+                        "preallocated zero cluster at 0x%llx, which is not "
+                        "cluster aligned%s",
+                        is_fix ? "Repairing" : "ERROR", L2ARGS,
+                        (unsigned long long)j, guest,
+                        (unsigned long long)off,
+                        is_fix ? "; making it a plain zero cluster" : "");
+                    if (is_fix) {
+                        int r = qcow2_check_zero_l2_entry(ck, l2_off, j, bm);
+                        if (r == 0) {
+                            p->r.corruptions--;
+                            p->r.corruptions_fixed++;
+                            continue;
+                        }
+                        p->r.check_errors++;
+                        qcow2_check_say(
+                            ck, p, "ERROR: could not write the L2 entry: %s",
+                            vimg_last_error());
+                    }
+                } else {
+                    qcow2_check_say(ck, p,
+                        "ERROR: " L2CTX ": entry %llu (guest 0x%llx) points "
+                        "at data at 0x%llx, which is not cluster aligned",
+                        L2ARGS, (unsigned long long)j, guest,
+                        (unsigned long long)off);
+                }
+            }
+            if (t->is_active) {
+                p->r.allocated_clusters++;
+                if (next_contiguous && off != next_contiguous) {
+                    p->r.fragmented_clusters++;
+                }
+                next_contiguous = off + ck->cs;
+            }
+            if (!s->has_data_file && !inc_refs(ck, p, off, ck->cs)) {
+                qcow2_check_say(ck, p,
+                    "ERROR: " L2CTX ": entry %llu (guest 0x%llx) points at "
+                    "data at 0x%llx, past the end of the file",
+                    L2ARGS, (unsigned long long)j, guest,
+                    (unsigned long long)off);
+            }
+            break;
+        }
+        case CK_ZERO_PLAIN:
+            break;
+        case CK_UNALLOCATED:
+            if (bm & L2_BITMAP_ALL_ALLOC) {
+                p->r.corruptions++;
+                qcow2_check_say(ck, p,
+                    "ERROR: " L2CTX ": entry %llu (guest 0x%llx) has no host "
+                    "cluster but its subcluster bitmap 0x%016llx says "
+                    "allocated",
+                    L2ARGS, (unsigned long long)j, guest,
+                    (unsigned long long)bm);
+            }
+            break;
+        }
+    }
+    return 0;
+}
+
+/* Entries [FIRST, END) of an L1 table. */
+static int check_l1_range(struct ck *ck, struct ck_part *p,
+                          const struct ck_l1 *t, uint64_t first, uint64_t end,
+                          uint8_t *buf)
+{
+    for (uint64_t i = first; i < end; i++) {
+        const uint64_t e = t->l1[i];
+        const uint64_t l2_off = e & QCOW2_L1E_OFFSET_MASK;
+        const uint64_t g0 = i * l2_span(ck);
+        if (!l2_off) {
+            continue;
+        }
+        if (e & L1E_RESERVED_MASK) {
+            p->r.corruptions++;
+            qcow2_check_say(ck, p,
+                "ERROR: %s: entry %llu (guest 0x%llx-0x%llx) has reserved "
+                "bits set: 0x%016llx",
+                t->label, (unsigned long long)i, (unsigned long long)g0,
+                (unsigned long long)(g0 + l2_span(ck) - 1),
+                (unsigned long long)e);
+        }
+        if (!inc_refs(ck, p, l2_off, ck->cs)) {
+            qcow2_check_say(ck, p,
+                "ERROR: %s: entry %llu (guest 0x%llx-0x%llx) points at an L2 "
+                "table at 0x%llx, past the end of the file",
+                t->label, (unsigned long long)i, (unsigned long long)g0,
+                (unsigned long long)(g0 + l2_span(ck) - 1),
+                (unsigned long long)l2_off);
+        }
+        if (l2_off & (ck->cs - 1)) {
+            p->r.corruptions++;
+            qcow2_check_say(ck, p,
+                "ERROR: %s: entry %llu (guest 0x%llx-0x%llx) points at an L2 "
+                "table at 0x%llx, which is not cluster aligned",
+                t->label, (unsigned long long)i, (unsigned long long)g0,
+                (unsigned long long)(g0 + l2_span(ck) - 1),
+                (unsigned long long)l2_off);
+        }
+        int ret = check_l2(ck, p, t, i, l2_off, buf);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return 0;
+}
+
+/* Work for one thread: a slice of an L1 table, or the COPIED pass. */
+struct ck_job {
+    struct ck *ck;
+    const struct ck_l1 *t;
+    uint64_t first, end;
+    bool is_copied_pass;
+    bool is_repair;
+    struct ck_part part;
+    pthread_t thread;
+};
+
+static void *job_run(void *opaque)
+{
+    struct ck_job *j = opaque;
+    uint8_t *buf = malloc((size_t)j->ck->cs);
+
+    if (!buf) {
+        j->part.err = vimg_error(-ENOMEM, "out of memory");
+        j->part.r.check_errors++;
+        snprintf(j->part.err_msg, sizeof(j->part.err_msg), "out of memory");
+        return NULL;
+    }
+    j->part.err =
+        j->is_copied_pass
+            ? qcow2_check_copied_range(j->ck, &j->part, j->t, j->first, j->end,
+                                       j->is_repair, buf)
+            : check_l1_range(j->ck, &j->part, j->t, j->first, j->end, buf);
+    if (j->part.err < 0) {
+        snprintf(j->part.err_msg, sizeof(j->part.err_msg), "%s",
+                 vimg_last_error());
+    }
+    free(buf);
+    return NULL;
+}
+
+/*
+ * Run the L2 scan (or the COPIED pass) of table T on up to nb_threads
+ * threads, each over a slice holding about the same number of L2 tables.
+ */
+int qcow2_check_run_jobs(struct ck *ck, struct ck_part *p,
+                         const struct ck_l1 *t, bool is_copied_pass,
+                         bool is_repair)
+{
+    uint64_t nb_tables = 0;
+
+    for (uint64_t i = 0; i < t->nb_entries; i++) {
+        nb_tables += (t->l1[i] & QCOW2_L1E_OFFSET_MASK) != 0;
+    }
+    unsigned n = ck->nb_threads;
+    if (is_copied_pass && is_repair) {
+        /* an L2 table shared by several L1 entries must be fixed by the
+         * first and then seen fixed by the others, as in qemu's order */
+        n = 1;
+    }
+    if (nb_tables / CK_MIN_TABLES_PER_THREAD < n) {
+        n = (unsigned)VIMG_MAX(nb_tables / CK_MIN_TABLES_PER_THREAD, 1);
+    }
+    struct ck_job *jobs = calloc(n, sizeof(*jobs));
+    if (!jobs) {
+        p->r.check_errors++;
+        return vimg_error(-ENOMEM, "out of memory");
+    }
+    /* cut the table into N slices of about nb_tables / N tables */
+    uint64_t i = 0;
+    for (unsigned k = 0; k < n; k++) {
+        const uint64_t want = (nb_tables * (k + 1)) / n - (nb_tables * k) / n;
+        uint64_t got = 0;
+        jobs[k].ck = ck;
+        jobs[k].t = t;
+        jobs[k].is_copied_pass = is_copied_pass;
+        jobs[k].is_repair = is_repair;
+        jobs[k].part.is_buffered = n > 1;
+        jobs[k].first = i;
+        while (i < t->nb_entries && (got < want || k == n - 1)) {
+            got += (t->l1[i] & QCOW2_L1E_OFFSET_MASK) != 0;
+            i++;
+        }
+        jobs[k].end = i;
+    }
+    if (n == 1) {
+        jobs[0].part.is_buffered = false;
+        job_run(&jobs[0]);
+    } else {
+        unsigned started = 0;
+        for (unsigned k = 0; k < n; k++) {
+            if (pthread_create(&jobs[k].thread, NULL, job_run, &jobs[k]) != 0) {
+                break;
+            }
+            started++;
+        }
+        for (unsigned k = 0; k < started; k++) {
+            pthread_join(jobs[k].thread, NULL);
+        }
+        for (unsigned k = started; k < n; k++) {
+            job_run(&jobs[k]); /* no thread to be had: do it here */
+        }
+    }
+    for (unsigned k = 0; k < n; k++) {
+        qcow2_check_merge_part(ck, p, &jobs[k].part);
+    }
+    free(jobs);
+    return p->err;
+}
+
+/* Read the NB entries of the L1 table at OFFSET (the part inside the
+ * file; the rest reads as zeroes and is left out). */
+int qcow2_check_load_table(struct ck *ck, struct ck_part *p, uint64_t offset,
+                   uint64_t nb, uint64_t **out, uint64_t *nb_out)
+{
+    *out = NULL;
+    *nb_out = 0;
+    if (offset >= ck->file_size || nb == 0) {
+        return 0;
+    }
+    const uint64_t n =
+        VIMG_MIN(nb, VIMG_DIV_ROUND_UP(ck->file_size - offset, 8));
+    uint64_t *l1 = malloc(n ? (size_t)n * 8 : 1);
+    if (!l1) {
+        p->r.check_errors++;
+        return vimg_error(-ENOMEM, "out of memory");
+    }
+    int ret = qcow2_check_read(ck, l1, (size_t)n * 8, offset);
+    if (ret < 0) {
+        p->r.check_errors++;
+        qcow2_check_say(ck, p,
+                        "ERROR: could not read the L1 table at 0x%llx: %s",
+                        (unsigned long long)offset, vimg_last_error());
+        free(l1);
+        return ret;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        l1[i] = load_be64((const uint8_t *)&l1[i]);
+    }
+    *out = l1;
+    *nb_out = n;
+    return 0;
+}
+
+/* ------------------------------------------------------ other metadata */
+
+static int check_bitmaps(struct ck *ck, struct ck_part *p)
+{
+    struct qcow2_state *s = ck->s;
+
+    if (s->nb_bitmaps == 0) {
+        return 0;
+    }
+    if (!inc_refs(ck, p, s->ext.bitmap_dir_offset, s->ext.bitmap_dir_size)) {
+        qcow2_check_say(ck, p,
+            "ERROR: the bitmap directory at 0x%llx (%llu bytes) is past the "
+            "end of the file",
+            (unsigned long long)s->ext.bitmap_dir_offset,
+            (unsigned long long)s->ext.bitmap_dir_size);
+    }
+    for (size_t k = 0; k < s->nb_bitmaps; k++) {
+        const struct qcow2_bitmap *b = &s->bitmaps[k];
+        const uint64_t bytes = (uint64_t)b->table_size * 8;
+        if (!inc_refs(ck, p, b->table_offset, bytes)) {
+            qcow2_check_say(ck, p,
+                "ERROR: the table of bitmap '%s' at 0x%llx is past the end "
+                "of the file",
+                b->name, (unsigned long long)b->table_offset);
+        }
+        if (b->table_offset >= ck->file_size || bytes == 0) {
+            continue;
+        }
+        uint64_t *tab = NULL, n = 0;
+        int ret = qcow2_check_load_table(ck, p, b->table_offset, b->table_size,
+                                         &tab, &n);
+        if (ret < 0) {
+            return ret;
+        }
+        for (uint64_t i = 0; i < n; i++) {
+            const uint64_t e = tab[i];
+            const uint64_t off = e & BME_OFFSET_MASK;
+            if ((e & BME_RESERVED_MASK) ||
+                (off && ((e & BME_ALL_ONES) || (off & (ck->cs - 1))))) {
+                p->r.corruptions++;
+                qcow2_check_say(ck, p,
+                    "ERROR: bitmap '%s': table entry %llu (0x%016llx) is "
+                    "invalid (reserved bits or an unaligned offset)",
+                    b->name, (unsigned long long)i, (unsigned long long)e);
+                continue;
+            }
+            if (off && !inc_refs(ck, p, off, ck->cs)) {
+                qcow2_check_say(ck, p,
+                    "ERROR: bitmap '%s': table entry %llu points at 0x%llx, "
+                    "past the end of the file",
+                    b->name, (unsigned long long)i, (unsigned long long)off);
+            }
+        }
+        free(tab);
+    }
+    return 0;
+}
+
+/* The refcount blocks themselves (qemu's check_refblocks). */
+static void check_refblocks(struct ck *ck, struct ck_part *p)
+{
+    const uint64_t rt_off = ck->s->h.refcount_table_offset;
+
+    for (uint64_t i = 0; i < ck->reftable_entries; i++) {
+        const uint64_t off = ck->reftable[i] & QCOW2_REFT_OFFSET_MASK;
+        const uint64_t c = off >> ck->cb;
+        if (off & (ck->cs - 1)) {
+            p->r.corruptions++;
+            ck->is_rebuild_needed = true;
+            qcow2_check_say(ck, p,
+                "ERROR: refcount table at 0x%llx: entry %llu points at a "
+                "refcount block at 0x%llx, which is not cluster aligned",
+                (unsigned long long)rt_off, (unsigned long long)i,
+                (unsigned long long)off);
+            continue;
+        }
+        if (c >= ck->nb_clusters) {
+            ck->is_rebuild_needed = true;
+            if (ck->fix & VIMG_CHECK_REPAIR_ERRORS) {
+                /* qemu grows the file to hold the block, counts that as a
+                 * fix, and then finds the block's cluster with refcount 0;
+                 * the rebuild replaces all of it.  Count the same. */
+                p->r.corruptions_fixed++;
+                p->r.corruptions++;
+            } else {
+                p->r.corruptions++;
+            }
+            qcow2_check_say(ck, p,
+                "%s: refcount table at 0x%llx: entry %llu points at a "
+                "refcount block at 0x%llx, past the end of the file",
+                (ck->fix & VIMG_CHECK_REPAIR_ERRORS) ? "Repairing" : "ERROR",
+                (unsigned long long)rt_off, (unsigned long long)i,
+                (unsigned long long)off);
+            continue;
+        }
+        if (off == 0) {
+            continue;
+        }
+        inc_refs(ck, p, off, ck->cs);
+        const uint64_t n = ref_get(ck, c);
+        if (n != 1) {
+            p->r.corruptions++;
+            ck->is_rebuild_needed = true;
+            qcow2_check_say(ck, p,
+                "ERROR: refcount table at 0x%llx: entry %llu points at a "
+                "refcount block at 0x%llx that has %llu references: it "
+                "overlaps other metadata or data",
+                (unsigned long long)rt_off, (unsigned long long)i,
+                (unsigned long long)off, (unsigned long long)n);
+        }
+    }
+}
+
+/* Rebuild every refcount into ck->refs (qemu's calculate_refcounts). */
+int qcow2_check_count_references(struct ck *ck, struct ck_part *p)
+{
+    struct qcow2_state *s = ck->s;
+    int ret;
+
+    memset(ck->refs, 0, (size_t)ck->cap_clusters * sizeof(uint16_t));
+    ck->nb_ovf = 0;
+    p->used_end = 0;
+    ck->is_rebuild_needed = false;
+
+    /* header */
+    inc_refs(ck, p, 0, ck->cs);
+
+    /* active L1 table and its L2 tables */
+    struct ck_l1 t;
+    memset(&t, 0, sizeof(t));
+    snprintf(t.label, sizeof(t.label), "active L1 table at 0x%llx",
+             (unsigned long long)s->h.l1_table_offset);
+    t.offset = s->h.l1_table_offset;
+    t.l1 = s->l1;
+    t.nb_entries =
+        s->h.l1_table_offset < ck->file_size
+            ? VIMG_MIN(s->h.l1_size,
+                       VIMG_DIV_ROUND_UP(ck->file_size - s->h.l1_table_offset,
+                                         8))
+            : 0;
+    t.is_active = true;
+    if (!inc_refs(ck, p, t.offset, (uint64_t)s->h.l1_size * 8)) {
+        qcow2_check_say(
+            ck, p, "ERROR: the %s (%u entries) is past the end of the file",
+            t.label, s->h.l1_size);
+    }
+    ret = qcow2_check_run_jobs(ck, p, &t, false, false);
+    if (ret < 0) {
+        return ret;
+    }
+
+    /* snapshots */
+    if (s->has_data_file && s->nb_snapshots) {
+        p->r.corruptions++;
+        qcow2_check_say(
+            ck, p,
+            "ERROR: the image has %zu snapshots and an external data "
+            "file, which cannot go together",
+            s->nb_snapshots);
+    }
+    for (size_t k = 0; k < s->nb_snapshots; k++) {
+        const struct qcow2_snapshot *sn = &s->snapshots[k];
+        if (sn->l1_table_offset & (ck->cs - 1)) {
+            p->r.corruptions++;
+            qcow2_check_say(ck, p,
+                "ERROR: snapshot %s ('%s'): its L1 table offset 0x%llx is "
+                "not cluster aligned; the snapshot table entry is corrupt",
+                sn->id, sn->name, (unsigned long long)sn->l1_table_offset);
+            continue;
+        }
+        if ((uint64_t)sn->l1_size * 8 > QCOW2_MAX_L1_BYTES) {
+            p->r.corruptions++;
+            qcow2_check_say(ck, p,
+                "ERROR: snapshot %s ('%s'): its L1 table of %u entries is "
+                "too large; the snapshot table entry is corrupt",
+                sn->id, sn->name, sn->l1_size);
+            continue;
+        }
+        struct ck_l1 st;
+        memset(&st, 0, sizeof(st));
+        snprintf(st.label, sizeof(st.label),
+                 "L1 table at 0x%llx of snapshot %s ('%s')",
+                 (unsigned long long)sn->l1_table_offset, sn->id, sn->name);
+        st.offset = sn->l1_table_offset;
+        if (!inc_refs(ck, p, st.offset, (uint64_t)sn->l1_size * 8)) {
+            qcow2_check_say(ck, p,
+                            "ERROR: the %s (%u entries) is past the end of the "
+                            "file",
+                            st.label, sn->l1_size);
+        }
+        uint64_t *l1 = NULL;
+        ret = qcow2_check_load_table(ck, p, st.offset, sn->l1_size, &l1,
+                                     &st.nb_entries);
+        if (ret < 0) {
+            return ret;
+        }
+        st.l1 = l1;
+        ret = l1 ? qcow2_check_run_jobs(ck, p, &st, false, false) : 0;
+        free(l1);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    if (s->nb_snapshots &&
+        !inc_refs(ck, p, s->h.snapshots_offset, s->snapshots_size)) {
+        qcow2_check_say(ck, p,
+            "ERROR: the snapshot table at 0x%llx (%llu bytes) is past the "
+            "end of the file",
+            (unsigned long long)s->h.snapshots_offset,
+            (unsigned long long)s->snapshots_size);
+    }
+
+    /* refcount table */
+    if (!inc_refs(ck, p, s->h.refcount_table_offset,
+                  (uint64_t)s->h.refcount_table_clusters << ck->cb)) {
+        qcow2_check_say(ck, p,
+            "ERROR: the refcount table at 0x%llx (%u clusters) is past the "
+            "end of the file",
+            (unsigned long long)s->h.refcount_table_offset,
+            s->h.refcount_table_clusters);
+    }
+
+    /* crypto header */
+    if (s->ext.has_crypto && s->ext.crypto_length &&
+        !inc_refs(ck, p, s->ext.crypto_offset, s->ext.crypto_length)) {
+        qcow2_check_say(ck, p,
+            "ERROR: the encryption header at 0x%llx (%llu bytes) is past "
+            "the end of the file",
+            (unsigned long long)s->ext.crypto_offset,
+            (unsigned long long)s->ext.crypto_length);
+    }
+
+    ret = check_bitmaps(ck, p);
+    if (ret < 0) {
+        return ret;
+    }
+    check_refblocks(ck, p);
+    ck->used_end = p->used_end;
+    return 0;
+}
+

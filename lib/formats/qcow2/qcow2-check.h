@@ -1,0 +1,211 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2-check.h: what the files of the qcow2 check share; private to them
+ * (nothing outside qcow2-check*.c includes it).
+ *
+ *   qcow2-check.c            entry point, messages, the order of the passes,
+ *                            naming the users of clusters counted too low
+ *   qcow2-check-scan.c       counting every reference: header, L1/L2 tables
+ *                            (on worker threads), snapshots, refcount
+ *                            structure, crypto header, bitmaps
+ *   qcow2-check-refcounts.c  the counters, and counted against stored
+ *                            refcounts
+ *   qcow2-check-repair.c     fixes: refcounts, COPIED flags, rebuilding the
+ *                            refcount structure, the snapshot table
+ */
+#ifndef VIMG_QCOW2_CHECK_H
+#define VIMG_QCOW2_CHECK_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "formats/qcow2/qcow2.h"
+
+/* qcow2.txt: reserved bits of the table entries */
+#define L1E_RESERVED_MASK 0x7f000000000001ffull
+#define L2E_STD_RESERVED_MASK 0x3f000000000001feull
+#define BME_RESERVED_MASK 0xff000000000001feull
+#define BME_OFFSET_MASK 0x00fffffffffffe00ull
+#define BME_ALL_ONES 1ull
+#define L2_BITMAP_ALL_ALLOC 0xffffffffull
+
+#define CK_MAX_THREADS 8
+/* Below this many L2 tables in one L1 table, one thread does it all. */
+#define CK_MIN_TABLES_PER_THREAD 16
+/* Clusters with too low a refcount whose users are looked up and named,
+ * and how many users each. */
+#define CK_MAX_SUSPECTS 16
+#define CK_USERS_PER_SUSPECT 4
+
+enum ck_type {
+    CK_UNALLOCATED,
+    CK_ZERO_PLAIN,
+    CK_ZERO_ALLOC,
+    CK_NORMAL,
+    CK_COMPRESSED,
+};
+
+/* Messages of one worker, in order, '\0'-separated. */
+struct ck_msgs {
+    char *buf;
+    size_t len, cap;
+};
+
+/* What one worker (or the main thread) found. */
+struct ck_part {
+    struct vimg_check_result r;
+    struct ck_msgs m;
+    bool is_buffered;
+    int err;
+    char err_msg[256]; /* a worker's error message (thread local there) */
+    uint64_t used_end; /* highest cluster this part referenced, + 1 */
+};
+
+struct ck_overflow {
+    uint64_t cluster;
+    uint64_t extra; /* the counter is 0xffff + extra */
+};
+
+struct ck {
+    struct vimg_image *img;
+    struct qcow2_state *s;
+    unsigned fix;
+    vimg_check_report_fn report;
+    void *opaque;
+    uint64_t cs;
+    unsigned cb;
+    uint64_t file_size;
+    uint64_t nb_clusters;   /* clusters of the file */
+    uint64_t cap_clusters;  /* entries in refs */
+    uint16_t *refs;         /* computed refcounts, later stored ones */
+    uint64_t used_end;      /* highest referenced cluster + 1 */
+    bool has_broken_block;  /* a refcount table entry is unaligned */
+    uint64_t cmp_end;       /* compare_end() when the COPIED pass runs */
+    uint64_t refcount_max;
+    pthread_mutex_t ovf_lock;
+    struct ck_overflow *ovf;
+    size_t nb_ovf, cap_ovf;
+    uint64_t *reftable;     /* decoded, reftable_entries long */
+    uint64_t reftable_entries;
+    uint64_t rb_entries;
+    bool is_rebuild_needed;
+    uint64_t highest;
+    unsigned nb_threads;
+    /* clusters whose refcount is too low, whose users get named */
+    struct ck_suspect {
+        uint64_t cluster;
+        unsigned nb_users;
+        char users[CK_USERS_PER_SUSPECT][128];
+    } *suspects;
+    size_t nb_suspects;
+};
+
+/* One L1 table to scan. */
+struct ck_l1 {
+    char label[160];        /* "active L1 table at 0x..." */
+    uint64_t offset;
+    const uint64_t *l1;     /* decoded entries */
+    uint64_t nb_entries;    /* of l1 (the part inside the file) */
+    bool is_active;         /* count allocation info; fix COPIED */
+};
+
+/* Guest bytes one L2 table maps. */
+static inline uint64_t l2_span(const struct ck *ck)
+{
+    return ck->cs << ck->s->l2_bits;
+}
+
+/* qcow2-check.c */
+/* Report one message: to the callback, or into P's buffer when P is a
+ * worker's part. */
+void qcow2_check_say(struct ck *ck, struct ck_part *p, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Hand a worker's messages to the report callback, add its counts to P. */
+void qcow2_check_merge_part(struct ck *ck, struct ck_part *p,
+                            struct ck_part *w);
+/* Read LEN bytes at OFF; bytes past the end of the file read as zeroes. */
+int qcow2_check_read(struct ck *ck, void *buf, size_t len, uint64_t off);
+int qcow2_check_write(struct ck *ck, const void *buf, size_t len,
+                      uint64_t off);
+int qcow2_check_sync(struct ck *ck);
+
+/* qcow2-check-scan.c */
+enum ck_type qcow2_check_entry_type(const struct ck *ck, uint64_t e);
+/* Read the NB entries of the table at OFFSET (the part inside the file;
+ * the rest reads as zeroes and is left out), decoded, into *OUT (free it
+ * with free()) and their number into *NB_OUT. */
+int qcow2_check_load_table(struct ck *ck, struct ck_part *p, uint64_t offset,
+                           uint64_t nb, uint64_t **out, uint64_t *nb_out);
+/* Run the L2 scan (or the COPIED pass) of table T on up to nb_threads
+ * threads. */
+int qcow2_check_run_jobs(struct ck *ck, struct ck_part *p,
+                         const struct ck_l1 *t, bool is_copied_pass,
+                         bool is_repair);
+/* Count every reference into ck->refs (qemu's calculate_refcounts). */
+int qcow2_check_count_references(struct ck *ck, struct ck_part *p);
+
+/* qcow2-check-refcounts.c */
+/*
+ * Counters at or above CK_SAT live in the side table: refs[k] stays at
+ * CK_SAT and ovf holds the rest.  CK_SAT leaves room above it for the
+ * increments of every thread that may briefly overshoot and undo (see
+ * ref_inc), so the 16-bit counter never wraps.
+ */
+#define CK_SAT 0xfff0u
+/* The side-table part of cluster K's counter. */
+uint64_t qcow2_check_ovf_extra(struct ck *ck, uint64_t k);
+/* Set the side-table part of cluster K's counter to EXTRA. */
+void qcow2_check_ovf_set(struct ck *ck, uint64_t k, uint64_t extra);
+
+/* The counter of cluster K (no thread may be incrementing). */
+static inline uint64_t ref_get(struct ck *ck, uint64_t k)
+{
+    if (k >= ck->cap_clusters) {
+        return 0;
+    }
+    const uint16_t v = ck->refs[k];
+    return v < CK_SAT ? v : CK_SAT + qcow2_check_ovf_extra(ck, k);
+}
+
+void qcow2_check_ref_set(struct ck *ck, uint64_t k, uint64_t v);
+/* Clusters compared: the file's, or one more when a reference reaches
+ * into the cluster after the end (qemu grows its array the same way). */
+uint64_t qcow2_check_compare_end(const struct ck *ck);
+/* Is refcount table entry IDX's block unreadable (unaligned)? */
+bool qcow2_check_is_block_broken(const struct ck *ck, uint64_t idx);
+/* Stored refcount of cluster C after the final compare: -EIO if
+ * unreadable. */
+int qcow2_check_stored_refcount(struct ck *ck, uint64_t c, uint64_t *out);
+/*
+ * Compare the computed refcounts with the stored ones (qemu's
+ * compare_refcounts).  FIX: the repairs allowed now.  With IS_FINAL, the
+ * repairs are written and ck->refs ends up holding the stored refcounts
+ * (for the COPIED pass); else nothing is written.
+ */
+int qcow2_check_compare_refcounts(struct ck *ck, struct ck_part *p,
+                                  unsigned fix, bool is_final);
+
+/* qcow2-check-repair.c */
+/* Make the entry at [L2_OFF + J * entry size] read as zeroes
+ * (qemu's fix for preallocated clusters that are not aligned). */
+int qcow2_check_zero_l2_entry(struct ck *ck, uint64_t l2_off, uint64_t j,
+                              uint64_t bitmap);
+/*
+ * Write a new refcount structure for the computed refcounts: refcount
+ * blocks and table in fresh clusters past the end of everything, made
+ * durable, then the header switched to them in one write.  The old
+ * structure is leaked (the caller frees it).
+ */
+int qcow2_check_rebuild_refcount_structure(struct ck *ck, struct ck_part *p);
+/* The COPIED flags of entries [FIRST, END) of the active L1 table and of
+ * their L2 tables (qemu's check_oflag_copied). */
+int qcow2_check_copied_range(struct ck *ck, struct ck_part *p,
+                             const struct ck_l1 *t, uint64_t first,
+                             uint64_t end, bool is_repair, uint8_t *buf);
+/* The COPIED pass over the active tables, repairing what the flags allow. */
+int qcow2_check_copied_flags(struct ck *ck, struct ck_part *p);
+/* Give incomplete version 3 snapshot table entries their extra data and
+ * write the table anew. */
+int qcow2_check_fix_snapshot_table(struct ck *ck, struct ck_part *p);
+
+#endif
