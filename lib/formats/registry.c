@@ -9,10 +9,28 @@
 
 #include "formats/format.h"
 
-static const struct vimg_format *const formats[] = {
-    &vimg_format_qcow2,
-    &vimg_format_raw, /* last: accepts anything with the lowest score */
-};
+/*
+ * The drivers, in probe order: the highest probe() score wins, a tie goes
+ * to the earlier line.  Adding a format is one line here, naming the
+ * driver's `const struct vimg_format vimg_format_NAME`, and one line in
+ * lib/meson.build for its folder (docs/HACKING.md).
+ */
+#define VIMG_FORMATS(X)                                                    \
+    X(qcow2)                                                               \
+    VIMG_TEST_FORMATS(X)                                                   \
+    X(raw) /* last: accepts anything with the lowest score */
+
+/* Test builds of the library (tests/formats/meson.build) add their
+ * drivers here: -D'VIMG_TEST_FORMATS(X)=X(testfmt)'. */
+#ifndef VIMG_TEST_FORMATS
+#define VIMG_TEST_FORMATS(X)
+#endif
+
+#define DECLARE_FORMAT(name) extern const struct vimg_format vimg_format_##name;
+VIMG_FORMATS(DECLARE_FORMAT)
+
+#define FORMAT_ENTRY(name) &vimg_format_##name,
+static const struct vimg_format *const formats[] = {VIMG_FORMATS(FORMAT_ENTRY)};
 
 const struct vimg_format *vimg_format_find(const char *name)
 {

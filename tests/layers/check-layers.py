@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: MIT
-"""Check that every #include in the tree goes down the layers (docs/HACKING.md).
+"""Check that every #include goes down the layers (docs/HACKING.md).
 
     check-layers.py [SOURCE_ROOT]    check the tree (default: this checkout)
     check-layers.py --self-test      check fake trees with known violations
@@ -228,7 +228,8 @@ CLEAN_TREE = {
     'tests/formats/ccc/ccc.c': '#include "formats/format.h"\n',
 }
 VIOLATIONS = [
-    ({'lib/io/io-file.c': '#include "io/io.h"\n\n#include "formats/format.h"\n'},
+    ({'lib/io/io-file.c':
+      '#include "io/io.h"\n\n#include "formats/format.h"\n'},
      'lib/io/io-file.c:3: includes lib/formats/format.h: layer io'),
     ({'lib/formats/bbb/bbb.c': '#include "../aaa/aaa.h"\n'},
      'lib/formats/bbb/bbb.c:1: includes lib/formats/aaa/aaa.h: a format '
