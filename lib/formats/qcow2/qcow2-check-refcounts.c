@@ -277,7 +277,7 @@ int qcow2_check_compare_refcounts(struct ck *ck, struct ck_part *p,
     if (ret < 0) {
         p->r.check_errors++;
         qcow2_check_say(ck, p, "ERROR: could not write refcount blocks: %s",
-            vimg_last_error());
+                        vimg_last_error());
     }
 out:
     free(block);
@@ -287,8 +287,7 @@ out:
 
 /* Stored refcount of cluster C after qcow2_check_compare_refcounts(): -EIO if
  * unreadable. */
-int qcow2_check_stored_refcount(struct ck *ck, uint64_t c,
-                                  uint64_t *out)
+int qcow2_check_stored_refcount(struct ck *ck, uint64_t c, uint64_t *out)
 {
     if (ck->has_broken_block &&
         qcow2_check_is_block_broken(ck, c / ck->rb_entries)) {

@@ -22,7 +22,7 @@
 /* Make the entry at [L2_OFF + J * entry size] read as zeroes
  * (qemu's fix for preallocated clusters that are not aligned). */
 int qcow2_check_zero_l2_entry(struct ck *ck, uint64_t l2_off, uint64_t j,
-                         uint64_t bitmap)
+                              uint64_t bitmap)
 {
     uint8_t b[16];
     size_t n = 8;
@@ -126,7 +126,7 @@ int qcow2_check_rebuild_refcount_structure(struct ck *ck, struct ck_part *p)
             }
         }
         ret = qcow2_check_write(ck, buf, (size_t)(n << ck->cb),
-                       (start + i) << ck->cb);
+                                (start + i) << ck->cb);
         if (ret < 0) {
             goto fail;
         }

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "formats/qcow2/qcow2-check.h"
+#include "util/pool.h"
 #include "vimg-endian.h"
 
 /* ------------------------------------------------------------ counting */
@@ -340,39 +341,71 @@ static int check_l1_range(struct ck *ck, struct ck_part *p,
     return 0;
 }
 
-/* Work for one thread: a slice of an L1 table, or the COPIED pass. */
+/* One slice of an L1 table, scanned (or given the COPIED pass) by one
+ * worker into its own part. */
+struct ck_slice {
+    uint64_t first, end;
+    struct ck_part part;
+};
+
+/* The slices of one table, handed to the pool one item each. */
 struct ck_job {
     struct ck *ck;
     const struct ck_l1 *t;
-    uint64_t first, end;
     bool is_copied_pass;
     bool is_repair;
-    struct ck_part part;
-    pthread_t thread;
+    struct ck_slice *slices;
 };
 
-static void *job_run(void *opaque)
+/* Scan slice ITEM with BUF (one cluster).  Its error stays in its part,
+ * and 0 goes back to the pool: every slice runs whatever the others do,
+ * so the counts and messages do not depend on the thread count. */
+static int run_slice(void *opaque, uint8_t *buf, unsigned worker,
+                     uint64_t item)
 {
-    struct ck_job *j = opaque;
-    uint8_t *buf = malloc((size_t)j->ck->cs);
+    const struct ck_job *j = opaque;
+    struct ck_slice *sl = &j->slices[item];
 
-    if (!buf) {
-        j->part.err = vimg_error(-ENOMEM, "out of memory");
-        j->part.r.check_errors++;
-        snprintf(j->part.err_msg, sizeof(j->part.err_msg), "out of memory");
-        return NULL;
-    }
-    j->part.err =
+    (void)worker;
+    sl->part.err =
         j->is_copied_pass
-            ? qcow2_check_copied_range(j->ck, &j->part, j->t, j->first, j->end,
-                                       j->is_repair, buf)
-            : check_l1_range(j->ck, &j->part, j->t, j->first, j->end, buf);
-    if (j->part.err < 0) {
-        snprintf(j->part.err_msg, sizeof(j->part.err_msg), "%s",
+            ? qcow2_check_copied_range(j->ck, &sl->part, j->t, sl->first,
+                                       sl->end, j->is_repair, buf)
+            : check_l1_range(j->ck, &sl->part, j->t, sl->first, sl->end, buf);
+    if (sl->part.err < 0) {
+        snprintf(sl->part.err_msg, sizeof(sl->part.err_msg), "%s",
                  vimg_last_error());
     }
-    free(buf);
-    return NULL;
+    return 0;
+}
+
+/* Run the job's N slices: one in the calling thread (its messages go
+ * straight to the report callback), more on the check's pool (each
+ * buffers its messages; the caller merges them in table order). */
+static int run_slices(struct ck *ck, struct ck_job *j, unsigned n)
+{
+    if (n == 1) {
+        uint8_t *buf = malloc((size_t)ck->cs);
+        if (!buf) {
+            return vimg_error(-ENOMEM, "out of memory");
+        }
+        run_slice(j, buf, 0, 0);
+        free(buf);
+        return 0;
+    }
+    if (!ck->pool) {
+        int ret = vimg_pool_create(&ck->pool, ck->nb_threads);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    const struct vimg_pool_job job = {
+        .nb_items = n,
+        .buf_bytes = (size_t)ck->cs,
+        .fn = run_slice,
+        .opaque = j,
+    };
+    return vimg_pool_run(ck->pool, &job);
 }
 
 /*
@@ -397,8 +430,14 @@ int qcow2_check_run_jobs(struct ck *ck, struct ck_part *p,
     if (nb_tables / CK_MIN_TABLES_PER_THREAD < n) {
         n = (unsigned)VIMG_MAX(nb_tables / CK_MIN_TABLES_PER_THREAD, 1);
     }
-    struct ck_job *jobs = calloc(n, sizeof(*jobs));
-    if (!jobs) {
+    struct ck_job job = {
+        .ck = ck,
+        .t = t,
+        .is_copied_pass = is_copied_pass,
+        .is_repair = is_repair,
+        .slices = calloc(n, sizeof(*job.slices)),
+    };
+    if (!job.slices) {
         p->r.check_errors++;
         return vimg_error(-ENOMEM, "out of memory");
     }
@@ -407,47 +446,32 @@ int qcow2_check_run_jobs(struct ck *ck, struct ck_part *p,
     for (unsigned k = 0; k < n; k++) {
         const uint64_t want = (nb_tables * (k + 1)) / n - (nb_tables * k) / n;
         uint64_t got = 0;
-        jobs[k].ck = ck;
-        jobs[k].t = t;
-        jobs[k].is_copied_pass = is_copied_pass;
-        jobs[k].is_repair = is_repair;
-        jobs[k].part.is_buffered = n > 1;
-        jobs[k].first = i;
+        job.slices[k].part.is_buffered = n > 1;
+        job.slices[k].first = i;
         while (i < t->nb_entries && (got < want || k == n - 1)) {
             got += (t->l1[i] & QCOW2_L1E_OFFSET_MASK) != 0;
             i++;
         }
-        jobs[k].end = i;
+        job.slices[k].end = i;
     }
-    if (n == 1) {
-        jobs[0].part.is_buffered = false;
-        job_run(&jobs[0]);
-    } else {
-        unsigned started = 0;
-        for (unsigned k = 0; k < n; k++) {
-            if (pthread_create(&jobs[k].thread, NULL, job_run, &jobs[k]) != 0) {
-                break;
-            }
-            started++;
-        }
-        for (unsigned k = 0; k < started; k++) {
-            pthread_join(jobs[k].thread, NULL);
-        }
-        for (unsigned k = started; k < n; k++) {
-            job_run(&jobs[k]); /* no thread to be had: do it here */
-        }
+    int ret = run_slices(ck, &job, n);
+    if (ret < 0) {
+        /* no buffer or no pool: nothing was scanned */
+        p->r.check_errors++;
+        free(job.slices);
+        return ret;
     }
     for (unsigned k = 0; k < n; k++) {
-        qcow2_check_merge_part(ck, p, &jobs[k].part);
+        qcow2_check_merge_part(ck, p, &job.slices[k].part);
     }
-    free(jobs);
+    free(job.slices);
     return p->err;
 }
 
 /* Read the NB entries of the L1 table at OFFSET (the part inside the
  * file; the rest reads as zeroes and is left out). */
 int qcow2_check_load_table(struct ck *ck, struct ck_part *p, uint64_t offset,
-                   uint64_t nb, uint64_t **out, uint64_t *nb_out)
+                           uint64_t nb, uint64_t **out, uint64_t *nb_out)
 {
     *out = NULL;
     *nb_out = 0;

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "formats/qcow2/qcow2-check.h"
+#include "util/pool.h"
 #include "vimg-endian.h"
 
 /* ------------------------------------------------------------ messages */
@@ -524,8 +525,10 @@ int qcow2_check(struct vimg_image *img, unsigned flags,
     }
     if (s->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT) {
         qcow2_check_say(&ck, &p, "Note: the image is marked corrupt%s",
-            flags & VIMG_CHECK_REPAIR_ERRORS ? "" : "; 'vimg check -r all' "
-                                                    "repairs it");
+                        flags & VIMG_CHECK_REPAIR_ERRORS
+                            ? ""
+                            : "; 'vimg check -r all' "
+                              "repairs it");
     }
     /* v3 snapshot table entries need the virtual disk size (qcow2.txt,
      * "Snapshots": extra data of at least 16 bytes) */
@@ -578,6 +581,7 @@ out:
     free(ck.ovf);
     free(ck.suspects);
     free(ck.reftable);
+    vimg_pool_destroy(ck.pool);
     pthread_mutex_destroy(&ck.ovf_lock);
     return ret;
 }

@@ -21,6 +21,8 @@
 
 #include "formats/qcow2/qcow2.h"
 
+struct vimg_pool;
+
 /* qcow2.txt: reserved bits of the table entries */
 #define L1E_RESERVED_MASK 0x7f000000000001ffull
 #define L2E_STD_RESERVED_MASK 0x3f000000000001feull
@@ -91,6 +93,7 @@ struct ck {
     bool is_rebuild_needed;
     uint64_t highest;
     unsigned nb_threads;
+    struct vimg_pool *pool; /* for tables split over threads, made once */
     /* clusters whose refcount is too low, whose users get named */
     struct ck_suspect {
         uint64_t cluster;
@@ -125,8 +128,7 @@ void qcow2_check_merge_part(struct ck *ck, struct ck_part *p,
                             struct ck_part *w);
 /* Read LEN bytes at OFF; bytes past the end of the file read as zeroes. */
 int qcow2_check_read(struct ck *ck, void *buf, size_t len, uint64_t off);
-int qcow2_check_write(struct ck *ck, const void *buf, size_t len,
-                      uint64_t off);
+int qcow2_check_write(struct ck *ck, const void *buf, size_t len, uint64_t off);
 int qcow2_check_sync(struct ck *ck);
 
 /* qcow2-check-scan.c */
