@@ -7,7 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "vimg-internal.h"
+#include "util/vimg-util.h"
 
 static _Thread_local char last_error[2048];
 

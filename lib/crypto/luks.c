@@ -17,7 +17,7 @@
 
 #include "crypto/luks.h"
 #include "vimg-endian.h"
-#include "vimg-internal.h"
+#include "util/vimg-util.h"
 
 #define LUKS_SECTOR 512u
 #define SLOT_ACTIVE 0x00AC71F3u

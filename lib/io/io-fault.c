@@ -7,7 +7,8 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
-#include "vimg-internal.h"
+#include "io/io.h"
+#include "util/vimg-util.h"
 
 struct io_fault {
     struct vimg_io io;

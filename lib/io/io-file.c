@@ -12,7 +12,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "vimg-internal.h"
+#include "io/io.h"
+#include "util/vimg-util.h"
 
 struct io_file {
     struct vimg_io io;

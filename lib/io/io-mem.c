@@ -7,7 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "vimg-internal.h"
+#include "io/io.h"
+#include "util/vimg-util.h"
 
 struct io_mem {
     struct vimg_io io;
