@@ -17,9 +17,8 @@
  *   do data I/O; metadata caches are guarded inside each format driver.
  * - vimg_close must not race with any other call on the same handle.
  *
- * Environment
- * - VIMG_QCOW2_L2_CACHE_SIZE: bytes of L2 tables a qcow2 image caches
- *   (default 32 MiB, like qemu's l2-cache-size), read at open.
+ * Tuning comes in through options structs (vimg_open_ext(),
+ * vimg_check_ext()); the library reads no environment variables.
  */
 #ifndef VIMG_H
 #define VIMG_H
@@ -100,6 +99,30 @@ typedef struct vimg_image vimg_image;
  */
 VIMG_API int vimg_open(vimg_image **out, const char *path, const char *format,
                        unsigned flags);
+
+#define VIMG_OPEN_OPTS_VERSION 1
+/* How to open an image (vimg_open_ext()). */
+struct vimg_open_opts {
+    unsigned version; /* VIMG_OPEN_OPTS_VERSION */
+    /* VIMG_OPEN_*: the mode (read-only, VIMG_OPEN_RDWR, _INFO_ONLY,
+     * _CHECK), the lock policy (VIMG_OPEN_NO_LOCK, _FORCE_SHARE,
+     * _NO_OTHER_WRITERS), the chain (VIMG_OPEN_NO_BACKING) and the cache
+     * mode (VIMG_OPEN_CACHE_UNSAFE). */
+    unsigned flags;
+    /* Bytes of metadata each image of the chain may cache (qcow2: L2
+     * tables, like qemu's l2-cache-size); 0: the format's default (qcow2:
+     * 32 MiB).  Tiny values are rounded up to two tables. */
+    uint64_t cache_size;
+};
+#define VIMG_OPEN_OPTS_INIT { VIMG_OPEN_OPTS_VERSION, 0, 0 }
+
+/*
+ * vimg_open() with options: OPTS NULL is the same as VIMG_OPEN_OPTS_INIT.
+ * The backing chain is opened with the same options (read-only).
+ */
+VIMG_API int vimg_open_ext(vimg_image **out, const char *path,
+                           const char *format,
+                           const struct vimg_open_opts *opts);
 
 /*
  * Open an image held in memory (LEN bytes at DATA, copied), read-only and
@@ -196,6 +219,26 @@ VIMG_API int vimg_compress_cluster(vimg_image *img, const void *data,
  */
 VIMG_API int vimg_pwrite_compressed(vimg_image *img, const void *data,
                                     size_t len, uint64_t offset);
+
+/* What a handle can do (vimg_capabilities()), for front ends that
+ * advertise features (an NBD server's can_write, can_zero, ...). */
+#define VIMG_CAN_WRITE 0x1u     /* vimg_pwrite (the handle is read-write) */
+#define VIMG_CAN_ZERO 0x2u      /* vimg_write_zeroes without writing data */
+#define VIMG_CAN_DISCARD 0x4u   /* vimg_discard releases storage */
+#define VIMG_CAN_EXTENTS 0x8u   /* vimg_block_status tells holes from data */
+#define VIMG_CAN_SNAPSHOT 0x10u /* internal snapshots (create/apply/delete) */
+#define VIMG_CAN_RESIZE 0x20u   /* vimg_resize */
+#define VIMG_CAN_FLUSH 0x40u    /* vimg_flush has work to do */
+#define VIMG_CAN_COMPRESS 0x80u /* vimg_pwrite_compressed */
+#define VIMG_CAN_BACKING 0x100u /* the format stores a backing file */
+#define VIMG_CAN_AMEND 0x200u   /* vimg_amend */
+#define VIMG_CAN_CHECK 0x400u   /* vimg_check */
+
+/*
+ * The VIMG_CAN_* bits IMG supports, from its format driver and the way
+ * it was opened (the write bits need a read-write handle); 0 for NULL.
+ */
+VIMG_API unsigned vimg_capabilities(const vimg_image *img);
 
 /* The virtual disk size in bytes. */
 VIMG_API uint64_t vimg_size(const vimg_image *img);
@@ -604,12 +647,29 @@ typedef void (*vimg_check_report_fn)(void *opaque, const char *msg);
  * the check ran to the end (look at the counts), -ENOTSUP when the format
  * has no checks, or another negative errno when the check could not
  * complete (I/O error, unreadable snapshot table, a refcount rebuild needed
- * but only leaks may be repaired).  The work is spread over threads, and
- * memory use is about two bytes per cluster of the image file.
+ * but only leaks may be repaired).  The work is spread over one thread per
+ * CPU (vimg_check_ext() chooses), and memory use is about two bytes per
+ * cluster of the image file.
  */
 VIMG_API int vimg_check(vimg_image *img, unsigned flags,
                         struct vimg_check_result *out,
                         vimg_check_report_fn report, void *opaque);
+
+#define VIMG_CHECK_OPTS_VERSION 1
+/* How to check an image (vimg_check_ext()). */
+struct vimg_check_opts {
+    unsigned version;            /* VIMG_CHECK_OPTS_VERSION */
+    unsigned flags;              /* 0 or VIMG_CHECK_REPAIR_* */
+    unsigned threads;            /* worker threads; 0: one per CPU */
+    vimg_check_report_fn report; /* may be NULL */
+    void *report_opaque;
+};
+#define VIMG_CHECK_OPTS_INIT { VIMG_CHECK_OPTS_VERSION, 0, 0, NULL, NULL }
+
+/* vimg_check() with options (OPTS NULL: VIMG_CHECK_OPTS_INIT). */
+VIMG_API int vimg_check_ext(vimg_image *img,
+                            const struct vimg_check_opts *opts,
+                            struct vimg_check_result *out);
 
 #ifdef __cplusplus
 }

@@ -26,8 +26,9 @@ struct chain_link {
 };
 
 static int open_io(struct vimg_image **out, struct vimg_io *io,
-                   const char *path, const char *format, unsigned flags,
-                   unsigned depth, const struct chain_link *up);
+                   const char *path, const char *format,
+                   const struct vimg_open_opts *opts, unsigned depth,
+                   const struct chain_link *up);
 
 /* What a layer runs on after vimg_reopen_rw() lost it: every access
  * fails with -EIO instead of touching freed driver state. */
@@ -185,8 +186,13 @@ static int open_backing(struct vimg_image *img, unsigned depth,
                           img->filename);
         return ret;
     }
+    const struct vimg_open_opts opts = {
+        .version = VIMG_OPEN_OPTS_VERSION,
+        .flags = img->flags & ~VIMG_OPEN_RDWR,
+        .cache_size = img->cache_size,
+    };
     ret = open_io(&img->backing, io, img->backing_path, img->backing_fmt,
-                  img->flags & ~VIMG_OPEN_RDWR, depth + 1, up);
+                  &opts, depth + 1, up);
     if (ret < 0 && ret != -ELOOP) {
         vimg_error_prefix("could not open backing file of '%s'",
                           img->filename);
@@ -196,10 +202,12 @@ static int open_backing(struct vimg_image *img, unsigned depth,
 
 /* Takes ownership of IO, also on failure. */
 static int open_io(struct vimg_image **out, struct vimg_io *io,
-                   const char *path, const char *format, unsigned flags,
-                   unsigned depth, const struct chain_link *up)
+                   const char *path, const char *format,
+                   const struct vimg_open_opts *opts, unsigned depth,
+                   const struct chain_link *up)
 {
     struct vimg_image *img = calloc(1, sizeof(*img));
+    const unsigned flags = opts->flags;
     int ret;
 
     if (!img) {
@@ -208,6 +216,7 @@ static int open_io(struct vimg_image **out, struct vimg_io *io,
     }
     img->io = io;
     img->flags = flags;
+    img->cache_size = opts->cache_size;
     /* a check handle is written only by vimg_check's repairs */
     img->is_writable = (flags & VIMG_OPEN_RDWR) && !(flags & VIMG_OPEN_CHECK);
     img->filename = strdup(path);
@@ -269,31 +278,65 @@ out:
     return ret;
 }
 
-int vimg_open(vimg_image **out, const char *path, const char *format,
-              unsigned flags)
+/* OPTS (NULL: defaults) as a current-version struct in *OUT. */
+static int open_opts_copy(const struct vimg_open_opts *opts,
+                          struct vimg_open_opts *out)
 {
+    const struct vimg_open_opts defaults = VIMG_OPEN_OPTS_INIT;
+
+    if (opts && opts->version != VIMG_OPEN_OPTS_VERSION) {
+        return vimg_error(-EINVAL, "vimg_open_ext: unknown options version "
+                                   "%u",
+                          opts->version);
+    }
+    *out = opts ? *opts : defaults;
+    return 0;
+}
+
+int vimg_open_ext(vimg_image **out, const char *path, const char *format,
+                  const struct vimg_open_opts *caller_opts)
+{
+    struct vimg_open_opts opts;
     struct vimg_io *io = NULL;
 
     if (!out || !path) {
         return vimg_error(-EINVAL, "vimg_open: NULL argument");
     }
     vimg_error_clear();
-    if ((flags & VIMG_OPEN_FORCE_SHARE) && (flags & VIMG_OPEN_RDWR)) {
+    int ret = open_opts_copy(caller_opts, &opts);
+    if (ret < 0) {
+        return ret;
+    }
+    if ((opts.flags & VIMG_OPEN_FORCE_SHARE) &&
+        (opts.flags & VIMG_OPEN_RDWR)) {
         return vimg_error(-EINVAL, "%s: force-share=on can only be used "
                                    "with read-only images",
                           path);
     }
-    int ret = vimg_io_file_open(&io, path, flags & VIMG_OPEN_RDWR, false);
+    ret = vimg_io_file_open(&io, path, opts.flags & VIMG_OPEN_RDWR, false);
     if (ret < 0) {
         return ret;
     }
-    io->is_unsafe = flags & VIMG_OPEN_CACHE_UNSAFE;
-    return open_io(out, io, path, format, flags, 0, NULL);
+    io->is_unsafe = opts.flags & VIMG_OPEN_CACHE_UNSAFE;
+    return open_io(out, io, path, format, &opts, 0, NULL);
+}
+
+int vimg_open(vimg_image **out, const char *path, const char *format,
+              unsigned flags)
+{
+    const struct vimg_open_opts opts = {.version = VIMG_OPEN_OPTS_VERSION,
+                                        .flags = flags};
+
+    return vimg_open_ext(out, path, format, &opts);
 }
 
 int vimg_open_memory(vimg_image **out, const void *data, size_t len,
                      const char *format, const char *name)
 {
+    const struct vimg_open_opts opts = {
+        .version = VIMG_OPEN_OPTS_VERSION,
+        .flags = VIMG_OPEN_NO_BACKING | VIMG_OPEN_MEMORY,
+    };
     struct vimg_io *io = NULL;
 
     if (!out || (!data && len)) {
@@ -304,15 +347,17 @@ int vimg_open_memory(vimg_image **out, const void *data, size_t len,
     if (ret < 0) {
         return ret;
     }
-    return open_io(out, io, name ? name : "memory", format,
-                   VIMG_OPEN_NO_BACKING | VIMG_OPEN_MEMORY, 0, NULL);
+    return open_io(out, io, name ? name : "memory", format, &opts, 0, NULL);
 }
 
 int vimg_open_io(vimg_image **out, struct vimg_io *io, const char *name,
                  const char *format, unsigned flags)
 {
+    const struct vimg_open_opts opts = {.version = VIMG_OPEN_OPTS_VERSION,
+                                        .flags = flags};
+
     vimg_error_clear();
-    return open_io(out, io, name, format, flags, 0, NULL);
+    return open_io(out, io, name, format, &opts, 0, NULL);
 }
 
 void vimg_close(vimg_image *img)
@@ -622,27 +667,81 @@ int vimg_flush(vimg_image *img)
     return img->drv->flush(img);
 }
 
-int vimg_check(vimg_image *img, unsigned flags,
-               struct vimg_check_result *out, vimg_check_report_fn report,
-               void *opaque)
+int vimg_check_ext(vimg_image *img, const struct vimg_check_opts *opts,
+                   struct vimg_check_result *out)
 {
+    const struct vimg_check_opts defaults = VIMG_CHECK_OPTS_INIT;
+
     if (!img || !out) {
         return vimg_error(-EINVAL, "vimg_check: NULL argument");
     }
     memset(out, 0, sizeof(*out));
-    if (flags & ~VIMG_CHECK_REPAIR_ALL) {
-        return vimg_error(-EINVAL, "vimg_check: unknown flags 0x%x", flags);
+    if (!opts) {
+        opts = &defaults;
+    }
+    if (opts->version != VIMG_CHECK_OPTS_VERSION) {
+        return vimg_error(-EINVAL, "vimg_check: unknown options version %u",
+                          opts->version);
+    }
+    if (opts->flags & ~VIMG_CHECK_REPAIR_ALL) {
+        return vimg_error(-EINVAL, "vimg_check: unknown flags 0x%x",
+                          opts->flags);
     }
     if (!img->drv->check) {
         return vimg_error(-ENOTSUP, "This image format does not support "
                                     "checks");
     }
-    if (flags && !(img->flags & VIMG_OPEN_RDWR)) {
+    if (opts->flags && !(img->flags & VIMG_OPEN_RDWR)) {
         return vimg_error(-EROFS, "%s: repairs need an image opened "
                                   "read-write",
                           img->filename);
     }
-    return img->drv->check(img, flags, out, report, opaque);
+    return img->drv->check(img, opts->flags, opts->threads, out,
+                           opts->report, opts->report_opaque);
+}
+
+int vimg_check(vimg_image *img, unsigned flags,
+               struct vimg_check_result *out, vimg_check_report_fn report,
+               void *opaque)
+{
+    const struct vimg_check_opts opts = {.version = VIMG_CHECK_OPTS_VERSION,
+                                         .flags = flags,
+                                         .report = report,
+                                         .report_opaque = opaque};
+
+    return vimg_check_ext(img, &opts, out);
+}
+
+unsigned vimg_capabilities(const vimg_image *img)
+{
+    if (!img) {
+        return 0;
+    }
+    const struct vimg_format *d = img->drv;
+    const bool w = img->is_writable;
+    const struct {
+        bool has;
+        unsigned bit;
+    } caps[] = {
+        {w && d->pwrite, VIMG_CAN_WRITE},
+        {w && d->pwrite && d->write_zeroes, VIMG_CAN_ZERO},
+        {w && d->discard, VIMG_CAN_DISCARD},
+        {d->block_status != NULL, VIMG_CAN_EXTENTS},
+        {d->snapshot_create && d->snapshot_apply && d->snapshot_delete,
+         VIMG_CAN_SNAPSHOT},
+        {w && d->resize, VIMG_CAN_RESIZE},
+        {w && d->flush, VIMG_CAN_FLUSH},
+        {w && d->pwrite_compressed, VIMG_CAN_COMPRESS},
+        {d->change_backing != NULL, VIMG_CAN_BACKING},
+        {d->amend != NULL, VIMG_CAN_AMEND},
+        {d->check != NULL, VIMG_CAN_CHECK},
+    };
+    unsigned mask = 0;
+
+    for (size_t i = 0; i < sizeof(caps) / sizeof(caps[0]); i++) {
+        mask |= caps[i].has ? caps[i].bit : 0;
+    }
+    return mask;
 }
 
 uint64_t vimg_size(const vimg_image *img)
@@ -773,9 +872,13 @@ int vimg_reopen_rw(struct vimg_image *img)
         ret = vimg_io_file_open(&probe_io, img->filename, true, false);
     }
     if (ret == 0) {
-        ret = open_io(&probe, probe_io, img->filename, img->drv->name,
-                      flags | VIMG_OPEN_NO_BACKING | VIMG_OPEN_NO_LOCK, 0,
-                      NULL);
+        const struct vimg_open_opts opts = {
+            .version = VIMG_OPEN_OPTS_VERSION,
+            .flags = flags | VIMG_OPEN_NO_BACKING | VIMG_OPEN_NO_LOCK,
+            .cache_size = img->cache_size,
+        };
+        ret = open_io(&probe, probe_io, img->filename, img->drv->name, &opts,
+                      0, NULL);
         vimg_close(probe);
     }
     if (ret < 0) {

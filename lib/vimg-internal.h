@@ -29,6 +29,7 @@ struct vimg_image {
     struct vimg_io *io;      /* the image file; owned */
     char *filename;          /* as given by the caller */
     unsigned flags;          /* VIMG_OPEN_* */
+    uint64_t cache_size;     /* struct vimg_open_opts: 0 = the default */
     bool is_writable;
     bool is_probed;          /* format guessed: see vimg_is_format_probed */
     uint64_t size;           /* virtual size, set by the driver's open */

@@ -57,9 +57,9 @@ struct vimg_format {
                  unsigned which);
     /* Fill the format-specific part of INFO. */
     int (*info)(struct vimg_image *img, struct vimg_info *info);
-    /* Check (and with VIMG_CHECK_REPAIR_*, repair) the image; *res is
-     * zeroed by the caller. */
-    int (*check)(struct vimg_image *img, unsigned flags,
+    /* Check (and with VIMG_CHECK_REPAIR_*, repair) the image with THREADS
+     * workers (0: one per CPU); *res is zeroed by the caller. */
+    int (*check)(struct vimg_image *img, unsigned flags, unsigned threads,
                  struct vimg_check_result *res, vimg_check_report_fn report,
                  void *opaque);
     /* Make a new image at PATH; options already checked for NULLs. */

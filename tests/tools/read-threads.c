@@ -28,6 +28,8 @@
 
 #include <vimg.h>
 
+#include "tool-open.h"
+
 #define MAX_READ (UINT64_C(1) << 20)
 
 struct shared {
@@ -250,7 +252,7 @@ int main(int argc, char **argv)
         return 2;
     }
     sh.ref = ref;
-    ret = vimg_open(&sh.img, image, format, 0);
+    ret = open_with_env(&sh.img, image, format, 0);
     if (ret < 0) {
         fprintf(stderr, "read-threads: cannot open %s: %s\n", image,
                 vimg_last_error());

@@ -55,6 +55,8 @@
 
 #include <vimg.h>
 
+#include "tool-open.h"
+
 #define RUN_BYTES 4096u     /* phase 2 ownership unit: 8 sectors */
 #define CHECK_CHUNK (UINT64_C(4) << 20)
 
@@ -740,7 +742,7 @@ int main(int argc, char **argv)
     }
     struct worker *workers = NULL;
     int status = 0;
-    ret = vimg_open(&sh.img, cfg.image, cfg.format, VIMG_OPEN_RDWR);
+    ret = open_with_env(&sh.img, cfg.image, cfg.format, VIMG_OPEN_RDWR);
     if (ret < 0) {
         fprintf(stderr, "workload: cannot open %s read-write: %s\n",
                 cfg.image, vimg_last_error());
@@ -817,7 +819,7 @@ int main(int argc, char **argv)
     vimg_close(sh.img);
     sh.img = NULL;
     bool was_reopen_ok = false;
-    ret = vimg_open(&sh.img, cfg.image, cfg.format, 0);
+    ret = open_with_env(&sh.img, cfg.image, cfg.format, 0);
     if (ret < 0) {
         fail(w0, 1, "cannot reopen read-only after vimg_close: %s",
              vimg_last_error());

@@ -72,13 +72,18 @@ static vimg_image *open_rw(const uint8_t *b, size_t len)
     return img;
 }
 
+/* Worker threads of check() (vimg_check_opts; 0: one per CPU) */
+static unsigned check_threads;
+
 static void check(vimg_image *img, unsigned flags, int want_ret,
                   uint64_t errors, uint64_t corruptions, uint64_t leaks,
                   struct vimg_check_result *r)
 {
     struct lines l = {0};
+    const struct vimg_check_opts o = {VIMG_CHECK_OPTS_VERSION, flags,
+                                      check_threads, count_line, &l};
 
-    assert_int_equal(vimg_check(img, flags, r, count_line, &l), want_ret);
+    assert_int_equal(vimg_check_ext(img, &o, r), want_ret);
     if (want_ret == 0) {
         assert_int_equal(r->check_errors, errors);
         assert_int_equal(r->corruptions, corruptions);
@@ -223,13 +228,14 @@ static void test_threads_same_output(void **state)
             store_be64(b + l2, data | COPIED);
         }
     }
-    setenv("VIMG_CHECK_THREADS", "1", 1);
     vimg_image *img = open_rw(b, nb * CS);
     struct lines l1 = {0}, l8 = {0};
-    assert_int_equal(vimg_check(img, 0, &r1, count_line, &l1), 0);
-    setenv("VIMG_CHECK_THREADS", "8", 1);
-    assert_int_equal(vimg_check(img, 0, &r8, count_line, &l8), 0);
-    unsetenv("VIMG_CHECK_THREADS");
+    const struct vimg_check_opts o1 = {VIMG_CHECK_OPTS_VERSION, 0, 1,
+                                       count_line, &l1};
+    const struct vimg_check_opts o8 = {VIMG_CHECK_OPTS_VERSION, 0, 8,
+                                       count_line, &l8};
+    assert_int_equal(vimg_check_ext(img, &o1, &r1), 0);
+    assert_int_equal(vimg_check_ext(img, &o8, &r8), 0);
     assert_memory_equal(&r1, &r8, sizeof(r1));
     assert_int_equal(l1.n, l8.n);
     assert_true(r1.corruptions > 0);
@@ -354,7 +360,7 @@ static void test_wide_refcounts(void **state)
     for (unsigned j = 0; j < 64; j++) {
         store_be64(b + l2 + 8 * j, data);
     }
-    setenv("VIMG_CHECK_THREADS", "8", 1);
+    check_threads = 8;
     for (int k = 0; k < 5; k++) {
         vimg_image *img = open_rw(b, nb * CS);
         /* 2 refcounts too low, and every COPIED flag is clear while
@@ -366,7 +372,7 @@ static void test_wide_refcounts(void **state)
         check(img, 0, 0, 0, 0, 0, &r);
         vimg_close(img);
     }
-    unsetenv("VIMG_CHECK_THREADS");
+    check_threads = 0;
     free(b);
 }
 

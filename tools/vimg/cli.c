@@ -240,6 +240,42 @@ static int open_faulty(vimg_image **out, const char *file,
 
 unsigned cli_force_share;
 
+/* A positive number from environment variable NAME (strtoull base 0),
+ * or 0 when unset or not one. */
+static uint64_t env_number(const char *name)
+{
+    const char *env = getenv(name);
+    char *end;
+
+    if (!env || !*env) {
+        return 0;
+    }
+    const unsigned long long n = strtoull(env, &end, 0);
+    return *end == '\0' ? n : 0;
+}
+
+unsigned cli_check_threads(void)
+{
+    const uint64_t n = env_number("VIMG_CHECK_THREADS");
+
+    return n > 64 ? 64 : (unsigned)n;
+}
+
+#ifndef VIMG_FAULT_HOOK
+/* The open options of the environment: VIMG_QCOW2_L2_CACHE_SIZE (bytes
+ * of L2 tables, tests use it to force evictions). */
+static int open_tuned(vimg_image **out, const char *file, const char *format,
+                      unsigned flags)
+{
+    struct vimg_open_opts opts = VIMG_OPEN_OPTS_INIT;
+
+    opts.flags = flags;
+    opts.cache_size = env_number("VIMG_QCOW2_L2_CACHE_SIZE");
+    return vimg_open_ext(out, file, format, &opts);
+}
+#define vimg_open open_tuned
+#endif
+
 int cli_open(vimg_image **out, const char *file, const char *format,
              unsigned flags)
 {

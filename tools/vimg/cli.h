@@ -39,6 +39,9 @@ extern unsigned cli_force_share;
 /* Open FILE (with FORMAT or probing), printing qemu-style errors. */
 int cli_open(vimg_image **out, const char *file, const char *format,
              unsigned flags);
+/* Worker threads for check: VIMG_CHECK_THREADS, 0 (one per CPU) when
+ * unset. */
+unsigned cli_check_threads(void);
 /* Make IMG read as the internal snapshot ARG names (-l of convert and
  * measure): "snapshot.id=ID,snapshot.name=NAME" (either part), or an ID or
  * else a name.  Prints the error; returns -1. */

@@ -177,8 +177,12 @@ int cmd_check(int argc, char **argv)
         return 1;
     }
 
+    struct vimg_check_opts opts = VIMG_CHECK_OPTS_INIT;
+    opts.flags = flags;
+    opts.threads = cli_check_threads();
+    opts.report = report_line;
     struct vimg_check_result r;
-    int ret = vimg_check(img, flags, &r, report_line, NULL);
+    int ret = vimg_check_ext(img, &opts, &r);
     if (ret == -ENOTSUP) {
         cli_error("This image format does not support checks");
         vimg_close(img);
@@ -200,7 +204,8 @@ int cmd_check(int argc, char **argv)
         }
         const uint64_t leaks_fixed = r.leaks_fixed;
         const uint64_t corruptions_fixed = r.corruptions_fixed;
-        ret = vimg_check(img, 0, &r, report_line, NULL);
+        opts.flags = 0;
+        ret = vimg_check_ext(img, &opts, &r);
         if (ret < 0) {
             snprintf(msg, sizeof(msg), "%s", vimg_last_error());
         }

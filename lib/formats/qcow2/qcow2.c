@@ -257,11 +257,11 @@ static int open_data_file(struct vimg_image *img, struct qcow2_state *s,
     return vimg_io_get_size(s->data_io, &s->data_size);
 }
 
-static int qcow2_open(struct vimg_image *img, unsigned flags)
+/* A new driver state in img->priv (qcow2_close frees it, also after a
+ * failed open). */
+static int state_new(struct vimg_image *img, struct qcow2_state **out)
 {
     struct qcow2_state *s = calloc(1, sizeof(*s));
-    uint8_t *first = NULL;
-    int ret;
 
     if (!s) {
         return vimg_error(-ENOMEM, "out of memory");
@@ -270,23 +270,36 @@ static int qcow2_open(struct vimg_image *img, unsigned flags)
     pthread_cond_init(&s->inflight_done, NULL);
     s->metadata_prealloc = -1;
     img->priv = s;
+    *out = s;
+    return 0;
+}
 
-    ret = vimg_io_get_size(img->io, &s->file_size);
+/* The header and its extensions live in the first cluster (at most
+ * 2 MiB): read as much of it as the file has into *OUT (free() it). */
+static int read_first_cluster(struct vimg_image *img, struct qcow2_state *s,
+                              uint8_t **out, size_t *out_len)
+{
+    int ret = vimg_io_get_size(img->io, &s->file_size);
+
     if (ret < 0) {
         return ret;
     }
-    /* The header and its extensions live in the first cluster (at most
-     * 2 MiB); read as much of it as the file has. */
-    const size_t first_len =
+    const size_t len =
         (size_t)VIMG_MIN(s->file_size, 1ull << QCOW2_MAX_CLUSTER_BITS);
-    first = malloc(first_len ? first_len : 1);
-    if (!first) {
+    *out = malloc(len ? len : 1);
+    if (!*out) {
         return vimg_error(-ENOMEM, "out of memory");
     }
-    ret = vimg_io_pread(img->io, first, first_len, 0);
-    if (ret < 0) {
-        goto out;
-    }
+    *out_len = len;
+    return vimg_io_pread(img->io, *out, len, 0);
+}
+
+/* Decode the header and its extensions from FIRST, and derive the
+ * geometry the rest of the driver uses. */
+static int decode_header(struct vimg_image *img, struct qcow2_state *s,
+                         unsigned flags, const uint8_t *first,
+                         size_t first_len)
+{
     /* A check reads tables past the end of the file as zeroes (as qemu
      * does) and reports them, so only their alignment and size matter. */
     s->is_check = flags & VIMG_OPEN_CHECK;
@@ -294,12 +307,12 @@ static int qcow2_open(struct vimg_image *img, unsigned flags)
     s->is_past_eof_zero =
         s->is_check || ((flags & VIMG_OPEN_INFO_ONLY) &&
                         !(flags & VIMG_OPEN_RDWR));
-    ret = qcow2_header_decode(&s->h, first, first_len,
-                              s->is_past_eof_zero ? UINT64_MAX
-                                                  : s->file_size);
+    int ret = qcow2_header_decode(&s->h, first, first_len,
+                                  s->is_past_eof_zero ? UINT64_MAX
+                                                      : s->file_size);
     if (ret < 0) {
         vimg_error_prefix("%s", img->filename);
-        goto out;
+        return ret;
     }
     s->cluster_bits = s->h.cluster_bits;
     s->cluster_size = 1ull << s->cluster_bits;
@@ -318,97 +331,121 @@ static int qcow2_open(struct vimg_image *img, unsigned flags)
                                   ext_end);
     if (ret < 0) {
         vimg_error_prefix("%s", img->filename);
-        goto out;
     }
-    ret = check_incompatible(img, s);
+    return ret;
+}
+
+/* Refuse what this open cannot do with the image: unknown incompatible
+ * features, encrypted data, writing a corrupt image. */
+static int check_open_allowed(struct vimg_image *img, struct qcow2_state *s,
+                              unsigned flags)
+{
+    int ret = check_incompatible(img, s);
+
     if (ret < 0) {
-        goto out;
+        return ret;
     }
     /* info needs no key: an encrypted image opens for info only */
     if (s->h.crypt_method != QCOW2_CRYPT_NONE &&
         ((flags & VIMG_OPEN_RDWR) || !(flags & VIMG_OPEN_INFO_ONLY))) {
-        ret = vimg_error(-ENOTSUP,
-                         "%s: encrypted qcow2 images (%s) are not supported "
-                         "yet",
-                         img->filename,
-                         s->h.crypt_method == QCOW2_CRYPT_AES ? "aes"
-                                                              : "luks");
-        goto out;
+        return vimg_error(-ENOTSUP,
+                          "%s: encrypted qcow2 images (%s) are not supported "
+                          "yet",
+                          img->filename,
+                          s->h.crypt_method == QCOW2_CRYPT_AES ? "aes"
+                                                               : "luks");
     }
     if ((s->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT) &&
         (flags & VIMG_OPEN_RDWR) && !s->is_check) {
-        ret = vimg_error(-EIO,
-                         "%s: image is marked corrupt; it can only be opened "
-                         "read-only (repair it with 'vimg check -r all')",
-                         img->filename);
-        goto out;
+        return vimg_error(-EIO,
+                          "%s: image is marked corrupt; it can only be "
+                          "opened read-only (repair it with 'vimg check -r "
+                          "all')",
+                          img->filename);
     }
+    return 0;
+}
 
-    /* Backing file */
-    if (s->h.backing_file_offset && s->h.backing_file_size) {
-        img->backing_name = malloc(s->h.backing_file_size + 1);
-        if (!img->backing_name) {
-            ret = vimg_error(-ENOMEM, "out of memory");
-            goto out;
-        }
-        memcpy(img->backing_name, first + s->h.backing_file_offset,
-               s->h.backing_file_size);
-        img->backing_name[s->h.backing_file_size] = '\0';
-        if (strlen(img->backing_name) == 0) {
-            free(img->backing_name);
-            img->backing_name = NULL;
-        } else if (s->ext.backing_format) {
-            img->backing_fmt = strdup(s->ext.backing_format);
-            if (!img->backing_fmt) {
-                ret = vimg_error(-ENOMEM, "out of memory");
-                goto out;
-            }
+/* The backing file name (in FIRST) and format, for the image layer. */
+static int read_backing_name(struct vimg_image *img, struct qcow2_state *s,
+                             const uint8_t *first)
+{
+    if (!s->h.backing_file_offset || !s->h.backing_file_size) {
+        return 0;
+    }
+    img->backing_name = malloc(s->h.backing_file_size + 1);
+    if (!img->backing_name) {
+        return vimg_error(-ENOMEM, "out of memory");
+    }
+    memcpy(img->backing_name, first + s->h.backing_file_offset,
+           s->h.backing_file_size);
+    img->backing_name[s->h.backing_file_size] = '\0';
+    if (strlen(img->backing_name) == 0) {
+        free(img->backing_name);
+        img->backing_name = NULL;
+    } else if (s->ext.backing_format) {
+        img->backing_fmt = strdup(s->ext.backing_format);
+        if (!img->backing_fmt) {
+            return vimg_error(-ENOMEM, "out of memory");
         }
     }
+    return 0;
+}
 
-    /* Active L1 table */
+/* The active L1 table, in host byte order; entries past the end of the
+ * file (check, info) stay zero. */
+static int load_active_l1(struct vimg_image *img, struct qcow2_state *s)
+{
     s->l1 = calloc(s->h.l1_size ? s->h.l1_size : 1, sizeof(uint64_t));
     if (!s->l1) {
-        ret = vimg_error(-ENOMEM, "out of memory");
-        goto out;
+        return vimg_error(-ENOMEM, "out of memory");
     }
-    if (s->h.l1_size && s->h.l1_table_offset < s->file_size) {
-        /* entries past the end of the file (check, info) stay zero */
-        const uint64_t n = VIMG_MIN(
-            (uint64_t)s->h.l1_size,
-            VIMG_DIV_ROUND_UP(s->file_size - s->h.l1_table_offset, 8));
-        ret = vimg_io_pread(img->io, s->l1, (size_t)n * 8,
+    if (!s->h.l1_size || s->h.l1_table_offset >= s->file_size) {
+        return 0;
+    }
+    const uint64_t n =
+        VIMG_MIN((uint64_t)s->h.l1_size,
+                 VIMG_DIV_ROUND_UP(s->file_size - s->h.l1_table_offset, 8));
+    int ret = vimg_io_pread(img->io, s->l1, (size_t)n * 8,
                             s->h.l1_table_offset);
-        if (ret < 0) {
-            goto out;
-        }
-        for (uint64_t i = 0; i < n; i++) {
-            s->l1[i] = load_be64((const uint8_t *)&s->l1[i]);
-        }
+    if (ret < 0) {
+        return ret;
     }
+    for (uint64_t i = 0; i < n; i++) {
+        s->l1[i] = load_be64((const uint8_t *)&s->l1[i]);
+    }
+    return 0;
+}
 
-    /* VIMG_QCOW2_L2_CACHE_SIZE (bytes) overrides the default, like qemu's
-     * l2-cache-size option; tests use it to force evictions. */
+/* The L2 cache: the open option cache_size (bytes, like qemu's
+ * l2-cache-size; tests use a tiny one to force evictions) or the
+ * default, never more tables than the image has. */
+static int new_l2_cache(struct vimg_image *img, struct qcow2_state *s)
+{
     size_t slots = QCOW2_L2_CACHE_BYTES >> s->cluster_bits;
     size_t min_slots = QCOW2_L2_CACHE_MIN_SLOTS;
-    const char *env = getenv("VIMG_QCOW2_L2_CACHE_SIZE");
-    if (env && *env) {
-        char *end;
-        const unsigned long long bytes = strtoull(env, &end, 0);
-        if (*end == '\0' && bytes > 0) {
-            slots = (size_t)VIMG_MIN(bytes >> s->cluster_bits, 1ull << 20);
-            min_slots = 2;
-        }
+
+    if (img->cache_size) {
+        slots = (size_t)VIMG_MIN(img->cache_size >> s->cluster_bits,
+                                 1ull << 20);
+        min_slots = 2;
     }
     slots = VIMG_MAX(slots, min_slots);
     slots = VIMG_MIN(slots, (size_t)s->h.l1_size + 1);
     s->l2_cache = qcow2_cache_new((size_t)s->cluster_size, slots);
     if (!s->l2_cache) {
-        ret = vimg_error(-ENOMEM, "out of memory");
-        goto out;
+        return vimg_error(-ENOMEM, "out of memory");
     }
+    return 0;
+}
 
-    ret = load_snapshots(img, s);
+/* The snapshot table and the bitmap directory.  A check handle opens
+ * without them when they are unreadable: check reports that. */
+static int load_snapshots_and_bitmaps(struct vimg_image *img,
+                                      struct qcow2_state *s)
+{
+    int ret = load_snapshots(img, s);
+
     if (ret == 0) {
         ret = load_bitmaps(img, s);
     }
@@ -421,52 +458,91 @@ static int qcow2_open(struct vimg_image *img, unsigned flags)
     }
     if (ret < 0) {
         vimg_error_prefix("%s", img->filename);
-        goto out;
+        return ret;
     }
     if (s->is_check && s->check_load_error == 0) {
         ret = validate_bitmap_tables(img, s);
-        if (ret < 0) {
-            goto out;
-        }
     }
+    return ret;
+}
 
+/* Where guest data lives: the external data file, or the image itself. */
+static int open_data(struct vimg_image *img, struct qcow2_state *s,
+                     unsigned flags)
+{
     s->has_data_file = s->h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE;
-    if (s->has_data_file) {
-        s->is_data_file_raw =
-            s->h.autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW;
-        ret = open_data_file(img, s, flags);
-        if (ret < 0) {
-            goto out;
-        }
-    } else {
+    if (!s->has_data_file) {
         s->data_io = img->io;
+        return 0;
+    }
+    s->is_data_file_raw =
+        s->h.autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    return open_data_file(img, s, flags);
+}
+
+/* Not closed cleanly with lazy refcounts: the refcounts may be wrong.
+ * Repair them before writing anything, as qemu does. */
+static int repair_dirty(struct vimg_image *img, struct qcow2_state *s)
+{
+    struct vimg_check_result res;
+
+    memset(&res, 0, sizeof(res));
+    int ret = qcow2_check(img, VIMG_CHECK_REPAIR_ALL, 0, &res, NULL, NULL);
+    if (ret == 0 &&
+        (res.check_errors ||
+         (s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY))) {
+        ret = vimg_error(-EIO, "%s: could not repair dirty image",
+                         img->filename);
+    } else if (ret < 0) {
+        vimg_error_prefix("%s: could not repair dirty image", img->filename);
+    }
+    return ret;
+}
+
+static int qcow2_open(struct vimg_image *img, unsigned flags)
+{
+    const bool is_write = (flags & VIMG_OPEN_RDWR) &&
+                          !(flags & VIMG_OPEN_CHECK);
+    struct qcow2_state *s = NULL;
+    uint8_t *first = NULL;
+    size_t first_len = 0;
+    int ret = state_new(img, &s);
+
+    if (ret == 0) {
+        ret = read_first_cluster(img, s, &first, &first_len);
+    }
+    if (ret == 0) {
+        ret = decode_header(img, s, flags, first, first_len);
+    }
+    if (ret == 0) {
+        ret = check_open_allowed(img, s, flags);
+    }
+    if (ret == 0) {
+        ret = read_backing_name(img, s, first);
+    }
+    free(first);
+    if (ret == 0) {
+        ret = load_active_l1(img, s);
+    }
+    if (ret == 0) {
+        ret = new_l2_cache(img, s);
+    }
+    if (ret == 0) {
+        ret = load_snapshots_and_bitmaps(img, s);
+    }
+    if (ret == 0) {
+        ret = open_data(img, s, flags);
+    }
+    if (ret < 0) {
+        return ret;
     }
     img->size = s->h.size;
-    if ((flags & VIMG_OPEN_RDWR) && !s->is_check &&
-        (s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
-        /* Not closed cleanly with lazy refcounts: the refcounts may be
-         * wrong.  Repair them before writing anything, as qemu does. */
-        struct vimg_check_result res;
-        memset(&res, 0, sizeof(res));
-        ret = qcow2_check(img, VIMG_CHECK_REPAIR_ALL, &res, NULL, NULL);
-        if (ret == 0 && (res.check_errors ||
-                         (s->h.incompatible_features &
-                          QCOW2_INCOMPAT_DIRTY))) {
-            ret = vimg_error(-EIO, "%s: could not repair dirty image",
-                             img->filename);
-        } else if (ret < 0) {
-            vimg_error_prefix("%s: could not repair dirty image",
-                              img->filename);
-        }
-        if (ret < 0) {
-            goto out;
-        }
+    if (is_write && (s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+        ret = repair_dirty(img, s);
     }
-    if ((flags & VIMG_OPEN_RDWR) && !s->is_check) {
+    if (ret == 0 && is_write) {
         ret = qcow2_open_write(img);
     }
-out:
-    free(first);
     return ret;
 }
 

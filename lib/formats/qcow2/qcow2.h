@@ -340,7 +340,7 @@ int qcow2_decompress_cluster(struct vimg_image *img, uint64_t comp_offset,
  * Check the image (and repair it with VIMG_CHECK_REPAIR_*), as
  * vimg_check() describes.  Also used by open to repair a dirty image.
  */
-int qcow2_check(struct vimg_image *img, unsigned flags,
+int qcow2_check(struct vimg_image *img, unsigned flags, unsigned threads,
                 struct vimg_check_result *res, vimg_check_report_fn report,
                 void *opaque);
 

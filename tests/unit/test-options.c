@@ -1,0 +1,165 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test-options.c: the format-neutral option API: open and check options
+ * structs, and the capability query front ends use to advertise features.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "unit.h"
+
+/* A fresh file name in TMPDIR (or /tmp); unlink() it when done. */
+static void temp_name(char *buf, size_t len, const char *tag)
+{
+    const char *dir = getenv("TMPDIR");
+
+    snprintf(buf, len, "%s/vimg-test-options-%ld-%s", dir ? dir : "/tmp",
+             (long)getpid(), tag);
+}
+
+static void create(const char *path, const char *format, uint64_t size)
+{
+    struct vimg_create_opts o = VIMG_CREATE_OPTS_INIT;
+
+    o.format = format;
+    o.size = size;
+    assert_int_equal(vimg_create(path, &o), 0);
+}
+
+static void test_capabilities_raw(void **state)
+{
+    (void)state;
+    char path[512];
+    vimg_image *img = NULL;
+
+    temp_name(path, sizeof(path), "caps.raw");
+    create(path, "raw", 1 << 20);
+    assert_int_equal(vimg_open(&img, path, "raw", 0), 0);
+    assert_int_equal(vimg_capabilities(img), VIMG_CAN_EXTENTS);
+    vimg_close(img);
+
+    assert_int_equal(vimg_open(&img, path, "raw", VIMG_OPEN_RDWR), 0);
+    const unsigned caps = vimg_capabilities(img);
+    assert_int_equal(caps, VIMG_CAN_WRITE | VIMG_CAN_ZERO | VIMG_CAN_EXTENTS |
+                               VIMG_CAN_RESIZE | VIMG_CAN_FLUSH);
+    vimg_close(img);
+    unlink(path);
+    assert_int_equal(vimg_capabilities(NULL), 0);
+}
+
+static void test_capabilities_qcow2(void **state)
+{
+    (void)state;
+    char path[512];
+    vimg_image *img = NULL;
+    const unsigned always = VIMG_CAN_EXTENTS | VIMG_CAN_SNAPSHOT |
+                            VIMG_CAN_BACKING | VIMG_CAN_AMEND |
+                            VIMG_CAN_CHECK;
+
+    temp_name(path, sizeof(path), "caps.qcow2");
+    create(path, "qcow2", 1 << 20);
+    assert_int_equal(vimg_open(&img, path, NULL, 0), 0);
+    assert_int_equal(vimg_capabilities(img), always);
+    vimg_close(img);
+
+    assert_int_equal(vimg_open(&img, path, "qcow2", VIMG_OPEN_RDWR), 0);
+    assert_int_equal(vimg_capabilities(img),
+                     always | VIMG_CAN_WRITE | VIMG_CAN_ZERO |
+                         VIMG_CAN_DISCARD | VIMG_CAN_RESIZE |
+                         VIMG_CAN_FLUSH | VIMG_CAN_COMPRESS);
+    vimg_close(img);
+    unlink(path);
+}
+
+static void test_open_opts(void **state)
+{
+    (void)state;
+    char path[512];
+    vimg_image *img = NULL;
+    struct vimg_open_opts o = VIMG_OPEN_OPTS_INIT;
+
+    temp_name(path, sizeof(path), "open.qcow2");
+    create(path, "qcow2", 4 << 20);
+    /* a cache of one byte still holds two tables, and works */
+    o.flags = VIMG_OPEN_RDWR;
+    o.cache_size = 1;
+    assert_int_equal(vimg_open_ext(&img, path, NULL, &o), 0);
+    uint8_t buf[4096];
+    memset(buf, 0xa5, sizeof(buf));
+    for (uint64_t off = 0; off < (4 << 20); off += 1 << 20) {
+        assert_int_equal(vimg_pwrite(img, buf, sizeof(buf), off), 0);
+    }
+    for (uint64_t off = 0; off < (4 << 20); off += 1 << 20) {
+        uint8_t back[4096];
+        assert_int_equal(vimg_pread(img, back, sizeof(back), off), 0);
+        assert_memory_equal(back, buf, sizeof(buf));
+    }
+    vimg_close(img);
+    img = NULL;
+
+    /* NULL options are the defaults: read-only */
+    assert_int_equal(vimg_open_ext(&img, path, NULL, NULL), 0);
+    assert_false(vimg_capabilities(img) & VIMG_CAN_WRITE);
+    vimg_close(img);
+    img = NULL;
+
+    vimg_error_clear();
+    o.version = 99;
+    assert_error(vimg_open_ext(&img, path, NULL, &o), -EINVAL, "version");
+    assert_null(img);
+    o.version = VIMG_OPEN_OPTS_VERSION;
+    o.flags = VIMG_OPEN_RDWR | VIMG_OPEN_FORCE_SHARE;
+    assert_error(vimg_open_ext(&img, path, NULL, &o), -EINVAL, "read-only");
+    unlink(path);
+}
+
+static void count_line(void *opaque, const char *msg)
+{
+    (void)msg;
+    (*(unsigned *)opaque)++;
+}
+
+static void test_check_opts(void **state)
+{
+    (void)state;
+    char path[512];
+    vimg_image *img = NULL;
+    struct vimg_check_result r;
+    unsigned lines = 0;
+    struct vimg_check_opts o = VIMG_CHECK_OPTS_INIT;
+
+    temp_name(path, sizeof(path), "check.qcow2");
+    create(path, "qcow2", 1 << 20);
+    assert_int_equal(vimg_open(&img, path, NULL, VIMG_OPEN_CHECK), 0);
+    for (unsigned threads = 0; threads <= 3; threads++) {
+        o.threads = threads;
+        o.report = count_line;
+        o.report_opaque = &lines;
+        assert_int_equal(vimg_check_ext(img, &o, &r), 0);
+        assert_int_equal(r.corruptions + r.leaks + r.check_errors, 0);
+    }
+    assert_int_equal(lines, 0);
+    assert_int_equal(vimg_check_ext(img, NULL, &r), 0);
+    vimg_error_clear();
+    o.flags = VIMG_CHECK_REPAIR_ALL; /* a read-only handle */
+    assert_error(vimg_check_ext(img, &o, &r), -EROFS, "read-write");
+    o.flags = 0x80;
+    assert_error(vimg_check_ext(img, &o, &r), -EINVAL, "flags");
+    o.flags = 0;
+    o.version = 7;
+    assert_error(vimg_check_ext(img, &o, &r), -EINVAL, "version");
+    vimg_close(img);
+    unlink(path);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_capabilities_raw),
+        cmocka_unit_test(test_capabilities_qcow2),
+        cmocka_unit_test(test_open_opts),
+        cmocka_unit_test(test_check_opts),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
