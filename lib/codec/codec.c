@@ -23,7 +23,7 @@
 #endif
 
 #include "codec/codec.h"
-#include "vimg-internal.h"
+#include "util/vimg-util.h"
 
 static pthread_once_t keys_once = PTHREAD_ONCE_INIT;
 static pthread_key_t deflate_key, zstd_key;

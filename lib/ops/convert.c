@@ -5,21 +5,18 @@
  * threads take in turn; each chunk is read through block status so holes
  * and zero ranges are never read nor written.
  */
-#include <pthread.h>
 #include <stdatomic.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "ops/ops.h"
+#include "util/pool.h"
 #include "vimg-internal.h"
 
 #define CONVERT_CHUNK_BYTES (4u * 1024 * 1024)
 #define CONVERT_PIECE_BYTES (2u * 1024 * 1024)
-#define CONVERT_MAX_THREADS 16
 
 struct convert_job {
     vimg_image *const *srcs;
@@ -35,30 +32,12 @@ struct convert_job {
     bool is_zero_init;       /* the target reads as zeroes before we write */
     bool is_raw_zero_init;   /* the same for a raw target: a new file */
 
-    /* image outputs commit chunks in order, so the file is the same
-     * whatever the number of threads */
-    pthread_mutex_t commit_lock;
-    pthread_cond_t commit_turn;
-    uint64_t next_commit;
-
-    atomic_uint_fast64_t next_chunk;
+    /* image outputs write chunks in order (the pool's ordered step), so
+     * the file is the same whatever the number of threads */
+    struct vimg_pool *pool;
+    struct chunk_buf *bufs;  /* one per worker of the pool */
     atomic_uint_fast64_t bytes_done;
-    atomic_int error;        /* first error, 0 if none */
-    pthread_mutex_t error_lock;
-    char error_msg[1024];
 };
-
-static void set_error(struct convert_job *job, int err)
-{
-    int expected = 0;
-
-    if (atomic_compare_exchange_strong(&job->error, &expected, err)) {
-        pthread_mutex_lock(&job->error_lock);
-        snprintf(job->error_msg, sizeof(job->error_msg), "%s",
-                 vimg_last_error());
-        pthread_mutex_unlock(&job->error_lock);
-    }
-}
 
 /*
  * Sparse detection, as qemu-img convert -S does it, so outputs have holes in
@@ -470,25 +449,24 @@ static int write_mixed(struct convert_job *job, const struct chunk_buf *cb,
     return 0;
 }
 
-/* One chunk into an image output: read, compress (in parallel), then
- * write in chunk order.  Clusters the new image already reads right are
- * not written. */
-static int convert_chunk_image(struct convert_job *job, struct chunk_buf *cb,
-                               uint64_t chunk)
+/* One chunk into an image output, first step (in parallel): read and
+ * classify its clusters, compress them. */
+static int read_chunk_image(void *opaque, uint8_t *buf, unsigned worker,
+                            uint64_t chunk)
 {
+    struct convert_job *job = opaque;
+    struct chunk_buf *cb = &job->bufs[worker];
     const uint64_t off = chunk * CONVERT_CHUNK_BYTES;
     const uint64_t len = VIMG_MIN((uint64_t)CONVERT_CHUNK_BYTES,
                                   job->total - off);
     const uint32_t cs = vimg_cluster_size(job->out_img);
     const size_t nb = (size_t)VIMG_DIV_ROUND_UP(len, cs);
-    const unsigned zflags =
-        job->opts->is_existing_target ? VIMG_ZERO_MAY_UNMAP : 0;
     int *zlen = cb->zlen;
     size_t seg = 0;
+
+    cb->data = buf;
     int ret = read_output_range(job, cb, off, len);
-
     cb->len = (size_t)len;
-
     for (size_t i = 0; i < nb && ret >= 0; i++) {
         const size_t n = (size_t)VIMG_MIN((uint64_t)cs, len - i * cs);
         const uint8_t *c = cb->data + i * cs;
@@ -499,13 +477,28 @@ static int convert_chunk_image(struct convert_job *job, struct chunk_buf *cb,
             zlen[i] = ret;
         }
     }
+    return ret < 0 ? ret : 0;
+}
 
-    pthread_mutex_lock(&job->commit_lock);
-    while (job->next_commit != chunk && atomic_load(&job->error) == 0) {
-        pthread_cond_wait(&job->commit_turn, &job->commit_lock);
-    }
-    pthread_mutex_unlock(&job->commit_lock);
-    for (size_t i = 0; i < nb && ret >= 0 && atomic_load(&job->error) == 0;) {
+/* Second step, in chunk order: write what read_chunk_image() found.
+ * Clusters the new image already reads right are not written. */
+static int write_chunk_image(void *opaque, uint8_t *buf, unsigned worker,
+                             uint64_t chunk)
+{
+    struct convert_job *job = opaque;
+    const struct chunk_buf *cb = &job->bufs[worker];
+    const uint64_t off = chunk * CONVERT_CHUNK_BYTES;
+    const uint64_t len = cb->len;
+    const uint32_t cs = vimg_cluster_size(job->out_img);
+    const size_t nb = (size_t)VIMG_DIV_ROUND_UP(len, cs);
+    const unsigned zflags =
+        job->opts->is_existing_target ? VIMG_ZERO_MAY_UNMAP : 0;
+    const int *zlen = cb->zlen;
+    int ret = 0;
+
+    (void)buf;
+    for (size_t i = 0;
+         i < nb && ret >= 0 && !vimg_pool_has_failed(job->pool);) {
         const uint64_t at = off + (uint64_t)i * cs;
         const size_t n = (size_t)VIMG_MIN((uint64_t)cs, len - i * cs);
         if (zlen[i] > 0) {
@@ -533,48 +526,73 @@ static int convert_chunk_image(struct convert_job *job, struct chunk_buf *cb,
             i++;
         }
     }
-    pthread_mutex_lock(&job->commit_lock);
-    job->next_commit = chunk + 1;
-    pthread_cond_broadcast(&job->commit_turn);
-    pthread_mutex_unlock(&job->commit_lock);
     atomic_fetch_add(&job->bytes_done, len);
     return ret < 0 ? ret : 0;
 }
 
-static void *convert_worker(void *opaque)
+/* One chunk into a raw output (any order) */
+static int copy_chunk_raw(void *opaque, uint8_t *buf, unsigned worker,
+                          uint64_t chunk)
+{
+    (void)worker;
+    return convert_chunk(opaque, buf, chunk);
+}
+
+static void report_progress(void *opaque, uint64_t chunks_done)
 {
     struct convert_job *job = opaque;
-    struct chunk_buf cb = {.data = malloc(CONVERT_CHUNK_BYTES)};
-    uint8_t *buf = cb.data;
 
+    (void)chunks_done;
+    job->opts->progress(job->opts->progress_opaque,
+                        atomic_load(&job->bytes_done), job->total);
+}
+
+/* Copy every chunk on a pool of worker threads, reporting progress from
+ * this one. */
+static int run_chunks(struct convert_job *job)
+{
+    const struct vimg_convert_opts *opts = job->opts;
+    int ret = vimg_pool_create(
+        &job->pool, vimg_pool_threads_for(opts->threads, job->nb_chunks));
+    if (ret < 0) {
+        return ret;
+    }
+    const unsigned workers = vimg_pool_workers(job->pool);
     if (job->out_img) {
-        cb.zdata = malloc(CONVERT_CHUNK_BYTES);
-        cb.zlen = calloc(CONVERT_CHUNK_BYTES / 512, sizeof(int));
-    }
-    if (!buf || (job->out_img && (!cb.zdata || !cb.zlen))) {
-        set_error(job, vimg_error(-ENOMEM, "out of memory"));
-    }
-    while (atomic_load(&job->error) == 0) {
-        const uint64_t chunk = atomic_fetch_add(&job->next_chunk, 1);
-        if (chunk >= job->nb_chunks) {
-            break;
+        job->bufs = calloc(workers, sizeof(*job->bufs));
+        for (unsigned i = 0; job->bufs && i < workers; i++) {
+            job->bufs[i].zdata = malloc(CONVERT_CHUNK_BYTES);
+            job->bufs[i].zlen = calloc(CONVERT_CHUNK_BYTES / 512, sizeof(int));
+            if (!job->bufs[i].zdata || !job->bufs[i].zlen) {
+                ret = vimg_error(-ENOMEM, "out of memory");
+            }
         }
-        int ret = job->out_img
-                      ? convert_chunk_image(job, &cb, chunk)
-                      : convert_chunk(job, buf, chunk);
-        if (ret < 0) {
-            set_error(job, ret);
+        if (!job->bufs) {
+            ret = vimg_error(-ENOMEM, "out of memory");
         }
     }
-    /* wake anyone waiting for a turn that will not come */
-    pthread_mutex_lock(&job->commit_lock);
-    pthread_cond_broadcast(&job->commit_turn);
-    pthread_mutex_unlock(&job->commit_lock);
-    free(buf);
-    free(cb.zdata);
-    free(cb.zlen);
-    free(cb.segs);
-    return NULL;
+    const struct vimg_pool_job pj = {
+        .nb_items = job->nb_chunks,
+        .buf_bytes = CONVERT_CHUNK_BYTES,
+        .fn = job->out_img ? read_chunk_image : copy_chunk_raw,
+        .ordered_fn = job->out_img ? write_chunk_image : NULL,
+        .opaque = job,
+        .progress = opts->progress ? report_progress : NULL,
+        .progress_opaque = job,
+    };
+    if (ret == 0) {
+        ret = vimg_pool_run(job->pool, &pj);
+    }
+    for (unsigned i = 0; job->bufs && i < workers; i++) {
+        free(job->bufs[i].zdata);
+        free(job->bufs[i].zlen);
+        free(job->bufs[i].segs);
+    }
+    free(job->bufs);
+    job->bufs = NULL;
+    vimg_pool_destroy(job->pool);
+    job->pool = NULL;
+    return ret;
 }
 
 /* Create (or, with -n, open) an image target for JOB; fills job->out_img
@@ -617,12 +635,6 @@ static int open_image_target(struct convert_job *job, const char *out_path)
     return ret;
 }
 
-static unsigned default_threads(void)
-{
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n < 1 ? 1 : n > 8 ? 8 : (unsigned)n;
-}
-
 int vimg_convert(vimg_image *const *srcs, size_t nb_srcs,
                  const char *out_path, const struct vimg_convert_opts *opts)
 {
@@ -659,9 +671,6 @@ int vimg_convert(vimg_image *const *srcs, size_t nb_srcs,
         .nb_srcs = nb_srcs,
         .opts = opts,
     };
-    pthread_mutex_init(&job.error_lock, NULL);
-    pthread_mutex_init(&job.commit_lock, NULL);
-    pthread_cond_init(&job.commit_turn, NULL);
     job.src_start = calloc(nb_srcs, sizeof(uint64_t));
     job.chunk_start = calloc(nb_srcs, sizeof(uint64_t));
     int ret = 0;
@@ -731,39 +740,8 @@ int vimg_convert(vimg_image *const *srcs, size_t nb_srcs,
         }
     }
 
-    unsigned nb_threads = opts->threads ? opts->threads : default_threads();
-    nb_threads = VIMG_MIN(nb_threads, (unsigned)CONVERT_MAX_THREADS);
-    if (job.nb_chunks < nb_threads) {
-        nb_threads = job.nb_chunks ? (unsigned)job.nb_chunks : 1;
-    }
-    pthread_t threads[CONVERT_MAX_THREADS];
-    unsigned started = 0;
-    for (; started < nb_threads; started++) {
-        if (pthread_create(&threads[started], NULL, convert_worker, &job)) {
-            break;
-        }
-    }
-    if (started == 0) {
-        convert_worker(&job); /* no threads: do it here */
-    }
-    if (opts->progress) {
-        /* Report from this thread while the workers run */
-        for (;;) {
-            const uint64_t done = atomic_load(&job.bytes_done);
-            opts->progress(opts->progress_opaque, done, total);
-            if (done >= total || atomic_load(&job.error)) {
-                break;
-            }
-            struct timespec ts = {0, 100 * 1000 * 1000};
-            nanosleep(&ts, NULL);
-        }
-    }
-    for (unsigned i = 0; i < started; i++) {
-        pthread_join(threads[i], NULL);
-    }
-    ret = atomic_load(&job.error);
+    ret = run_chunks(&job);
     if (ret < 0) {
-        vimg_error(ret, "%s", job.error_msg);
         goto out;
     }
     if (job.out_img) {
@@ -776,10 +754,7 @@ int vimg_convert(vimg_image *const *srcs, size_t nb_srcs,
 out:
     vimg_io_close(job.out);
     vimg_close(job.out_img);
-    pthread_mutex_destroy(&job.commit_lock);
-    pthread_cond_destroy(&job.commit_turn);
     free(job.src_start);
     free(job.chunk_start);
-    pthread_mutex_destroy(&job.error_lock);
     return ret;
 }
