@@ -18,69 +18,72 @@
 
 /* ------------------------------------------------------------ counters */
 
-uint64_t qcow2_check_ovf_extra(struct ck *ck, uint64_t k)
+uint64_t qcow2_check_overflow_get(struct check_state *ck, uint64_t k)
 {
-    for (size_t i = 0; i < ck->nb_ovf; i++) {
-        if (ck->ovf[i].cluster == k) {
-            return ck->ovf[i].extra;
+    for (size_t i = 0; i < ck->nb_overflow; i++) {
+        if (ck->overflow[i].cluster == k) {
+            return ck->overflow[i].extra;
         }
     }
     return 0;
 }
 
 /* Set the side-table part of cluster K's counter to EXTRA. */
-void qcow2_check_ovf_set(struct ck *ck, uint64_t k, uint64_t extra)
+void qcow2_check_overflow_set(struct check_state *ck, uint64_t k,
+                              uint64_t extra)
 {
-    for (size_t i = 0; i < ck->nb_ovf; i++) {
-        if (ck->ovf[i].cluster == k) {
-            ck->ovf[i].extra = extra;
+    for (size_t i = 0; i < ck->nb_overflow; i++) {
+        if (ck->overflow[i].cluster == k) {
+            ck->overflow[i].extra = extra;
             return;
         }
     }
-    if (ck->nb_ovf == ck->cap_ovf) {
-        const size_t cap = ck->cap_ovf ? ck->cap_ovf * 2 : 16;
-        struct ck_overflow *o = realloc(ck->ovf, cap * sizeof(*o));
+    if (ck->nb_overflow == ck->cap_overflow) {
+        const size_t cap = ck->cap_overflow ? ck->cap_overflow * 2 : 16;
+        struct check_overflow *o = realloc(ck->overflow, cap * sizeof(*o));
         if (!o) {
-            return; /* keeps CK_SAT: off only for absurd images */
+            return; /* keeps COUNT_SATURATED: off only for absurd images */
         }
-        ck->ovf = o;
-        ck->cap_ovf = cap;
+        ck->overflow = o;
+        ck->cap_overflow = cap;
     }
-    ck->ovf[ck->nb_ovf].cluster = k;
-    ck->ovf[ck->nb_ovf].extra = extra;
-    ck->nb_ovf++;
+    ck->overflow[ck->nb_overflow].cluster = k;
+    ck->overflow[ck->nb_overflow].extra = extra;
+    ck->nb_overflow++;
 }
 
-void qcow2_check_ref_set(struct ck *ck, uint64_t k, uint64_t v)
+void qcow2_check_count_set(struct check_state *ck, uint64_t k, uint64_t v)
 {
-    assert(k < ck->cap_clusters);
-    if (v < CK_SAT) {
-        ck->refs[k] = (uint16_t)v;
+    assert(k < ck->nb_counts);
+    if (v < COUNT_SATURATED) {
+        ck->counts[k] = (uint16_t)v;
         return;
     }
-    ck->refs[k] = CK_SAT;
-    qcow2_check_ovf_set(ck, k, v - CK_SAT);
+    ck->counts[k] = COUNT_SATURATED;
+    qcow2_check_overflow_set(ck, k, v - COUNT_SATURATED);
 }
 
 /* ---------------------------------------------------- stored refcounts */
 
-uint64_t qcow2_check_compare_end(const struct ck *ck)
+uint64_t qcow2_check_compare_end(const struct check_state *ck)
 {
     return VIMG_MAX(ck->nb_clusters, ck->used_end);
 }
 
 /* Is refcount table entry IDX's block unreadable (unaligned)? */
-bool qcow2_check_is_block_broken(const struct ck *ck, uint64_t idx)
+bool qcow2_check_is_block_broken(const struct check_state *ck, uint64_t idx)
 {
     return idx < ck->reftable_entries &&
-           (ck->reftable[idx] & QCOW2_REFT_OFFSET_MASK & (ck->cs - 1));
+           (ck->reftable[idx] & QCOW2_REFT_OFFSET_MASK &
+            (ck->cluster_size - 1));
 }
 
 /* The stored refcount of cluster C, read from the file: -EIO when its
  * refcount block is not aligned. */
-static int stored_from_file(struct ck *ck, uint64_t c, uint64_t *out)
+static int read_stored_refcount(struct check_state *ck, uint64_t c,
+                                uint64_t *out)
 {
-    const uint64_t idx = c / ck->rb_entries;
+    const uint64_t idx = c / ck->refblock_entries;
     *out = 0;
     if (idx >= ck->reftable_entries) {
         return 0;
@@ -89,10 +92,10 @@ static int stored_from_file(struct ck *ck, uint64_t c, uint64_t *out)
     if (!off) {
         return 0;
     }
-    if (off & (ck->cs - 1)) {
+    if (off & (ck->cluster_size - 1)) {
         return -EIO;
     }
-    const uint64_t i = c % ck->rb_entries;
+    const uint64_t i = c % ck->refblock_entries;
     const unsigned order = ck->s->h.refcount_order;
     const uint64_t byte = (i << order) / 8;
     uint8_t b[8];
@@ -110,65 +113,67 @@ static int stored_from_file(struct ck *ck, uint64_t c, uint64_t *out)
 /*
  * Compare the computed refcounts with the stored ones (qemu's
  * compare_refcounts).  FIX: the repairs allowed now.  With IS_FINAL, the
- * repairs are written and ck->refs ends up holding the stored refcounts
+ * repairs are written and ck->counts ends up holding the stored refcounts
  * (for the COPIED pass); else nothing is written.
  */
-int qcow2_check_compare_refcounts(struct ck *ck, struct ck_part *p,
+int qcow2_check_compare_refcounts(struct check_state *ck, struct check_part *p,
                                   unsigned fix, bool is_final)
 {
     const uint64_t end = qcow2_check_compare_end(ck);
-    const uint64_t rbe = ck->rb_entries;
+    const uint64_t refblock_entries = ck->refblock_entries;
     const unsigned order = ck->s->h.refcount_order;
-    uint8_t *block = malloc((size_t)ck->cs);
-    uint8_t *orig = malloc((size_t)ck->cs);
+    uint8_t *block = malloc((size_t)ck->cluster_size);
+    uint8_t *orig = malloc((size_t)ck->cluster_size);
     int ret = 0;
     bool has_lowered = false;
 
     if (!block || !orig) {
         free(block);
         free(orig);
-        p->r.check_errors++;
+        p->result.check_errors++;
         return vimg_error(-ENOMEM, "out of memory");
     }
-    ck->highest = 0;
-    for (uint64_t idx = 0; idx * rbe < end; idx++) {
-        const uint64_t first = idx * rbe;
-        const uint64_t last = VIMG_MIN(end, first + rbe);
+    ck->last_used_cluster = 0;
+    for (uint64_t idx = 0; idx * refblock_entries < end; idx++) {
+        const uint64_t first = idx * refblock_entries;
+        const uint64_t last = VIMG_MIN(end, first + refblock_entries);
         const uint64_t off = idx < ck->reftable_entries
                                  ? ck->reftable[idx] & QCOW2_REFT_OFFSET_MASK
                                  : 0;
-        if (off & (ck->cs - 1)) {
+        if (off & (ck->cluster_size - 1)) {
             for (uint64_t c = first; c < last; c++) {
-                p->r.check_errors++;
-                qcow2_check_say(ck, p,
+                p->result.check_errors++;
+                qcow2_check_say(
+                    ck, p,
                     "ERROR: cannot get the refcount of cluster %llu "
                     "(0x%llx): its refcount block at 0x%llx is not cluster "
                     "aligned",
-                    (unsigned long long)c, (unsigned long long)(c << ck->cb),
+                    (unsigned long long)c,
+                    (unsigned long long)(c << ck->cluster_bits),
                     (unsigned long long)off);
             }
             continue;
         }
         if (off) {
-            ret = qcow2_check_read(ck, block, (size_t)ck->cs, off);
+            ret = qcow2_check_read(ck, block, (size_t)ck->cluster_size, off);
             if (ret < 0) {
-                p->r.check_errors++;
+                p->result.check_errors++;
                 qcow2_check_say(ck, p,
                                 "ERROR: could not read the refcount block at "
                                 "0x%llx: %s",
                                 (unsigned long long)off, vimg_last_error());
                 goto out;
             }
-            memcpy(orig, block, (size_t)ck->cs);
+            memcpy(orig, block, (size_t)ck->cluster_size);
         }
         bool is_raised = false;
         for (uint64_t c = first; c < last; c++) {
             if (order == 4 && off) {
                 /* the common width: skip equal entries quickly */
-                while (c < last && ck->refs[c] < CK_SAT &&
-                       load_be16(block + 2 * (c - first)) == ck->refs[c]) {
-                    if (ck->refs[c]) {
-                        ck->highest = c;
+                while (c < last && ck->counts[c] < COUNT_SATURATED &&
+                       load_be16(block + 2 * (c - first)) == ck->counts[c]) {
+                    if (ck->counts[c]) {
+                        ck->last_used_cluster = c;
                     }
                     c++;
                 }
@@ -178,9 +183,9 @@ int qcow2_check_compare_refcounts(struct ck *ck, struct ck_part *p,
             }
             const uint64_t stored =
                 off ? qcow2_refcount_get(block, c - first, order) : 0;
-            const uint64_t computed = ref_get(ck, c);
+            const uint64_t computed = count_get(ck, c);
             if (stored || computed) {
-                ck->highest = c;
+                ck->last_used_cluster = c;
             }
             if (stored == computed) {
                 continue;
@@ -190,18 +195,20 @@ int qcow2_check_compare_refcounts(struct ck *ck, struct ck_part *p,
                 ck->is_rebuild_needed = true;
             } else if (stored > computed &&
                        (fix & VIMG_CHECK_REPAIR_LEAKS)) {
-                fixed = &p->r.leaks_fixed;
+                fixed = &p->result.leaks_fixed;
             } else if (stored < computed &&
                        (fix & VIMG_CHECK_REPAIR_ERRORS)) {
-                fixed = &p->r.corruptions_fixed;
+                fixed = &p->result.corruptions_fixed;
             }
-            qcow2_check_say(ck, p,
+            qcow2_check_say(
+                ck, p,
                 "%s cluster %llu (0x%llx): refcount %llu in the refcount "
                 "block at 0x%llx, but %llu reference%s",
-                fixed                ? "Repairing"
+                fixed               ? "Repairing"
                 : stored < computed ? "ERROR:"
-                                     : "Leaked",
-                (unsigned long long)c, (unsigned long long)(c << ck->cb),
+                                    : "Leaked",
+                (unsigned long long)c,
+                (unsigned long long)(c << ck->cluster_bits),
                 (unsigned long long)stored, (unsigned long long)off,
                 (unsigned long long)computed, computed == 1 ? "" : "s");
             if (fixed) {
@@ -215,22 +222,22 @@ int qcow2_check_compare_refcounts(struct ck *ck, struct ck_part *p,
                 continue;
             }
             if (stored < computed) {
-                p->r.corruptions++;
-                if (ck->suspects && ck->nb_suspects < CK_MAX_SUSPECTS) {
+                p->result.corruptions++;
+                if (ck->suspects && ck->nb_suspects < CHECK_MAX_SUSPECTS) {
                     ck->suspects[ck->nb_suspects++].cluster = c;
                 }
             } else {
-                p->r.leaks++;
+                p->result.leaks++;
             }
             if (is_final) {
                 /* keep what the file says, for the COPIED pass */
-                qcow2_check_ref_set(ck, c, stored);
+                qcow2_check_count_set(ck, c, stored);
             }
         }
         if (is_final && is_raised) {
-            ret = qcow2_check_write(ck, block, (size_t)ck->cs, off);
+            ret = qcow2_check_write(ck, block, (size_t)ck->cluster_size, off);
             if (ret < 0) {
-                p->r.check_errors++;
+                p->result.check_errors++;
                 qcow2_check_say(ck, p,
                                 "ERROR: could not write the refcount block at "
                                 "0x%llx: %s",
@@ -248,34 +255,34 @@ int qcow2_check_compare_refcounts(struct ck *ck, struct ck_part *p,
     /* Raised refcounts are durable before any is lowered: a crash in
      * between leaves leaks, never a cluster in use with too low a count. */
     ret = qcow2_check_sync(ck);
-    for (uint64_t idx = 0; ret == 0 && idx * rbe < end; idx++) {
-        const uint64_t first = idx * rbe;
-        const uint64_t last = VIMG_MIN(end, first + rbe);
+    for (uint64_t idx = 0; ret == 0 && idx * refblock_entries < end; idx++) {
+        const uint64_t first = idx * refblock_entries;
+        const uint64_t last = VIMG_MIN(end, first + refblock_entries);
         const uint64_t off = idx < ck->reftable_entries
                                  ? ck->reftable[idx] & QCOW2_REFT_OFFSET_MASK
                                  : 0;
-        if (!off || (off & (ck->cs - 1))) {
+        if (!off || (off & (ck->cluster_size - 1))) {
             continue;
         }
-        ret = qcow2_check_read(ck, block, (size_t)ck->cs, off);
+        ret = qcow2_check_read(ck, block, (size_t)ck->cluster_size, off);
         bool is_lowered = false;
         for (uint64_t c = first; ret == 0 && c < last; c++) {
             const uint64_t stored = qcow2_refcount_get(block, c - first, order);
-            const uint64_t computed = ref_get(ck, c);
+            const uint64_t computed = count_get(ck, c);
             if (stored > computed) {
                 qcow2_refcount_set(block, c - first, order, computed);
                 is_lowered = true;
             }
         }
         if (ret == 0 && is_lowered) {
-            ret = qcow2_check_write(ck, block, (size_t)ck->cs, off);
+            ret = qcow2_check_write(ck, block, (size_t)ck->cluster_size, off);
         }
     }
     if (ret == 0) {
         ret = qcow2_check_sync(ck);
     }
     if (ret < 0) {
-        p->r.check_errors++;
+        p->result.check_errors++;
         qcow2_check_say(ck, p, "ERROR: could not write refcount blocks: %s",
                         vimg_last_error());
     }
@@ -287,15 +294,16 @@ out:
 
 /* Stored refcount of cluster C after qcow2_check_compare_refcounts(): -EIO if
  * unreadable. */
-int qcow2_check_stored_refcount(struct ck *ck, uint64_t c, uint64_t *out)
+int qcow2_check_stored_refcount(struct check_state *ck, uint64_t c,
+                                uint64_t *out)
 {
     if (ck->has_broken_block &&
-        qcow2_check_is_block_broken(ck, c / ck->rb_entries)) {
+        qcow2_check_is_block_broken(ck, c / ck->refblock_entries)) {
         return -EIO;
     }
-    if (c < ck->cmp_end) {
-        *out = ref_get(ck, c);
+    if (c < ck->compared_end) {
+        *out = count_get(ck, c);
         return 0;
     }
-    return stored_from_file(ck, c, out);
+    return read_stored_refcount(ck, c, out);
 }

@@ -21,8 +21,8 @@
 
 /* Make the entry at [L2_OFF + J * entry size] read as zeroes
  * (qemu's fix for preallocated clusters that are not aligned). */
-int qcow2_check_zero_l2_entry(struct ck *ck, uint64_t l2_off, uint64_t j,
-                              uint64_t bitmap)
+int qcow2_check_zero_l2_entry(struct check_state *ck, uint64_t l2_off,
+                              uint64_t j, uint64_t bitmap)
 {
     uint8_t b[16];
     size_t n = 8;
@@ -43,19 +43,19 @@ int qcow2_check_zero_l2_entry(struct ck *ck, uint64_t l2_off, uint64_t j,
 
 /* ------------------------------------------------------------- rebuild */
 
-static int grow_refs(struct ck *ck, uint64_t n)
+static int grow_counts(struct check_state *ck, uint64_t n)
 {
-    if (n <= ck->cap_clusters) {
+    if (n <= ck->nb_counts) {
         return 0;
     }
-    uint16_t *r = realloc(ck->refs, (size_t)n * sizeof(uint16_t));
+    uint16_t *r = realloc(ck->counts, (size_t)n * sizeof(uint16_t));
     if (!r) {
         return vimg_error(-ENOMEM, "out of memory");
     }
-    memset(r + ck->cap_clusters, 0,
-           (size_t)(n - ck->cap_clusters) * sizeof(uint16_t));
-    ck->refs = r;
-    ck->cap_clusters = n;
+    memset(r + ck->nb_counts, 0,
+           (size_t)(n - ck->nb_counts) * sizeof(uint16_t));
+    ck->counts = r;
+    ck->nb_counts = n;
     return 0;
 }
 
@@ -65,14 +65,16 @@ static int grow_refs(struct ck *ck, uint64_t n)
  * durable, then the header switched to them in one write.  The old
  * structure is leaked (the caller frees it).
  */
-int qcow2_check_rebuild_refcount_structure(struct ck *ck, struct ck_part *p)
+int qcow2_check_rebuild_refcount_structure(struct check_state *ck,
+                                           struct check_part *p)
 {
     struct qcow2_state *s = ck->s;
-    const uint64_t rbe = ck->rb_entries;
-    const uint64_t per_rt_cluster = ck->cs / 8;
-    const uint64_t start = VIMG_MAX(qcow2_check_compare_end(ck),
-                                    VIMG_DIV_ROUND_UP(s->file_size, ck->cs));
-    uint64_t nb_blocks = VIMG_DIV_ROUND_UP(start, rbe);
+    const uint64_t refblock_entries = ck->refblock_entries;
+    const uint64_t per_rt_cluster = ck->cluster_size / 8;
+    const uint64_t start =
+        VIMG_MAX(qcow2_check_compare_end(ck),
+                 VIMG_DIV_ROUND_UP(s->file_size, ck->cluster_size));
+    uint64_t nb_blocks = VIMG_DIV_ROUND_UP(start, refblock_entries);
     uint64_t rt_clusters = VIMG_DIV_ROUND_UP(nb_blocks, per_rt_cluster);
     uint8_t *buf = NULL;
     int ret;
@@ -80,7 +82,7 @@ int qcow2_check_rebuild_refcount_structure(struct ck *ck, struct ck_part *p)
     qcow2_check_say(ck, p, "Rebuilding refcount structure");
     for (;;) {
         const uint64_t end = start + nb_blocks + rt_clusters;
-        const uint64_t b = VIMG_DIV_ROUND_UP(end, rbe);
+        const uint64_t b = VIMG_DIV_ROUND_UP(end, refblock_entries);
         const uint64_t t = VIMG_DIV_ROUND_UP(b, per_rt_cluster);
         if (b == nb_blocks && t == rt_clusters) {
             break;
@@ -88,45 +90,45 @@ int qcow2_check_rebuild_refcount_structure(struct ck *ck, struct ck_part *p)
         nb_blocks = b;
         rt_clusters = t;
     }
-    if ((rt_clusters << ck->cb) > QCOW2_MAX_REFTABLE_BYTES) {
-        p->r.check_errors++;
+    if ((rt_clusters << ck->cluster_bits) > QCOW2_MAX_REFTABLE_BYTES) {
+        p->result.check_errors++;
         return vimg_error(-EFBIG, "%s: the new refcount table would exceed "
                                   "8 MiB",
                           ck->img->filename);
     }
     const uint64_t end = start + nb_blocks + rt_clusters;
-    ret = grow_refs(ck, end);
+    ret = grow_counts(ck, end);
     if (ret < 0) {
-        p->r.check_errors++;
+        p->result.check_errors++;
         return ret;
     }
     for (uint64_t c = start; c < end; c++) {
-        qcow2_check_ref_set(ck, c, 1);
+        qcow2_check_count_set(ck, c, 1);
     }
 
     /* refcount blocks, contiguous: written in batches of up to 1 MiB */
-    const uint64_t batch = VIMG_MAX(1, (1u << 20) >> ck->cb);
-    buf = malloc((size_t)(batch << ck->cb));
+    const uint64_t batch = VIMG_MAX(1, (1u << 20) >> ck->cluster_bits);
+    buf = malloc((size_t)(batch << ck->cluster_bits));
     if (!buf) {
-        p->r.check_errors++;
+        p->result.check_errors++;
         return vimg_error(-ENOMEM, "out of memory");
     }
     for (uint64_t i = 0; i < nb_blocks; i += batch) {
         const uint64_t n = VIMG_MIN(batch, nb_blocks - i);
-        memset(buf, 0, (size_t)(n << ck->cb));
+        memset(buf, 0, (size_t)(n << ck->cluster_bits));
         for (uint64_t k = 0; k < n; k++) {
-            uint8_t *b = buf + (k << ck->cb);
-            const uint64_t first = (i + k) * rbe;
-            const uint64_t last = VIMG_MIN(end, first + rbe);
+            uint8_t *b = buf + (k << ck->cluster_bits);
+            const uint64_t first = (i + k) * refblock_entries;
+            const uint64_t last = VIMG_MIN(end, first + refblock_entries);
             for (uint64_t c = first; c < last; c++) {
-                const uint64_t v = ref_get(ck, c);
+                const uint64_t v = count_get(ck, c);
                 if (v) {
                     qcow2_refcount_set(b, c - first, s->h.refcount_order, v);
                 }
             }
         }
-        ret = qcow2_check_write(ck, buf, (size_t)(n << ck->cb),
-                                (start + i) << ck->cb);
+        ret = qcow2_check_write(ck, buf, (size_t)(n << ck->cluster_bits),
+                                (start + i) << ck->cluster_bits);
         if (ret < 0) {
             goto fail;
         }
@@ -138,15 +140,15 @@ int qcow2_check_rebuild_refcount_structure(struct ck *ck, struct ck_part *p)
     uint64_t *table = calloc((size_t)rt_entries, sizeof(uint64_t));
     if (!buf || !table) {
         free(table);
-        p->r.check_errors++;
+        p->result.check_errors++;
         ret = vimg_error(-ENOMEM, "out of memory");
         goto out;
     }
     for (uint64_t i = 0; i < nb_blocks; i++) {
-        table[i] = (start + i) << ck->cb;
+        table[i] = (start + i) << ck->cluster_bits;
         store_be64(buf + i * 8, table[i]);
     }
-    const uint64_t rt_off = (start + nb_blocks) << ck->cb;
+    const uint64_t rt_off = (start + nb_blocks) << ck->cluster_bits;
     ret = qcow2_check_write(ck, buf, (size_t)rt_entries * 8, rt_off);
     if (ret == 0) {
         ret = qcow2_check_sync(ck);
@@ -174,14 +176,14 @@ int qcow2_check_rebuild_refcount_structure(struct ck *ck, struct ck_part *p)
     ck->reftable_entries = rt_entries;
     ck->has_broken_block = false;
     ck->file_size = s->file_size;
-    ck->nb_clusters = VIMG_DIV_ROUND_UP(ck->file_size, ck->cs);
-    ret = grow_refs(ck, ck->nb_clusters + 2);
+    ck->nb_clusters = VIMG_DIV_ROUND_UP(ck->file_size, ck->cluster_size);
+    ret = grow_counts(ck, ck->nb_clusters + 2);
     if (ret < 0) {
-        p->r.check_errors++;
+        p->result.check_errors++;
     }
     goto out;
 fail:
-    p->r.check_errors++;
+    p->result.check_errors++;
     qcow2_check_say(ck, p,
                     "ERROR: could not write the new refcount structure: %s",
                     vimg_last_error());
@@ -192,34 +194,34 @@ out:
 
 /* -------------------------------------------------------- COPIED flags */
 
-/* Would writing CS bytes at OFF overwrite fixed metadata? */
-static bool overlaps_metadata(struct ck *ck, uint64_t off)
+/* Would writing a cluster at OFF overwrite fixed metadata? */
+static bool overlaps_metadata(struct check_state *ck, uint64_t off)
 {
     const struct qcow2_state *s = ck->s;
-    const uint64_t c = off >> ck->cb;
-    const uint64_t c_last = (off + ck->cs - 1) >> ck->cb;
+    const uint64_t c = off >> ck->cluster_bits;
+    const uint64_t c_last = (off + ck->cluster_size - 1) >> ck->cluster_bits;
     const struct {
         uint64_t off, bytes;
     } r[] = {
-        {0, ck->cs},
+        {0, ck->cluster_size},
         {s->h.l1_table_offset, (uint64_t)s->h.l1_size * 8},
         {s->h.refcount_table_offset,
-         (uint64_t)s->h.refcount_table_clusters << ck->cb},
+         (uint64_t)s->h.refcount_table_clusters << ck->cluster_bits},
         {s->h.snapshots_offset, s->nb_snapshots ? s->snapshots_size : 0},
     };
     for (size_t i = 0; i < sizeof(r) / sizeof(r[0]); i++) {
         if (r[i].bytes == 0) {
             continue;
         }
-        const uint64_t a = r[i].off >> ck->cb;
-        const uint64_t b = (r[i].off + r[i].bytes - 1) >> ck->cb;
+        const uint64_t a = r[i].off >> ck->cluster_bits;
+        const uint64_t b = (r[i].off + r[i].bytes - 1) >> ck->cluster_bits;
         if (c <= b && c_last >= a) {
             return true;
         }
     }
     for (uint64_t i = 0; i < ck->reftable_entries; i++) {
         const uint64_t rb = (ck->reftable[i] & QCOW2_REFT_OFFSET_MASK) >>
-                            ck->cb;
+                            ck->cluster_bits;
         if (rb && rb >= c && rb <= c_last) {
             return true;
         }
@@ -229,24 +231,24 @@ static bool overlaps_metadata(struct ck *ck, uint64_t off)
 
 /* The COPIED flags of entries [FIRST, END) of the active L1 table and of
  * their L2 tables (qemu's check_oflag_copied). */
-int qcow2_check_copied_range(struct ck *ck, struct ck_part *p,
-                             const struct ck_l1 *t, uint64_t first,
+int qcow2_check_copied_range(struct check_state *ck, struct check_part *p,
+                             const struct check_table *t, uint64_t first,
                              uint64_t end, bool is_repair, uint8_t *buf)
 {
     struct qcow2_state *s = ck->s;
-    const unsigned eb = s->l2_entry_bytes;
+    const unsigned entry_bytes = s->l2_entry_bytes;
 
     for (uint64_t i = first; i < end; i++) {
         const uint64_t l1e = s->l1[i];
         const uint64_t l2_off = l1e & QCOW2_L1E_OFFSET_MASK;
         const uint64_t g0 = i * l2_span(ck);
         uint64_t rc;
-        if (!l2_off ||
-            qcow2_check_stored_refcount(ck, l2_off >> ck->cb, &rc) < 0) {
+        if (!l2_off || qcow2_check_stored_refcount(
+                           ck, l2_off >> ck->cluster_bits, &rc) < 0) {
             continue;
         }
         if ((rc == 1) != ((l1e & QCOW2_OFLAG_COPIED) != 0)) {
-            p->r.corruptions++;
+            p->result.corruptions++;
             qcow2_check_say(ck, p,
                 "%s: %s: entry %llu (guest 0x%llx-0x%llx) has the COPIED "
                 "flag %s, but its L2 table at 0x%llx has refcount %llu",
@@ -263,61 +265,62 @@ int qcow2_check_copied_range(struct ck *ck, struct ck_part *p,
                 int ret =
                     qcow2_check_write(ck, b, 8, s->h.l1_table_offset + i * 8);
                 if (ret < 0) {
-                    p->r.check_errors++;
+                    p->result.check_errors++;
                     qcow2_check_say(ck, p,
                                     "ERROR: could not write the L1 entry: %s",
                                     vimg_last_error());
                     return ret;
                 }
                 s->l1[i] = v;
-                p->r.corruptions--;
-                p->r.corruptions_fixed++;
+                p->result.corruptions--;
+                p->result.corruptions_fixed++;
             }
         }
-        int ret = qcow2_check_read(ck, buf, (size_t)ck->cs, l2_off);
+        int ret = qcow2_check_read(ck, buf, (size_t)ck->cluster_size, l2_off);
         if (ret < 0) {
-            p->r.check_errors++;
+            p->result.check_errors++;
             qcow2_check_say(ck, p,
                             "ERROR: could not read the L2 table at 0x%llx: %s",
                             (unsigned long long)l2_off, vimg_last_error());
             return ret;
         }
         uint64_t nb_dirty = 0;
-        for (uint64_t j = 0; j < ck->cs / eb; j++) {
-            const uint64_t e = load_be64(buf + j * eb);
-            const enum ck_type type = qcow2_check_entry_type(ck, e);
-            if (type != CK_NORMAL && type != CK_ZERO_ALLOC) {
+        for (uint64_t j = 0; j < ck->cluster_size / entry_bytes; j++) {
+            const uint64_t e = load_be64(buf + j * entry_bytes);
+            const enum check_entry_type type = qcow2_check_entry_type(ck, e);
+            if (type != ENTRY_NORMAL && type != ENTRY_ZERO_ALLOC) {
                 continue;
             }
             const uint64_t off = e & QCOW2_L2E_OFFSET_MASK;
             if (s->has_data_file) {
                 rc = 1;
-            } else if (qcow2_check_stored_refcount(ck, off >> ck->cb, &rc) <
-                       0) {
+            } else if (qcow2_check_stored_refcount(ck, off >> ck->cluster_bits,
+                                                   &rc) < 0) {
                 continue;
             }
             if ((rc == 1) == ((e & QCOW2_OFLAG_COPIED) != 0)) {
                 continue;
             }
-            p->r.corruptions++;
+            p->result.corruptions++;
             qcow2_check_say(ck, p,
                 "%s: L2 table at 0x%llx (%s entry %llu): entry %llu (guest "
                 "0x%llx) has the COPIED flag %s, but its cluster at 0x%llx "
                 "has refcount %llu",
                 is_repair ? "Repairing" : "ERROR", (unsigned long long)l2_off,
                 t->label, (unsigned long long)i, (unsigned long long)j,
-                (unsigned long long)(g0 + j * ck->cs),
+                (unsigned long long)(g0 + j * ck->cluster_size),
                 (e & QCOW2_OFLAG_COPIED) ? "set" : "clear",
                 (unsigned long long)off, (unsigned long long)rc);
             if (is_repair) {
-                store_be64(buf + j * eb, rc == 1 ? e | QCOW2_OFLAG_COPIED
-                                                 : e & ~QCOW2_OFLAG_COPIED);
+                store_be64(buf + j * entry_bytes,
+                           rc == 1 ? e | QCOW2_OFLAG_COPIED
+                                   : e & ~QCOW2_OFLAG_COPIED);
                 nb_dirty++;
             }
         }
         if (nb_dirty) {
             if (overlaps_metadata(ck, l2_off)) {
-                p->r.check_errors++;
+                p->result.check_errors++;
                 qcow2_check_say(ck, p,
                     "ERROR: could not write the L2 table at 0x%llx: it "
                     "overlaps other metadata",
@@ -327,9 +330,9 @@ int qcow2_check_copied_range(struct ck *ck, struct ck_part *p,
                                   ck->img->filename,
                                   (unsigned long long)l2_off);
             }
-            ret = qcow2_check_write(ck, buf, (size_t)ck->cs, l2_off);
+            ret = qcow2_check_write(ck, buf, (size_t)ck->cluster_size, l2_off);
             if (ret < 0) {
-                p->r.check_errors++;
+                p->result.check_errors++;
                 qcow2_check_say(
                     ck, p,
                     "ERROR: could not write the L2 table at 0x%llx: "
@@ -337,33 +340,34 @@ int qcow2_check_copied_range(struct ck *ck, struct ck_part *p,
                     (unsigned long long)l2_off, vimg_last_error());
                 return ret;
             }
-            p->r.corruptions -= nb_dirty;
-            p->r.corruptions_fixed += nb_dirty;
+            p->result.corruptions -= nb_dirty;
+            p->result.corruptions_fixed += nb_dirty;
         }
     }
     return 0;
 }
 
-int qcow2_check_copied_flags(struct ck *ck, struct ck_part *p)
+int qcow2_check_copied_flags(struct check_state *ck, struct check_part *p)
 {
     struct qcow2_state *s = ck->s;
     bool is_repair;
 
-    if (ck->fix & VIMG_CHECK_REPAIR_ERRORS) {
+    if (ck->repair_flags & VIMG_CHECK_REPAIR_ERRORS) {
         is_repair = true;
-    } else if (ck->fix & VIMG_CHECK_REPAIR_LEAKS) {
+    } else if (ck->repair_flags & VIMG_CHECK_REPAIR_LEAKS) {
         /* only when the refcounts are known to be right */
-        is_repair = !p->r.check_errors && !p->r.corruptions && !p->r.leaks;
+        is_repair = !p->result.check_errors && !p->result.corruptions &&
+                    !p->result.leaks;
     } else {
         is_repair = false;
     }
-    struct ck_l1 t;
+    struct check_table t;
     memset(&t, 0, sizeof(t));
-    ck->cmp_end = qcow2_check_compare_end(ck);
+    ck->compared_end = qcow2_check_compare_end(ck);
     snprintf(t.label, sizeof(t.label), "active L1 table at 0x%llx",
              (unsigned long long)s->h.l1_table_offset);
     t.offset = s->h.l1_table_offset;
-    t.l1 = s->l1;
+    t.entries = s->l1;
     /* entries past the end of the file read as zeroes */
     t.nb_entries =
         s->h.l1_table_offset < ck->file_size
@@ -372,7 +376,8 @@ int qcow2_check_copied_flags(struct ck *ck, struct ck_part *p)
                                          8))
             : 0;
     t.is_active = true;
-    int ret = qcow2_check_run_jobs(ck, p, &t, true, is_repair);
+    int ret = qcow2_check_run_pass(
+        ck, p, &t, is_repair ? PASS_COPIED_REPAIR : PASS_COPIED);
     if (ret == 0 && is_repair) {
         ret = qcow2_check_sync(ck);
     }
@@ -382,29 +387,30 @@ int qcow2_check_copied_flags(struct ck *ck, struct ck_part *p)
 /* ------------------------------------------------------ snapshot table */
 
 /* Set the stored refcount of cluster C (its refcount block must exist). */
-static int set_stored(struct ck *ck, uint64_t c, uint64_t v, uint8_t *block)
+static int write_stored_refcount(struct check_state *ck, uint64_t c, uint64_t v,
+                                 uint8_t *block)
 {
-    const uint64_t idx = c / ck->rb_entries;
+    const uint64_t idx = c / ck->refblock_entries;
     const uint64_t off = ck->reftable[idx] & QCOW2_REFT_OFFSET_MASK;
-    int ret = qcow2_check_read(ck, block, (size_t)ck->cs, off);
+    int ret = qcow2_check_read(ck, block, (size_t)ck->cluster_size, off);
 
     if (ret == 0) {
-        qcow2_refcount_set(block, c % ck->rb_entries,
+        qcow2_refcount_set(block, c % ck->refblock_entries,
                            ck->s->h.refcount_order, v);
-        ret = qcow2_check_write(ck, block, (size_t)ck->cs, off);
+        ret = qcow2_check_write(ck, block, (size_t)ck->cluster_size, off);
     }
     return ret;
 }
 
 /* Can cluster C get a refcount (its refcount block exists and is sane)? */
-static bool is_covered(const struct ck *ck, uint64_t c)
+static bool has_refblock(const struct check_state *ck, uint64_t c)
 {
-    const uint64_t idx = c / ck->rb_entries;
+    const uint64_t idx = c / ck->refblock_entries;
     if (idx >= ck->reftable_entries) {
         return false;
     }
     const uint64_t off = ck->reftable[idx] & QCOW2_REFT_OFFSET_MASK;
-    return off && !(off & (ck->cs - 1)) && off < ck->file_size;
+    return off && !(off & (ck->cluster_size - 1)) && off < ck->file_size;
 }
 
 /*
@@ -414,7 +420,7 @@ static bool is_covered(const struct ck *ck, uint64_t c)
  * the header (entry count and offset, adjacent fields: one write), then
  * the old table's clusters are released.  Returns the entries fixed.
  */
-int qcow2_check_fix_snapshot_table(struct ck *ck, struct ck_part *p)
+int qcow2_check_fix_snapshot_table(struct check_state *ck, struct check_part *p)
 {
     struct qcow2_state *s = ck->s;
     uint8_t *table = NULL, *block = NULL;
@@ -437,9 +443,9 @@ int qcow2_check_fix_snapshot_table(struct ck *ck, struct ck_part *p)
     }
     const size_t len = qcow2_snapshots_encode(s->snapshots, s->nb_snapshots,
                                               NULL);
-    const uint64_t n = VIMG_DIV_ROUND_UP(len, ck->cs);
-    table = calloc(1, (size_t)(n << ck->cb));
-    block = malloc((size_t)ck->cs);
+    const uint64_t n = VIMG_DIV_ROUND_UP(len, ck->cluster_size);
+    table = calloc(1, (size_t)(n << ck->cluster_bits));
+    block = malloc((size_t)ck->cluster_size);
     if (!table || !block) {
         ret = vimg_error(-ENOMEM, "out of memory");
         goto out;
@@ -447,10 +453,10 @@ int qcow2_check_fix_snapshot_table(struct ck *ck, struct ck_part *p)
     qcow2_snapshots_encode(s->snapshots, s->nb_snapshots, table);
 
     /* n free clusters with a refcount block to count them */
-    const uint64_t limit = ck->reftable_entries * ck->rb_entries;
+    const uint64_t limit = ck->reftable_entries * ck->refblock_entries;
     uint64_t start = 0, run = 0;
     for (uint64_t c = 1; c < limit && run < n; c++) {
-        if (ref_get(ck, c) == 0 && is_covered(ck, c)) {
+        if (count_get(ck, c) == 0 && has_refblock(ck, c)) {
             start = run ? start : c;
             run++;
         } else {
@@ -464,14 +470,14 @@ int qcow2_check_fix_snapshot_table(struct ck *ck, struct ck_part *p)
         goto out;
     }
     for (uint64_t c = start; c < start + n && ret == 0; c++) {
-        ret = set_stored(ck, c, 1, block);
+        ret = write_stored_refcount(ck, c, 1, block);
     }
     if (ret == 0) {
         ret = qcow2_check_sync(ck);
     }
     if (ret == 0) {
-        ret = qcow2_check_write(ck, table, (size_t)(n << ck->cb),
-                                start << ck->cb);
+        ret = qcow2_check_write(ck, table, (size_t)(n << ck->cluster_bits),
+                                start << ck->cluster_bits);
     }
     if (ret == 0) {
         ret = qcow2_check_sync(ck);
@@ -481,7 +487,7 @@ int qcow2_check_fix_snapshot_table(struct ck *ck, struct ck_part *p)
     }
     uint8_t h[12];
     store_be32(h, (uint32_t)s->nb_snapshots);
-    store_be64(h + 4, start << ck->cb);
+    store_be64(h + 4, start << ck->cluster_bits);
     ret = qcow2_check_write(ck, h, sizeof(h), QCOW2_HDR_NB_SNAPSHOTS);
     if (ret == 0) {
         ret = qcow2_check_sync(ck);
@@ -491,23 +497,23 @@ int qcow2_check_fix_snapshot_table(struct ck *ck, struct ck_part *p)
     }
     const uint64_t old_off = s->h.snapshots_offset;
     const uint64_t old_size = s->snapshots_size;
-    s->h.snapshots_offset = start << ck->cb;
+    s->h.snapshots_offset = start << ck->cluster_bits;
     s->snapshots_size = len;
     for (uint64_t c = start; c < start + n; c++) {
-        if (c < ck->cap_clusters) {
-            qcow2_check_ref_set(ck, c, 1);
+        if (c < ck->nb_counts) {
+            qcow2_check_count_set(ck, c, 1);
         }
     }
     /* the old table's clusters lose the table's reference */
     if (old_size && old_off < ck->file_size) {
-        const uint64_t first = old_off >> ck->cb;
-        const uint64_t last = (old_off + old_size - 1) >> ck->cb;
-        for (uint64_t c = first; c <= last && c < ck->cmp_end && ret == 0;
+        const uint64_t first = old_off >> ck->cluster_bits;
+        const uint64_t last = (old_off + old_size - 1) >> ck->cluster_bits;
+        for (uint64_t c = first; c <= last && c < ck->compared_end && ret == 0;
              c++) {
-            const uint64_t v = ref_get(ck, c);
-            if (v && is_covered(ck, c)) {
-                qcow2_check_ref_set(ck, c, v - 1);
-                ret = set_stored(ck, c, v - 1, block);
+            const uint64_t v = count_get(ck, c);
+            if (v && has_refblock(ck, c)) {
+                qcow2_check_count_set(ck, c, v - 1);
+                ret = write_stored_refcount(ck, c, v - 1, block);
             }
         }
         if (ret == 0) {
@@ -516,7 +522,7 @@ int qcow2_check_fix_snapshot_table(struct ck *ck, struct ck_part *p)
     }
 out:
     if (ret < 0) {
-        p->r.check_errors++;
+        p->result.check_errors++;
         qcow2_check_say(ck, p,
                         "ERROR: could not rewrite the snapshot table: %s",
                         vimg_last_error());

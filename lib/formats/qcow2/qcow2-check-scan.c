@@ -29,31 +29,31 @@
  * Add a reference to cluster K; false if its refcount would overflow the
  * image's refcount width.  Safe from many threads: one atomic add, undone
  * when the counter was already at the image's maximum or in the side
- * table (at most CK_MAX_THREADS such overshoots are in flight at once).
+ * table (at most CHECK_MAX_THREADS such overshoots are in flight at once).
  */
-static inline bool ref_inc(struct ck *ck, uint64_t k)
+static inline bool count_inc(struct check_state *ck, uint64_t k)
 {
     const uint16_t old =
-        __atomic_fetch_add(&ck->refs[k], (uint16_t)1, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&ck->counts[k], (uint16_t)1, __ATOMIC_RELAXED);
 
-    if (old < CK_SAT && old < ck->refcount_max) {
+    if (old < COUNT_SATURATED && old < ck->refcount_max) {
         return true;
     }
-    __atomic_fetch_sub(&ck->refs[k], (uint16_t)1, __ATOMIC_RELAXED);
-    if (old < CK_SAT) {
+    __atomic_fetch_sub(&ck->counts[k], (uint16_t)1, __ATOMIC_RELAXED);
+    if (old < COUNT_SATURATED) {
         return false; /* narrow refcounts: at the maximum */
     }
     bool is_ok = true;
-    pthread_mutex_lock(&ck->ovf_lock);
-    const uint64_t extra = qcow2_check_ovf_extra(ck, k);
-    if (CK_SAT + extra >= ck->refcount_max) {
+    pthread_mutex_lock(&ck->overflow_lock);
+    const uint64_t extra = qcow2_check_overflow_get(ck, k);
+    if (COUNT_SATURATED + extra >= ck->refcount_max) {
         is_ok = false;
     } else {
-        /* refs[k] is at CK_SAT (plus other threads' overshoots, which
-         * they undo): leave it alone, a store could lose those undos */
-        qcow2_check_ovf_set(ck, k, extra + 1);
+        /* counts[k] is at COUNT_SATURATED (plus other threads' overshoots,
+         * which they undo): leave it alone, a store could lose those undos */
+        qcow2_check_overflow_set(ck, k, extra + 1);
     }
-    pthread_mutex_unlock(&ck->ovf_lock);
+    pthread_mutex_unlock(&ck->overflow_lock);
     return is_ok;
 }
 
@@ -63,8 +63,8 @@ static inline bool ref_inc(struct ck *ck, uint64_t k)
  * of the file (it may be partly written); anything further is a corruption
  * the caller describes: returns false then (counted here).
  */
-static bool inc_refs(struct ck *ck, struct ck_part *p, uint64_t offset,
-                     uint64_t size)
+static bool count_range(struct check_state *ck, struct check_part *p,
+                        uint64_t offset, uint64_t size)
 {
     uint64_t end;
 
@@ -72,25 +72,25 @@ static bool inc_refs(struct ck *ck, struct ck_part *p, uint64_t offset,
         return true;
     }
     if (vimg_add_overflows(offset, size, &end) ||
-        (end > ck->file_size && end - ck->file_size >= ck->cs)) {
-        p->r.corruptions++;
+        (end > ck->file_size && end - ck->file_size >= ck->cluster_size)) {
+        p->result.corruptions++;
         return false;
     }
-    const uint64_t first = offset >> ck->cb;
-    const uint64_t last = (end - 1) >> ck->cb;
+    const uint64_t first = offset >> ck->cluster_bits;
+    const uint64_t last = (end - 1) >> ck->cluster_bits;
     if (last + 1 > p->used_end) {
         p->used_end = last + 1;
     }
     for (uint64_t k = first; k <= last; k++) {
-        assert(k < ck->cap_clusters);
-        if (!ref_inc(ck, k)) {
-            p->r.corruptions++;
+        assert(k < ck->nb_counts);
+        if (!count_inc(ck, k)) {
+            p->result.corruptions++;
             qcow2_check_say(ck, p,
                 "ERROR: cluster 0x%llx is referenced more often than a "
                 "%u-bit refcount can count; widen the refcounts with 'qemu-img "
                 "amend -o refcount_bits=64' or copy the image with 'vimg "
                 "convert'",
-                (unsigned long long)(k << ck->cb),
+                (unsigned long long)(k << ck->cluster_bits),
                 1u << ck->s->h.refcount_order);
         }
     }
@@ -99,43 +99,46 @@ static bool inc_refs(struct ck *ck, struct ck_part *p, uint64_t offset,
 
 /* ------------------------------------------------------ L1 and L2 scan */
 
-enum ck_type qcow2_check_entry_type(const struct ck *ck, uint64_t e)
+enum check_entry_type qcow2_check_entry_type(const struct check_state *ck,
+                                             uint64_t e)
 {
     if (e & QCOW2_OFLAG_COMPRESSED) {
-        return CK_COMPRESSED;
+        return ENTRY_COMPRESSED;
     }
     if ((e & QCOW2_OFLAG_ZERO) && !ck->s->has_subclusters) {
-        return (e & QCOW2_L2E_OFFSET_MASK) ? CK_ZERO_ALLOC : CK_ZERO_PLAIN;
+        return (e & QCOW2_L2E_OFFSET_MASK) ? ENTRY_ZERO_ALLOC
+                                           : ENTRY_ZERO_PLAIN;
     }
     if (!(e & QCOW2_L2E_OFFSET_MASK)) {
         /* offset 0 is a real cluster of an external data file when the
          * COPIED flag says so (qcow2.txt) */
         return ck->s->has_data_file && (e & QCOW2_OFLAG_COPIED)
-                   ? CK_NORMAL
-                   : CK_UNALLOCATED;
+                   ? ENTRY_NORMAL
+                   : ENTRY_UNALLOCATED;
     }
-    return CK_NORMAL;
+    return ENTRY_NORMAL;
 }
 
 /* Check the L2 table at L2_OFF, entry L1_INDEX of table T. */
-static int check_l2(struct ck *ck, struct ck_part *p, const struct ck_l1 *t,
-                    uint64_t l1_index, uint64_t l2_off, uint8_t *buf)
+static int check_l2(struct check_state *ck, struct check_part *p,
+                    const struct check_table *t, uint64_t l1_index,
+                    uint64_t l2_off, uint8_t *buf)
 {
     struct qcow2_state *s = ck->s;
     const uint64_t guest0 = l1_index * l2_span(ck);
-    const unsigned eb = s->l2_entry_bytes;
-    const uint64_t nb_entries = ck->cs / eb;
+    const unsigned entry_bytes = s->l2_entry_bytes;
+    const uint64_t nb_entries = ck->cluster_size / entry_bytes;
     uint64_t next_contiguous = 0;
 
     if (l2_off >= ck->file_size) {
         return 0; /* reads as zeroes: nothing allocated */
     }
     /* only the part inside the file can hold entries */
-    const uint64_t in_file = VIMG_MIN(ck->cs, ck->file_size - l2_off);
-    const uint64_t n = VIMG_DIV_ROUND_UP(in_file, eb);
-    int ret = qcow2_check_read(ck, buf, (size_t)(n * eb), l2_off);
+    const uint64_t in_file = VIMG_MIN(ck->cluster_size, ck->file_size - l2_off);
+    const uint64_t n = VIMG_DIV_ROUND_UP(in_file, entry_bytes);
+    int ret = qcow2_check_read(ck, buf, (size_t)(n * entry_bytes), l2_off);
     if (ret < 0) {
-        p->r.check_errors++;
+        p->result.check_errors++;
         qcow2_check_say(ck, p,
                         "ERROR: could not read the L2 table at 0x%llx: %s",
                         (unsigned long long)l2_off, vimg_last_error());
@@ -148,26 +151,26 @@ static int check_l2(struct ck *ck, struct ck_part *p, const struct ck_l1 *t,
         (unsigned long long)guest0,                                            \
         (unsigned long long)(guest0 + l2_span(ck) - 1)
     for (uint64_t j = 0; j < n; j++) {
-        uint64_t e = load_be64(buf + j * eb);
-        const uint64_t bm = s->has_subclusters ? load_be64(buf + j * eb + 8)
-                                               : 0;
-        const enum ck_type type = qcow2_check_entry_type(ck, e);
-        const unsigned long long guest = guest0 + j * ck->cs;
+        uint64_t e = load_be64(buf + j * entry_bytes);
+        const uint64_t bm =
+            s->has_subclusters ? load_be64(buf + j * entry_bytes + 8) : 0;
+        const enum check_entry_type type = qcow2_check_entry_type(ck, e);
+        const unsigned long long guest = guest0 + j * ck->cluster_size;
 
         if (e == 0 && bm == 0) {
             continue;
         }
-        if (type != CK_COMPRESSED && (e & L2E_STD_RESERVED_MASK)) {
-            p->r.corruptions++;
+        if (type != ENTRY_COMPRESSED && (e & L2E_STD_RESERVED_MASK)) {
+            p->result.corruptions++;
             qcow2_check_say(ck, p,
                 "ERROR: " L2CTX ": entry %llu (guest 0x%llx) has reserved "
                 "bits set: 0x%016llx",
                 L2ARGS, (unsigned long long)j, guest, (unsigned long long)e);
         }
         switch (type) {
-        case CK_COMPRESSED: {
+        case ENTRY_COMPRESSED: {
             if (e & QCOW2_OFLAG_COPIED) {
-                p->r.corruptions++;
+                p->result.corruptions++;
                 qcow2_check_say(ck, p,
                     "ERROR: " L2CTX ": entry %llu (guest 0x%llx) is a "
                     "compressed cluster with the COPIED flag set, which "
@@ -176,7 +179,7 @@ static int check_l2(struct ck *ck, struct ck_part *p, const struct ck_l1 *t,
                 e &= ~QCOW2_OFLAG_COPIED;
             }
             if (s->has_data_file) {
-                p->r.corruptions++;
+                p->result.corruptions++;
                 qcow2_check_say(ck, p,
                     "ERROR: " L2CTX ": entry %llu (guest 0x%llx) is a "
                     "compressed cluster, but the image has an external data "
@@ -185,7 +188,7 @@ static int check_l2(struct ck *ck, struct ck_part *p, const struct ck_l1 *t,
                 break;
             }
             if (bm) {
-                p->r.corruptions++;
+                p->result.corruptions++;
                 qcow2_check_say(ck, p,
                     "ERROR: " L2CTX ": entry %llu (guest 0x%llx) is a "
                     "compressed cluster with a non-zero subcluster bitmap "
@@ -195,10 +198,11 @@ static int check_l2(struct ck *ck, struct ck_part *p, const struct ck_l1 *t,
                 break;
             }
             const uint64_t coff = e & s->csize_mask;
-            const uint64_t sectors =
-                ((e >> s->csize_shift) & ((1ull << (ck->cb - 8)) - 1)) + 1;
+            const uint64_t sectors = ((e >> s->csize_shift) &
+                                      ((1ull << (ck->cluster_bits - 8)) - 1)) +
+                                     1;
             const uint64_t csize = sectors * 512 - (coff & 511);
-            if (!inc_refs(ck, p, coff, csize)) {
+            if (!count_range(ck, p, coff, csize)) {
                 qcow2_check_say(ck, p,
                     "ERROR: " L2CTX ": entry %llu (guest 0x%llx) points at "
                     "compressed data at 0x%llx (%llu bytes), past the end "
@@ -207,18 +211,18 @@ static int check_l2(struct ck *ck, struct ck_part *p, const struct ck_l1 *t,
                     (unsigned long long)coff, (unsigned long long)csize);
             }
             if (t->is_active) {
-                p->r.allocated_clusters++;
-                p->r.compressed_clusters++;
+                p->result.allocated_clusters++;
+                p->result.compressed_clusters++;
                 /* compressed clusters count as fragmented, as in qemu */
-                p->r.fragmented_clusters++;
+                p->result.fragmented_clusters++;
             }
             break;
         }
-        case CK_ZERO_ALLOC:
-        case CK_NORMAL: {
+        case ENTRY_ZERO_ALLOC:
+        case ENTRY_NORMAL: {
             const uint64_t off = e & QCOW2_L2E_OFFSET_MASK;
             if ((bm >> 32) & bm) {
-                p->r.corruptions++;
+                p->result.corruptions++;
                 qcow2_check_say(ck, p,
                     "ERROR: " L2CTX ": entry %llu (guest 0x%llx) has a "
                     "subcluster bitmap 0x%016llx with subclusters both "
@@ -226,13 +230,14 @@ static int check_l2(struct ck *ck, struct ck_part *p, const struct ck_l1 *t,
                     L2ARGS, (unsigned long long)j, guest,
                     (unsigned long long)bm);
             }
-            if (off & (ck->cs - 1)) {
-                p->r.corruptions++;
+            if (off & (ck->cluster_size - 1)) {
+                p->result.corruptions++;
                 const bool has_data = s->has_subclusters
                                           ? (bm & L2_BITMAP_ALL_ALLOC) != 0
                                           : !(e & QCOW2_OFLAG_ZERO);
                 if (!has_data) {
-                    const bool is_fix = ck->fix & VIMG_CHECK_REPAIR_ERRORS;
+                    const bool is_fix =
+                        ck->repair_flags & VIMG_CHECK_REPAIR_ERRORS;
                     qcow2_check_say(ck, p,
                         "%s: " L2CTX ": entry %llu (guest 0x%llx) is a "
                         "preallocated zero cluster at 0x%llx, which is not "
@@ -244,11 +249,11 @@ static int check_l2(struct ck *ck, struct ck_part *p, const struct ck_l1 *t,
                     if (is_fix) {
                         int r = qcow2_check_zero_l2_entry(ck, l2_off, j, bm);
                         if (r == 0) {
-                            p->r.corruptions--;
-                            p->r.corruptions_fixed++;
+                            p->result.corruptions--;
+                            p->result.corruptions_fixed++;
                             continue;
                         }
-                        p->r.check_errors++;
+                        p->result.check_errors++;
                         qcow2_check_say(
                             ck, p, "ERROR: could not write the L2 entry: %s",
                             vimg_last_error());
@@ -262,13 +267,14 @@ static int check_l2(struct ck *ck, struct ck_part *p, const struct ck_l1 *t,
                 }
             }
             if (t->is_active) {
-                p->r.allocated_clusters++;
+                p->result.allocated_clusters++;
                 if (next_contiguous && off != next_contiguous) {
-                    p->r.fragmented_clusters++;
+                    p->result.fragmented_clusters++;
                 }
-                next_contiguous = off + ck->cs;
+                next_contiguous = off + ck->cluster_size;
             }
-            if (!s->has_data_file && !inc_refs(ck, p, off, ck->cs)) {
+            if (!s->has_data_file &&
+                !count_range(ck, p, off, ck->cluster_size)) {
                 qcow2_check_say(ck, p,
                     "ERROR: " L2CTX ": entry %llu (guest 0x%llx) points at "
                     "data at 0x%llx, past the end of the file",
@@ -277,11 +283,11 @@ static int check_l2(struct ck *ck, struct ck_part *p, const struct ck_l1 *t,
             }
             break;
         }
-        case CK_ZERO_PLAIN:
+        case ENTRY_ZERO_PLAIN:
             break;
-        case CK_UNALLOCATED:
+        case ENTRY_UNALLOCATED:
             if (bm & L2_BITMAP_ALL_ALLOC) {
-                p->r.corruptions++;
+                p->result.corruptions++;
                 qcow2_check_say(ck, p,
                     "ERROR: " L2CTX ": entry %llu (guest 0x%llx) has no host "
                     "cluster but its subcluster bitmap 0x%016llx says "
@@ -296,19 +302,19 @@ static int check_l2(struct ck *ck, struct ck_part *p, const struct ck_l1 *t,
 }
 
 /* Entries [FIRST, END) of an L1 table. */
-static int check_l1_range(struct ck *ck, struct ck_part *p,
-                          const struct ck_l1 *t, uint64_t first, uint64_t end,
-                          uint8_t *buf)
+static int check_l1_range(struct check_state *ck, struct check_part *p,
+                          const struct check_table *t, uint64_t first,
+                          uint64_t end, uint8_t *buf)
 {
     for (uint64_t i = first; i < end; i++) {
-        const uint64_t e = t->l1[i];
+        const uint64_t e = t->entries[i];
         const uint64_t l2_off = e & QCOW2_L1E_OFFSET_MASK;
         const uint64_t g0 = i * l2_span(ck);
         if (!l2_off) {
             continue;
         }
         if (e & L1E_RESERVED_MASK) {
-            p->r.corruptions++;
+            p->result.corruptions++;
             qcow2_check_say(ck, p,
                 "ERROR: %s: entry %llu (guest 0x%llx-0x%llx) has reserved "
                 "bits set: 0x%016llx",
@@ -316,7 +322,7 @@ static int check_l1_range(struct ck *ck, struct ck_part *p,
                 (unsigned long long)(g0 + l2_span(ck) - 1),
                 (unsigned long long)e);
         }
-        if (!inc_refs(ck, p, l2_off, ck->cs)) {
+        if (!count_range(ck, p, l2_off, ck->cluster_size)) {
             qcow2_check_say(ck, p,
                 "ERROR: %s: entry %llu (guest 0x%llx-0x%llx) points at an L2 "
                 "table at 0x%llx, past the end of the file",
@@ -324,8 +330,8 @@ static int check_l1_range(struct ck *ck, struct ck_part *p,
                 (unsigned long long)(g0 + l2_span(ck) - 1),
                 (unsigned long long)l2_off);
         }
-        if (l2_off & (ck->cs - 1)) {
-            p->r.corruptions++;
+        if (l2_off & (ck->cluster_size - 1)) {
+            p->result.corruptions++;
             qcow2_check_say(ck, p,
                 "ERROR: %s: entry %llu (guest 0x%llx-0x%llx) points at an L2 "
                 "table at 0x%llx, which is not cluster aligned",
@@ -343,18 +349,17 @@ static int check_l1_range(struct ck *ck, struct ck_part *p,
 
 /* One slice of an L1 table, scanned (or given the COPIED pass) by one
  * worker into its own part. */
-struct ck_slice {
+struct check_slice {
     uint64_t first, end;
-    struct ck_part part;
+    struct check_part part;
 };
 
 /* The slices of one table, handed to the pool one item each. */
-struct ck_job {
-    struct ck *ck;
-    const struct ck_l1 *t;
-    bool is_copied_pass;
-    bool is_repair;
-    struct ck_slice *slices;
+struct check_job {
+    struct check_state *ck;
+    const struct check_table *t;
+    enum check_pass pass;
+    struct check_slice *slices;
 };
 
 /* Scan slice ITEM with BUF (one cluster).  Its error stays in its part,
@@ -363,15 +368,16 @@ struct ck_job {
 static int run_slice(void *opaque, uint8_t *buf, unsigned worker,
                      uint64_t item)
 {
-    const struct ck_job *j = opaque;
-    struct ck_slice *sl = &j->slices[item];
+    const struct check_job *j = opaque;
+    struct check_slice *sl = &j->slices[item];
 
     (void)worker;
     sl->part.err =
-        j->is_copied_pass
-            ? qcow2_check_copied_range(j->ck, &sl->part, j->t, sl->first,
-                                       sl->end, j->is_repair, buf)
-            : check_l1_range(j->ck, &sl->part, j->t, sl->first, sl->end, buf);
+        j->pass == PASS_COUNT
+            ? check_l1_range(j->ck, &sl->part, j->t, sl->first, sl->end, buf)
+            : qcow2_check_copied_range(j->ck, &sl->part, j->t, sl->first,
+                                       sl->end, j->pass == PASS_COPIED_REPAIR,
+                                       buf);
     if (sl->part.err < 0) {
         snprintf(sl->part.err_msg, sizeof(sl->part.err_msg), "%s",
                  vimg_last_error());
@@ -382,10 +388,10 @@ static int run_slice(void *opaque, uint8_t *buf, unsigned worker,
 /* Run the job's N slices: one in the calling thread (its messages go
  * straight to the report callback), more on the check's pool (each
  * buffers its messages; the caller merges them in table order). */
-static int run_slices(struct ck *ck, struct ck_job *j, unsigned n)
+static int run_slices(struct check_state *ck, struct check_job *j, unsigned n)
 {
     if (n == 1) {
-        uint8_t *buf = malloc((size_t)ck->cs);
+        uint8_t *buf = malloc((size_t)ck->cluster_size);
         if (!buf) {
             return vimg_error(-ENOMEM, "out of memory");
         }
@@ -401,7 +407,7 @@ static int run_slices(struct ck *ck, struct ck_job *j, unsigned n)
     }
     const struct vimg_pool_job job = {
         .nb_items = n,
-        .buf_bytes = (size_t)ck->cs,
+        .buf_bytes = (size_t)ck->cluster_size,
         .fn = run_slice,
         .opaque = j,
     };
@@ -409,36 +415,34 @@ static int run_slices(struct ck *ck, struct ck_job *j, unsigned n)
 }
 
 /*
- * Run the L2 scan (or the COPIED pass) of table T on up to nb_threads
- * threads, each over a slice holding about the same number of L2 tables.
+ * Run PASS over table T on up to nb_threads threads, each over a slice
+ * holding about the same number of L2 tables.
  */
-int qcow2_check_run_jobs(struct ck *ck, struct ck_part *p,
-                         const struct ck_l1 *t, bool is_copied_pass,
-                         bool is_repair)
+int qcow2_check_run_pass(struct check_state *ck, struct check_part *p,
+                         const struct check_table *t, enum check_pass pass)
 {
     uint64_t nb_tables = 0;
 
     for (uint64_t i = 0; i < t->nb_entries; i++) {
-        nb_tables += (t->l1[i] & QCOW2_L1E_OFFSET_MASK) != 0;
+        nb_tables += (t->entries[i] & QCOW2_L1E_OFFSET_MASK) != 0;
     }
     unsigned n = ck->nb_threads;
-    if (is_copied_pass && is_repair) {
+    if (pass == PASS_COPIED_REPAIR) {
         /* an L2 table shared by several L1 entries must be fixed by the
          * first and then seen fixed by the others, as in qemu's order */
         n = 1;
     }
-    if (nb_tables / CK_MIN_TABLES_PER_THREAD < n) {
-        n = (unsigned)VIMG_MAX(nb_tables / CK_MIN_TABLES_PER_THREAD, 1);
+    if (nb_tables / CHECK_MIN_TABLES_PER_THREAD < n) {
+        n = (unsigned)VIMG_MAX(nb_tables / CHECK_MIN_TABLES_PER_THREAD, 1);
     }
-    struct ck_job job = {
+    struct check_job job = {
         .ck = ck,
         .t = t,
-        .is_copied_pass = is_copied_pass,
-        .is_repair = is_repair,
+        .pass = pass,
         .slices = calloc(n, sizeof(*job.slices)),
     };
     if (!job.slices) {
-        p->r.check_errors++;
+        p->result.check_errors++;
         return vimg_error(-ENOMEM, "out of memory");
     }
     /* cut the table into N slices of about nb_tables / N tables */
@@ -449,7 +453,7 @@ int qcow2_check_run_jobs(struct ck *ck, struct ck_part *p,
         job.slices[k].part.is_buffered = n > 1;
         job.slices[k].first = i;
         while (i < t->nb_entries && (got < want || k == n - 1)) {
-            got += (t->l1[i] & QCOW2_L1E_OFFSET_MASK) != 0;
+            got += (t->entries[i] & QCOW2_L1E_OFFSET_MASK) != 0;
             i++;
         }
         job.slices[k].end = i;
@@ -457,7 +461,7 @@ int qcow2_check_run_jobs(struct ck *ck, struct ck_part *p,
     int ret = run_slices(ck, &job, n);
     if (ret < 0) {
         /* no buffer or no pool: nothing was scanned */
-        p->r.check_errors++;
+        p->result.check_errors++;
         free(job.slices);
         return ret;
     }
@@ -470,8 +474,9 @@ int qcow2_check_run_jobs(struct ck *ck, struct ck_part *p,
 
 /* Read the NB entries of the L1 table at OFFSET (the part inside the
  * file; the rest reads as zeroes and is left out). */
-int qcow2_check_load_table(struct ck *ck, struct ck_part *p, uint64_t offset,
-                           uint64_t nb, uint64_t **out, uint64_t *nb_out)
+int qcow2_check_load_table(struct check_state *ck, struct check_part *p,
+                           uint64_t offset, uint64_t nb, uint64_t **out,
+                           uint64_t *nb_out)
 {
     *out = NULL;
     *nb_out = 0;
@@ -482,12 +487,12 @@ int qcow2_check_load_table(struct ck *ck, struct ck_part *p, uint64_t offset,
         VIMG_MIN(nb, VIMG_DIV_ROUND_UP(ck->file_size - offset, 8));
     uint64_t *l1 = malloc(n ? (size_t)n * 8 : 1);
     if (!l1) {
-        p->r.check_errors++;
+        p->result.check_errors++;
         return vimg_error(-ENOMEM, "out of memory");
     }
     int ret = qcow2_check_read(ck, l1, (size_t)n * 8, offset);
     if (ret < 0) {
-        p->r.check_errors++;
+        p->result.check_errors++;
         qcow2_check_say(ck, p,
                         "ERROR: could not read the L1 table at 0x%llx: %s",
                         (unsigned long long)offset, vimg_last_error());
@@ -504,14 +509,14 @@ int qcow2_check_load_table(struct ck *ck, struct ck_part *p, uint64_t offset,
 
 /* ------------------------------------------------------ other metadata */
 
-static int check_bitmaps(struct ck *ck, struct ck_part *p)
+static int check_bitmaps(struct check_state *ck, struct check_part *p)
 {
     struct qcow2_state *s = ck->s;
 
     if (s->nb_bitmaps == 0) {
         return 0;
     }
-    if (!inc_refs(ck, p, s->ext.bitmap_dir_offset, s->ext.bitmap_dir_size)) {
+    if (!count_range(ck, p, s->ext.bitmap_dir_offset, s->ext.bitmap_dir_size)) {
         qcow2_check_say(ck, p,
             "ERROR: the bitmap directory at 0x%llx (%llu bytes) is past the "
             "end of the file",
@@ -521,7 +526,7 @@ static int check_bitmaps(struct ck *ck, struct ck_part *p)
     for (size_t k = 0; k < s->nb_bitmaps; k++) {
         const struct qcow2_bitmap *b = &s->bitmaps[k];
         const uint64_t bytes = (uint64_t)b->table_size * 8;
-        if (!inc_refs(ck, p, b->table_offset, bytes)) {
+        if (!count_range(ck, p, b->table_offset, bytes)) {
             qcow2_check_say(ck, p,
                 "ERROR: the table of bitmap '%s' at 0x%llx is past the end "
                 "of the file",
@@ -540,15 +545,16 @@ static int check_bitmaps(struct ck *ck, struct ck_part *p)
             const uint64_t e = tab[i];
             const uint64_t off = e & BME_OFFSET_MASK;
             if ((e & BME_RESERVED_MASK) ||
-                (off && ((e & BME_ALL_ONES) || (off & (ck->cs - 1))))) {
-                p->r.corruptions++;
+                (off &&
+                 ((e & BME_ALL_ONES) || (off & (ck->cluster_size - 1))))) {
+                p->result.corruptions++;
                 qcow2_check_say(ck, p,
                     "ERROR: bitmap '%s': table entry %llu (0x%016llx) is "
                     "invalid (reserved bits or an unaligned offset)",
                     b->name, (unsigned long long)i, (unsigned long long)e);
                 continue;
             }
-            if (off && !inc_refs(ck, p, off, ck->cs)) {
+            if (off && !count_range(ck, p, off, ck->cluster_size)) {
                 qcow2_check_say(ck, p,
                     "ERROR: bitmap '%s': table entry %llu points at 0x%llx, "
                     "past the end of the file",
@@ -561,15 +567,15 @@ static int check_bitmaps(struct ck *ck, struct ck_part *p)
 }
 
 /* The refcount blocks themselves (qemu's check_refblocks). */
-static void check_refblocks(struct ck *ck, struct ck_part *p)
+static void check_refblocks(struct check_state *ck, struct check_part *p)
 {
     const uint64_t rt_off = ck->s->h.refcount_table_offset;
 
     for (uint64_t i = 0; i < ck->reftable_entries; i++) {
         const uint64_t off = ck->reftable[i] & QCOW2_REFT_OFFSET_MASK;
-        const uint64_t c = off >> ck->cb;
-        if (off & (ck->cs - 1)) {
-            p->r.corruptions++;
+        const uint64_t c = off >> ck->cluster_bits;
+        if (off & (ck->cluster_size - 1)) {
+            p->result.corruptions++;
             ck->is_rebuild_needed = true;
             qcow2_check_say(ck, p,
                 "ERROR: refcount table at 0x%llx: entry %llu points at a "
@@ -580,19 +586,21 @@ static void check_refblocks(struct ck *ck, struct ck_part *p)
         }
         if (c >= ck->nb_clusters) {
             ck->is_rebuild_needed = true;
-            if (ck->fix & VIMG_CHECK_REPAIR_ERRORS) {
+            if (ck->repair_flags & VIMG_CHECK_REPAIR_ERRORS) {
                 /* qemu grows the file to hold the block, counts that as a
                  * fix, and then finds the block's cluster with refcount 0;
                  * the rebuild replaces all of it.  Count the same. */
-                p->r.corruptions_fixed++;
-                p->r.corruptions++;
+                p->result.corruptions_fixed++;
+                p->result.corruptions++;
             } else {
-                p->r.corruptions++;
+                p->result.corruptions++;
             }
-            qcow2_check_say(ck, p,
+            qcow2_check_say(
+                ck, p,
                 "%s: refcount table at 0x%llx: entry %llu points at a "
                 "refcount block at 0x%llx, past the end of the file",
-                (ck->fix & VIMG_CHECK_REPAIR_ERRORS) ? "Repairing" : "ERROR",
+                (ck->repair_flags & VIMG_CHECK_REPAIR_ERRORS) ? "Repairing"
+                                                              : "ERROR",
                 (unsigned long long)rt_off, (unsigned long long)i,
                 (unsigned long long)off);
             continue;
@@ -600,10 +608,10 @@ static void check_refblocks(struct ck *ck, struct ck_part *p)
         if (off == 0) {
             continue;
         }
-        inc_refs(ck, p, off, ck->cs);
-        const uint64_t n = ref_get(ck, c);
+        count_range(ck, p, off, ck->cluster_size);
+        const uint64_t n = count_get(ck, c);
         if (n != 1) {
-            p->r.corruptions++;
+            p->result.corruptions++;
             ck->is_rebuild_needed = true;
             qcow2_check_say(ck, p,
                 "ERROR: refcount table at 0x%llx: entry %llu points at a "
@@ -615,27 +623,27 @@ static void check_refblocks(struct ck *ck, struct ck_part *p)
     }
 }
 
-/* Rebuild every refcount into ck->refs (qemu's calculate_refcounts). */
-int qcow2_check_count_references(struct ck *ck, struct ck_part *p)
+/* Count every reference into ck->counts (qemu's calculate_refcounts). */
+int qcow2_check_count_references(struct check_state *ck, struct check_part *p)
 {
     struct qcow2_state *s = ck->s;
     int ret;
 
-    memset(ck->refs, 0, (size_t)ck->cap_clusters * sizeof(uint16_t));
-    ck->nb_ovf = 0;
+    memset(ck->counts, 0, (size_t)ck->nb_counts * sizeof(uint16_t));
+    ck->nb_overflow = 0;
     p->used_end = 0;
     ck->is_rebuild_needed = false;
 
     /* header */
-    inc_refs(ck, p, 0, ck->cs);
+    count_range(ck, p, 0, ck->cluster_size);
 
     /* active L1 table and its L2 tables */
-    struct ck_l1 t;
+    struct check_table t;
     memset(&t, 0, sizeof(t));
     snprintf(t.label, sizeof(t.label), "active L1 table at 0x%llx",
              (unsigned long long)s->h.l1_table_offset);
     t.offset = s->h.l1_table_offset;
-    t.l1 = s->l1;
+    t.entries = s->l1;
     t.nb_entries =
         s->h.l1_table_offset < ck->file_size
             ? VIMG_MIN(s->h.l1_size,
@@ -643,19 +651,19 @@ int qcow2_check_count_references(struct ck *ck, struct ck_part *p)
                                          8))
             : 0;
     t.is_active = true;
-    if (!inc_refs(ck, p, t.offset, (uint64_t)s->h.l1_size * 8)) {
+    if (!count_range(ck, p, t.offset, (uint64_t)s->h.l1_size * 8)) {
         qcow2_check_say(
             ck, p, "ERROR: the %s (%u entries) is past the end of the file",
             t.label, s->h.l1_size);
     }
-    ret = qcow2_check_run_jobs(ck, p, &t, false, false);
+    ret = qcow2_check_run_pass(ck, p, &t, PASS_COUNT);
     if (ret < 0) {
         return ret;
     }
 
     /* snapshots */
     if (s->has_data_file && s->nb_snapshots) {
-        p->r.corruptions++;
+        p->result.corruptions++;
         qcow2_check_say(
             ck, p,
             "ERROR: the image has %zu snapshots and an external data "
@@ -664,8 +672,8 @@ int qcow2_check_count_references(struct ck *ck, struct ck_part *p)
     }
     for (size_t k = 0; k < s->nb_snapshots; k++) {
         const struct qcow2_snapshot *sn = &s->snapshots[k];
-        if (sn->l1_table_offset & (ck->cs - 1)) {
-            p->r.corruptions++;
+        if (sn->l1_table_offset & (ck->cluster_size - 1)) {
+            p->result.corruptions++;
             qcow2_check_say(ck, p,
                 "ERROR: snapshot %s ('%s'): its L1 table offset 0x%llx is "
                 "not cluster aligned; the snapshot table entry is corrupt",
@@ -673,20 +681,20 @@ int qcow2_check_count_references(struct ck *ck, struct ck_part *p)
             continue;
         }
         if ((uint64_t)sn->l1_size * 8 > QCOW2_MAX_L1_BYTES) {
-            p->r.corruptions++;
+            p->result.corruptions++;
             qcow2_check_say(ck, p,
                 "ERROR: snapshot %s ('%s'): its L1 table of %u entries is "
                 "too large; the snapshot table entry is corrupt",
                 sn->id, sn->name, sn->l1_size);
             continue;
         }
-        struct ck_l1 st;
+        struct check_table st;
         memset(&st, 0, sizeof(st));
         snprintf(st.label, sizeof(st.label),
                  "L1 table at 0x%llx of snapshot %s ('%s')",
                  (unsigned long long)sn->l1_table_offset, sn->id, sn->name);
         st.offset = sn->l1_table_offset;
-        if (!inc_refs(ck, p, st.offset, (uint64_t)sn->l1_size * 8)) {
+        if (!count_range(ck, p, st.offset, (uint64_t)sn->l1_size * 8)) {
             qcow2_check_say(ck, p,
                             "ERROR: the %s (%u entries) is past the end of the "
                             "file",
@@ -698,15 +706,15 @@ int qcow2_check_count_references(struct ck *ck, struct ck_part *p)
         if (ret < 0) {
             return ret;
         }
-        st.l1 = l1;
-        ret = l1 ? qcow2_check_run_jobs(ck, p, &st, false, false) : 0;
+        st.entries = l1;
+        ret = l1 ? qcow2_check_run_pass(ck, p, &st, PASS_COUNT) : 0;
         free(l1);
         if (ret < 0) {
             return ret;
         }
     }
     if (s->nb_snapshots &&
-        !inc_refs(ck, p, s->h.snapshots_offset, s->snapshots_size)) {
+        !count_range(ck, p, s->h.snapshots_offset, s->snapshots_size)) {
         qcow2_check_say(ck, p,
             "ERROR: the snapshot table at 0x%llx (%llu bytes) is past the "
             "end of the file",
@@ -715,8 +723,9 @@ int qcow2_check_count_references(struct ck *ck, struct ck_part *p)
     }
 
     /* refcount table */
-    if (!inc_refs(ck, p, s->h.refcount_table_offset,
-                  (uint64_t)s->h.refcount_table_clusters << ck->cb)) {
+    if (!count_range(ck, p, s->h.refcount_table_offset,
+                     (uint64_t)s->h.refcount_table_clusters
+                         << ck->cluster_bits)) {
         qcow2_check_say(ck, p,
             "ERROR: the refcount table at 0x%llx (%u clusters) is past the "
             "end of the file",
@@ -726,7 +735,7 @@ int qcow2_check_count_references(struct ck *ck, struct ck_part *p)
 
     /* crypto header */
     if (s->ext.has_crypto && s->ext.crypto_length &&
-        !inc_refs(ck, p, s->ext.crypto_offset, s->ext.crypto_length)) {
+        !count_range(ck, p, s->ext.crypto_offset, s->ext.crypto_length)) {
         qcow2_check_say(ck, p,
             "ERROR: the encryption header at 0x%llx (%llu bytes) is past "
             "the end of the file",

@@ -28,7 +28,8 @@
 
 /* ------------------------------------------------------------ messages */
 
-void qcow2_check_say(struct ck *ck, struct ck_part *p, const char *fmt, ...)
+void qcow2_check_say(struct check_state *ck, struct check_part *p,
+                     const char *fmt, ...)
 {
     char line[512];
     va_list ap;
@@ -43,20 +44,20 @@ void qcow2_check_say(struct ck *ck, struct ck_part *p, const char *fmt, ...)
         return;
     }
     const size_t n = strlen(line) + 1;
-    if (p->m.len + n > p->m.cap) {
-        size_t cap = p->m.cap ? p->m.cap * 2 : 4096;
-        while (cap < p->m.len + n) {
+    if (p->messages.len + n > p->messages.cap) {
+        size_t cap = p->messages.cap ? p->messages.cap * 2 : 4096;
+        while (cap < p->messages.len + n) {
             cap *= 2;
         }
-        char *b = realloc(p->m.buf, cap);
+        char *b = realloc(p->messages.buf, cap);
         if (!b) {
             return; /* a lost message, not a wrong count */
         }
-        p->m.buf = b;
-        p->m.cap = cap;
+        p->messages.buf = b;
+        p->messages.cap = cap;
     }
-    memcpy(p->m.buf + p->m.len, line, n);
-    p->m.len += n;
+    memcpy(p->messages.buf + p->messages.len, line, n);
+    p->messages.len += n;
 }
 
 static void add_result(struct vimg_check_result *to,
@@ -73,18 +74,19 @@ static void add_result(struct vimg_check_result *to,
 }
 
 /* Hand a worker's messages to the report callback, add its counts to P. */
-void qcow2_check_merge_part(struct ck *ck, struct ck_part *p, struct ck_part *w)
+void qcow2_check_merge_part(struct check_state *ck, struct check_part *p,
+                            struct check_part *w)
 {
-    for (size_t off = 0; off < w->m.len;) {
-        const char *line = w->m.buf + off;
+    for (size_t off = 0; off < w->messages.len;) {
+        const char *line = w->messages.buf + off;
         if (ck->report) {
             ck->report(ck->opaque, line);
         }
         off += strlen(line) + 1;
     }
-    free(w->m.buf);
-    w->m.buf = NULL;
-    add_result(&p->r, &w->r);
+    free(w->messages.buf);
+    w->messages.buf = NULL;
+    add_result(&p->result, &w->result);
     p->used_end = VIMG_MAX(p->used_end, w->used_end);
     if (w->err < 0 && p->err == 0) {
         /* the message was recorded in the worker's thread */
@@ -95,12 +97,14 @@ void qcow2_check_merge_part(struct ck *ck, struct ck_part *p, struct ck_part *w)
 /* ----------------------------------------------------------------- I/O */
 
 /* Read LEN bytes at OFF; bytes past the end of the file read as zeroes. */
-int qcow2_check_read(struct ck *ck, void *buf, size_t len, uint64_t off)
+int qcow2_check_read(struct check_state *ck, void *buf, size_t len,
+                     uint64_t off)
 {
     return vimg_io_pread(ck->img->io, buf, len, off);
 }
 
-int qcow2_check_write(struct ck *ck, const void *buf, size_t len, uint64_t off)
+int qcow2_check_write(struct check_state *ck, const void *buf, size_t len,
+                      uint64_t off)
 {
     int ret = vimg_io_pwrite(ck->img->io, buf, len, off);
 
@@ -110,18 +114,18 @@ int qcow2_check_write(struct ck *ck, const void *buf, size_t len, uint64_t off)
     return ret;
 }
 
-int qcow2_check_sync(struct ck *ck)
+int qcow2_check_sync(struct check_state *ck)
 {
     return vimg_io_flush(ck->img->io);
 }
 
 /* ------------------------------------------------------------- driver */
 
-static int read_reftable(struct ck *ck, struct ck_part *p)
+static int read_reftable(struct check_state *ck, struct check_part *p)
 {
     const struct qcow2_state *s = ck->s;
     const uint64_t n =
-        ((uint64_t)s->h.refcount_table_clusters << ck->cb) / 8;
+        ((uint64_t)s->h.refcount_table_clusters << ck->cluster_bits) / 8;
     const uint64_t off = s->h.refcount_table_offset;
     /* entries past the end of the file read as zeroes: leave them out */
     const uint64_t in_file =
@@ -150,11 +154,11 @@ static unsigned thread_count(unsigned threads)
     if (n < 1) {
         n = 1;
     }
-    return (unsigned)VIMG_MIN(n, CK_MAX_THREADS);
+    return (unsigned)VIMG_MIN(n, CHECK_MAX_THREADS);
 }
 
 /* Clear the dirty and corrupt bits (v3 header). */
-static int mark_clean(struct ck *ck)
+static int mark_clean(struct check_state *ck)
 {
     struct qcow2_state *s = ck->s;
     const uint64_t bits = QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT;
@@ -179,7 +183,7 @@ static int mark_clean(struct ck *ck)
 
 /* ------------------------------------------------- naming the users */
 
-static struct ck_suspect *suspect_of(struct ck *ck, uint64_t c)
+static struct check_suspect *find_suspect(struct check_state *ck, uint64_t c)
 {
     size_t lo = 0, hi = ck->nb_suspects;
 
@@ -196,25 +200,27 @@ static struct ck_suspect *suspect_of(struct ck *ck, uint64_t c)
                : NULL;
 }
 
-static void user(struct ck *ck, uint64_t off, uint64_t size, const char *fmt,
-                 ...) __attribute__((format(printf, 4, 5)));
+static void note_user(struct check_state *ck, uint64_t off, uint64_t size,
+                      const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* Record "what" as a user of the suspects among the clusters of
  * [OFF, OFF+SIZE). */
-static void user(struct ck *ck, uint64_t off, uint64_t size, const char *fmt,
-                 ...)
+static void note_user(struct check_state *ck, uint64_t off, uint64_t size,
+                      const char *fmt, ...)
 {
     uint64_t end;
 
     if (size == 0 || vimg_add_overflows(off, size, &end)) {
         return;
     }
-    for (uint64_t c = off >> ck->cb; c <= (end - 1) >> ck->cb; c++) {
+    for (uint64_t c = off >> ck->cluster_bits;
+         c <= (end - 1) >> ck->cluster_bits; c++) {
         if (c > ck->suspects[ck->nb_suspects - 1].cluster) {
             return;
         }
-        struct ck_suspect *sp = suspect_of(ck, c);
-        if (!sp || sp->nb_users >= CK_USERS_PER_SUSPECT) {
+        struct check_suspect *sp = find_suspect(ck, c);
+        if (!sp || sp->nb_users >= CHECK_USERS_PER_SUSPECT) {
             continue;
         }
         va_list ap;
@@ -224,11 +230,11 @@ static void user(struct ck *ck, uint64_t off, uint64_t size, const char *fmt,
     }
 }
 
-static void l1_users(struct ck *ck, const char *label, const uint64_t *l1,
-                     uint64_t nb, uint8_t *buf)
+static void note_table_users(struct check_state *ck, const char *label,
+                             const uint64_t *l1, uint64_t nb, uint8_t *buf)
 {
     const struct qcow2_state *s = ck->s;
-    const unsigned eb = s->l2_entry_bytes;
+    const unsigned entry_bytes = s->l2_entry_bytes;
 
     for (uint64_t i = 0; i < nb; i++) {
         const uint64_t l2_off = l1[i] & QCOW2_L1E_OFFSET_MASK;
@@ -236,33 +242,36 @@ static void l1_users(struct ck *ck, const char *label, const uint64_t *l1,
         if (!l2_off || l2_off >= ck->file_size) {
             continue;
         }
-        user(ck, l2_off, ck->cs, "the L2 table for guest 0x%llx-0x%llx (%s)",
-             (unsigned long long)g0,
-             (unsigned long long)(g0 + l2_span(ck) - 1), label);
-        if (qcow2_check_read(ck, buf, (size_t)ck->cs, l2_off) < 0) {
+        note_user(ck, l2_off, ck->cluster_size,
+                  "the L2 table for guest 0x%llx-0x%llx (%s)",
+                  (unsigned long long)g0,
+                  (unsigned long long)(g0 + l2_span(ck) - 1), label);
+        if (qcow2_check_read(ck, buf, (size_t)ck->cluster_size, l2_off) < 0) {
             continue;
         }
-        for (uint64_t j = 0; j < ck->cs / eb; j++) {
-            const uint64_t e = load_be64(buf + j * eb);
-            const uint64_t g = g0 + j * ck->cs;
+        for (uint64_t j = 0; j < ck->cluster_size / entry_bytes; j++) {
+            const uint64_t e = load_be64(buf + j * entry_bytes);
+            const uint64_t g = g0 + j * ck->cluster_size;
             switch (qcow2_check_entry_type(ck, e)) {
-            case CK_COMPRESSED: {
+            case ENTRY_COMPRESSED: {
                 const uint64_t coff = e & s->csize_mask;
                 const uint64_t sectors =
-                    ((e >> s->csize_shift) & ((1ull << (ck->cb - 8)) - 1)) +
+                    ((e >> s->csize_shift) &
+                     ((1ull << (ck->cluster_bits - 8)) - 1)) +
                     1;
-                user(ck, coff, sectors * 512 - (coff & 511),
-                     "compressed data of guest 0x%llx (%s)",
-                     (unsigned long long)g, label);
+                note_user(ck, coff, sectors * 512 - (coff & 511),
+                          "compressed data of guest 0x%llx (%s)",
+                          (unsigned long long)g, label);
                 break;
             }
-            case CK_NORMAL:
-            case CK_ZERO_ALLOC:
+            case ENTRY_NORMAL:
+            case ENTRY_ZERO_ALLOC:
                 if (!s->has_data_file) {
-                    user(ck, e & QCOW2_L2E_OFFSET_MASK, ck->cs,
-                         "data of guest 0x%llx-0x%llx (%s)",
-                         (unsigned long long)g,
-                         (unsigned long long)(g + ck->cs - 1), label);
+                    note_user(ck, e & QCOW2_L2E_OFFSET_MASK, ck->cluster_size,
+                              "data of guest 0x%llx-0x%llx (%s)",
+                              (unsigned long long)g,
+                              (unsigned long long)(g + ck->cluster_size - 1),
+                              label);
                 }
                 break;
             default:
@@ -272,55 +281,56 @@ static void l1_users(struct ck *ck, const char *label, const uint64_t *l1,
     }
 }
 
-static int cmp_suspect(const void *a, const void *b)
+static int compare_suspects(const void *a, const void *b)
 {
-    const uint64_t x = ((const struct ck_suspect *)a)->cluster;
-    const uint64_t y = ((const struct ck_suspect *)b)->cluster;
+    const uint64_t x = ((const struct check_suspect *)a)->cluster;
+    const uint64_t y = ((const struct check_suspect *)b)->cluster;
     return x < y ? -1 : x > y;
 }
 
 /* Say who uses the clusters whose refcount is too low, so the user knows
  * which guest data or table is at risk. */
-static void name_users(struct ck *ck, struct ck_part *p)
+static void name_users(struct check_state *ck, struct check_part *p)
 {
     const struct qcow2_state *s = ck->s;
 
     if (ck->nb_suspects == 0) {
         return;
     }
-    qsort(ck->suspects, ck->nb_suspects, sizeof(*ck->suspects), cmp_suspect);
-    uint8_t *buf = malloc((size_t)ck->cs);
+    qsort(ck->suspects, ck->nb_suspects, sizeof(*ck->suspects),
+          compare_suspects);
+    uint8_t *buf = malloc((size_t)ck->cluster_size);
     if (!buf) {
         return;
     }
-    user(ck, 0, ck->cs, "the image header");
-    user(ck, s->h.l1_table_offset, (uint64_t)s->h.l1_size * 8,
-         "the active L1 table");
-    user(ck, s->h.refcount_table_offset,
-         (uint64_t)s->h.refcount_table_clusters << ck->cb,
-         "the refcount table");
+    note_user(ck, 0, ck->cluster_size, "the image header");
+    note_user(ck, s->h.l1_table_offset, (uint64_t)s->h.l1_size * 8,
+              "the active L1 table");
+    note_user(ck, s->h.refcount_table_offset,
+              (uint64_t)s->h.refcount_table_clusters << ck->cluster_bits,
+              "the refcount table");
     for (uint64_t i = 0; i < ck->reftable_entries; i++) {
         const uint64_t rb = ck->reftable[i] & QCOW2_REFT_OFFSET_MASK;
         if (rb) {
-            user(ck, rb, ck->cs, "refcount block %llu",
-                 (unsigned long long)i);
+            note_user(ck, rb, ck->cluster_size, "refcount block %llu",
+                      (unsigned long long)i);
         }
     }
     if (s->nb_snapshots) {
-        user(ck, s->h.snapshots_offset, s->snapshots_size,
-             "the snapshot table");
+        note_user(ck, s->h.snapshots_offset, s->snapshots_size,
+                  "the snapshot table");
     }
     if (s->ext.has_crypto) {
-        user(ck, s->ext.crypto_offset, s->ext.crypto_length,
-             "the encryption header");
+        note_user(ck, s->ext.crypto_offset, s->ext.crypto_length,
+                  "the encryption header");
     }
     if (s->nb_bitmaps) {
-        user(ck, s->ext.bitmap_dir_offset, s->ext.bitmap_dir_size,
-             "the bitmap directory");
+        note_user(ck, s->ext.bitmap_dir_offset, s->ext.bitmap_dir_size,
+                  "the bitmap directory");
         for (size_t k = 0; k < s->nb_bitmaps; k++) {
-            user(ck, s->bitmaps[k].table_offset,
-                 (uint64_t)s->bitmaps[k].table_size * 8,
-                 "the table of bitmap '%s'", s->bitmaps[k].name);
+            note_user(ck, s->bitmaps[k].table_offset,
+                      (uint64_t)s->bitmaps[k].table_size * 8,
+                      "the table of bitmap '%s'", s->bitmaps[k].name);
         }
     }
     const uint64_t nb_active =
@@ -329,30 +339,30 @@ static void name_users(struct ck *ck, struct ck_part *p)
                        VIMG_DIV_ROUND_UP(ck->file_size - s->h.l1_table_offset,
                                          8))
             : 0;
-    l1_users(ck, "active image", s->l1, nb_active, buf);
+    note_table_users(ck, "active image", s->l1, nb_active, buf);
     for (size_t k = 0; k < s->nb_snapshots; k++) {
         const struct qcow2_snapshot *sn = &s->snapshots[k];
         char label[96];
         uint64_t *l1 = NULL, n = 0;
-        struct ck_part scratch;
+        struct check_part scratch;
         memset(&scratch, 0, sizeof(scratch));
-        if ((sn->l1_table_offset & (ck->cs - 1)) ||
+        if ((sn->l1_table_offset & (ck->cluster_size - 1)) ||
             (uint64_t)sn->l1_size * 8 > QCOW2_MAX_L1_BYTES) {
             continue;
         }
         snprintf(label, sizeof(label), "snapshot %s", sn->id);
-        user(ck, sn->l1_table_offset, (uint64_t)sn->l1_size * 8,
-             "the L1 table of %s", label);
+        note_user(ck, sn->l1_table_offset, (uint64_t)sn->l1_size * 8,
+                  "the L1 table of %s", label);
         if (qcow2_check_load_table(ck, &scratch, sn->l1_table_offset,
                                    sn->l1_size, &l1, &n) == 0) {
-            l1_users(ck, label, l1, n, buf);
+            note_table_users(ck, label, l1, n, buf);
         }
         free(l1);
     }
     free(buf);
     for (size_t i = 0; i < ck->nb_suspects; i++) {
-        const struct ck_suspect *sp = &ck->suspects[i];
-        char line[CK_USERS_PER_SUSPECT * 130 + 1] = "";
+        const struct check_suspect *sp = &ck->suspects[i];
+        char line[CHECK_USERS_PER_SUSPECT * 130 + 1] = "";
         size_t used = 0;
         for (unsigned u = 0; u < sp->nb_users; u++) {
             int n = snprintf(line + used, sizeof(line) - used, "%s%s",
@@ -367,14 +377,14 @@ static void name_users(struct ck *ck, struct ck_part *p)
             "  cluster %llu (0x%llx) with too low a refcount is used "
             "by: %s",
             (unsigned long long)sp->cluster,
-            (unsigned long long)(sp->cluster << ck->cb), line);
+            (unsigned long long)(sp->cluster << ck->cluster_bits), line);
     }
 }
 
-static int check_refcounts(struct ck *ck, struct ck_part *p)
+static int check_refcounts(struct check_state *ck, struct check_part *p)
 {
     /* errors reading the old refcount structure end with a rebuild */
-    const uint64_t base_errors = p->r.check_errors;
+    const uint64_t base_errors = p->result.check_errors;
     int ret = read_reftable(ck, p);
 
     if (ret < 0) {
@@ -384,11 +394,11 @@ static int check_refcounts(struct ck *ck, struct ck_part *p)
     if (ret < 0) {
         return ret;
     }
-    const struct vimg_check_result pre = p->r;
-    const bool is_fix_errors = ck->fix & VIMG_CHECK_REPAIR_ERRORS;
+    const struct vimg_check_result pre = p->result;
+    const bool is_fix_errors = ck->repair_flags & VIMG_CHECK_REPAIR_ERRORS;
     /* read only: this compare is the last one, it may keep stored values */
-    ck->suspects = calloc(CK_MAX_SUSPECTS, sizeof(*ck->suspects));
-    ret = qcow2_check_compare_refcounts(ck, p, 0, ck->fix == 0);
+    ck->suspects = calloc(CHECK_MAX_SUSPECTS, sizeof(*ck->suspects));
+    ret = qcow2_check_compare_refcounts(ck, p, 0, ck->repair_flags == 0);
     if (ret < 0) {
         return ret;
     }
@@ -397,7 +407,7 @@ static int check_refcounts(struct ck *ck, struct ck_part *p)
     ck->suspects = NULL;
     ck->nb_suspects = 0;
     if (ck->is_rebuild_needed && is_fix_errors) {
-        const struct vimg_check_result old = p->r;
+        const struct vimg_check_result old = p->result;
         ret = qcow2_check_rebuild_refcount_structure(ck, p);
         if (ret < 0) {
             return ret;
@@ -405,42 +415,43 @@ static int check_refcounts(struct ck *ck, struct ck_part *p)
         /* The new structure is right for the old computed refcounts;
          * count everything again against it.  The old structure is now
          * leaked: free it without counting those leaks. */
-        p->r.check_errors = base_errors; /* calculate counts its own */
-        p->r.corruptions = 0;
-        p->r.leaks = 0;
-        p->r.allocated_clusters = 0;
-        p->r.fragmented_clusters = 0;
-        p->r.compressed_clusters = 0;
+        p->result.check_errors = base_errors; /* recounted below */
+        p->result.corruptions = 0;
+        p->result.leaks = 0;
+        p->result.allocated_clusters = 0;
+        p->result.fragmented_clusters = 0;
+        p->result.compressed_clusters = 0;
         ret = qcow2_check_count_references(ck, p);
         if (ret < 0) {
             return ret;
         }
-        const struct vimg_check_result saved = p->r;
-        memset(&p->r, 0, sizeof(p->r));
+        const struct vimg_check_result saved = p->result;
+        memset(&p->result, 0, sizeof(p->result));
         ret = qcow2_check_compare_refcounts(
-            ck, p, ck->fix & VIMG_CHECK_REPAIR_LEAKS, true);
+            ck, p, ck->repair_flags & VIMG_CHECK_REPAIR_LEAKS, true);
         if (ck->is_rebuild_needed) {
             qcow2_check_say(ck, p,
                             "ERROR: the rebuilt refcount structure is still "
                             "broken");
         }
-        const uint64_t fresh_leaks = p->r.leaks;
-        const uint64_t errs = p->r.check_errors;
-        p->r = saved;
-        p->r.check_errors += errs;
+        const uint64_t fresh_leaks = p->result.leaks;
+        const uint64_t errs = p->result.check_errors;
+        p->result = saved;
+        p->result.check_errors += errs;
         if (ret < 0) {
             return ret;
         }
-        if (p->r.corruptions < old.corruptions) {
-            p->r.corruptions_fixed += old.corruptions - p->r.corruptions;
+        if (p->result.corruptions < old.corruptions) {
+            p->result.corruptions_fixed +=
+                old.corruptions - p->result.corruptions;
         }
-        if (p->r.leaks < old.leaks) {
-            p->r.leaks_fixed += old.leaks - p->r.leaks;
+        if (p->result.leaks < old.leaks) {
+            p->result.leaks_fixed += old.leaks - p->result.leaks;
         }
-        p->r.leaks += fresh_leaks;
-    } else if (ck->fix) {
+        p->result.leaks += fresh_leaks;
+    } else if (ck->repair_flags) {
         if (ck->is_rebuild_needed) {
-            p->r.check_errors++;
+            p->result.check_errors++;
             qcow2_check_say(
                 ck, p,
                 "ERROR: the refcount structure must be rebuilt, which "
@@ -449,9 +460,9 @@ static int check_refcounts(struct ck *ck, struct ck_part *p)
                                     "rebuilt ('-r all')",
                               ck->img->filename);
         }
-        if (p->r.leaks || p->r.corruptions) {
-            p->r = pre;
-            ret = qcow2_check_compare_refcounts(ck, p, ck->fix, true);
+        if (p->result.leaks || p->result.corruptions) {
+            p->result = pre;
+            ret = qcow2_check_compare_refcounts(ck, p, ck->repair_flags, true);
             if (ret < 0) {
                 return ret;
             }
@@ -469,22 +480,22 @@ int qcow2_check(struct vimg_image *img, unsigned flags, unsigned threads,
                 void *opaque)
 {
     struct qcow2_state *s = img->priv;
-    struct ck ck;
-    struct ck_part p;
+    struct check_state ck;
+    struct check_part p;
     int ret;
 
     memset(&ck, 0, sizeof(ck));
     memset(&p, 0, sizeof(p));
     ck.img = img;
     ck.s = s;
-    ck.fix = flags;
+    ck.repair_flags = flags;
     ck.report = report;
     ck.opaque = opaque;
-    ck.cb = s->cluster_bits;
-    ck.cs = s->cluster_size;
+    ck.cluster_bits = s->cluster_bits;
+    ck.cluster_size = s->cluster_size;
     ck.nb_threads = thread_count(threads);
-    pthread_mutex_init(&ck.ovf_lock, NULL);
-    ck.rb_entries = (ck.cs * 8) >> s->h.refcount_order;
+    pthread_mutex_init(&ck.overflow_lock, NULL);
+    ck.refblock_entries = (ck.cluster_size * 8) >> s->h.refcount_order;
     ck.refcount_max = s->h.refcount_order == 6
                           ? UINT64_MAX
                           : (1ull << (1u << s->h.refcount_order)) - 1;
@@ -492,23 +503,23 @@ int qcow2_check(struct vimg_image *img, unsigned flags, unsigned threads,
     pthread_mutex_lock(&s->lock);
     ret = vimg_io_get_size(img->io, &s->file_size);
     if (ret < 0) {
-        p.r.check_errors++;
+        p.result.check_errors++;
         goto out;
     }
     ck.file_size = s->file_size;
-    ck.nb_clusters = VIMG_DIV_ROUND_UP(ck.file_size, ck.cs);
-    ck.cap_clusters = ck.nb_clusters + 2;
-    ck.refs = calloc((size_t)ck.cap_clusters, sizeof(uint16_t));
-    if (!ck.refs) {
-        p.r.check_errors++;
+    ck.nb_clusters = VIMG_DIV_ROUND_UP(ck.file_size, ck.cluster_size);
+    ck.nb_counts = ck.nb_clusters + 2;
+    ck.counts = calloc((size_t)ck.nb_counts, sizeof(uint16_t));
+    if (!ck.counts) {
+        p.result.check_errors++;
         ret = vimg_error(-ENOMEM, "%s: out of memory for %llu refcounts",
                          img->filename, (unsigned long long)ck.nb_clusters);
         goto out;
     }
-    p.r.total_clusters = VIMG_DIV_ROUND_UP(s->h.size, ck.cs);
+    p.result.total_clusters = VIMG_DIV_ROUND_UP(s->h.size, ck.cluster_size);
 
     if (s->check_load_error) {
-        p.r.check_errors++;
+        p.result.check_errors++;
         qcow2_check_say(&ck, &p, "ERROR: %s", s->check_load_msg);
         ret = vimg_error(s->check_load_error, "%s", s->check_load_msg);
         goto out;
@@ -547,7 +558,7 @@ int qcow2_check(struct vimg_image *img, unsigned flags, unsigned threads,
     if (flags) {
         ret = qcow2_clear_unknown_autoclear(img);
         if (ret < 0) {
-            p.r.check_errors++;
+            p.result.check_errors++;
             goto out;
         }
     }
@@ -555,32 +566,32 @@ int qcow2_check(struct vimg_image *img, unsigned flags, unsigned threads,
     if (ret < 0) {
         goto out;
     }
-    p.r.corruptions += nb_incomplete;
+    p.result.corruptions += nb_incomplete;
     /* the snapshot table is fixed only once the refcounts are right */
     if (nb_incomplete && (flags & VIMG_CHECK_REPAIR_ERRORS) &&
-        p.r.check_errors == 0) {
+        p.result.check_errors == 0) {
         ret = qcow2_check_fix_snapshot_table(&ck, &p);
         if (ret < 0) {
             goto out;
         }
-        p.r.corruptions -= nb_incomplete;
-        p.r.corruptions_fixed += nb_incomplete;
+        p.result.corruptions -= nb_incomplete;
+        p.result.corruptions_fixed += nb_incomplete;
     }
-    p.r.image_end_offset = (ck.highest + 1) << ck.cb;
-    if (flags && p.r.check_errors == 0 && p.r.corruptions == 0) {
+    p.result.image_end_offset = (ck.last_used_cluster + 1) << ck.cluster_bits;
+    if (flags && p.result.check_errors == 0 && p.result.corruptions == 0) {
         ret = mark_clean(&ck);
         if (ret < 0) {
-            p.r.check_errors++;
+            p.result.check_errors++;
         }
     }
 out:
     pthread_mutex_unlock(&s->lock);
-    *res = p.r;
-    free(ck.refs);
-    free(ck.ovf);
+    *res = p.result;
+    free(ck.counts);
+    free(ck.overflow);
     free(ck.suspects);
     free(ck.reftable);
     vimg_pool_destroy(ck.pool);
-    pthread_mutex_destroy(&ck.ovf_lock);
+    pthread_mutex_destroy(&ck.overflow_lock);
     return ret;
 }

@@ -31,183 +31,214 @@ struct vimg_pool;
 #define BME_ALL_ONES 1ull
 #define L2_BITMAP_ALL_ALLOC 0xffffffffull
 
-#define CK_MAX_THREADS 8
+#define CHECK_MAX_THREADS 8
 /* Below this many L2 tables in one L1 table, one thread does it all. */
-#define CK_MIN_TABLES_PER_THREAD 16
+#define CHECK_MIN_TABLES_PER_THREAD 16
 /* Clusters with too low a refcount whose users are looked up and named,
  * and how many users each. */
-#define CK_MAX_SUSPECTS 16
-#define CK_USERS_PER_SUSPECT 4
+#define CHECK_MAX_SUSPECTS 16
+#define CHECK_USERS_PER_SUSPECT 4
 
-enum ck_type {
-    CK_UNALLOCATED,
-    CK_ZERO_PLAIN,
-    CK_ZERO_ALLOC,
-    CK_NORMAL,
-    CK_COMPRESSED,
+enum check_entry_type {
+    ENTRY_UNALLOCATED,
+    ENTRY_ZERO_PLAIN,
+    ENTRY_ZERO_ALLOC,
+    ENTRY_NORMAL,
+    ENTRY_COMPRESSED,
 };
 
 /* Messages of one worker, in order, '\0'-separated. */
-struct ck_msgs {
+struct check_messages {
     char *buf;
     size_t len, cap;
 };
 
 /* What one worker (or the main thread) found. */
-struct ck_part {
-    struct vimg_check_result r;
-    struct ck_msgs m;
-    bool is_buffered;
+struct check_part {
+    struct vimg_check_result result;
+    struct check_messages messages;
+    bool is_buffered;  /* messages kept for later (a worker's), not said */
     int err;
     char err_msg[256]; /* a worker's error message (thread local there) */
     uint64_t used_end; /* highest cluster this part referenced, + 1 */
 };
 
-struct ck_overflow {
+/* A counter past COUNT_SATURATED: the rest of it. */
+struct check_overflow {
     uint64_t cluster;
-    uint64_t extra; /* the counter is 0xffff + extra */
+    uint64_t extra; /* the counter is COUNT_SATURATED + extra */
 };
 
-struct ck {
+/* A cluster whose refcount is too low, and who uses it. */
+struct check_suspect {
+    uint64_t cluster;
+    unsigned nb_users;
+    char users[CHECK_USERS_PER_SUSPECT][128];
+};
+
+/* One check of one image. */
+struct check_state {
     struct vimg_image *img;
     struct qcow2_state *s;
-    unsigned fix;
+    unsigned repair_flags; /* VIMG_CHECK_REPAIR_* */
     vimg_check_report_fn report;
     void *opaque;
-    uint64_t cs;
-    unsigned cb;
+    uint64_t cluster_size;
+    unsigned cluster_bits;
     uint64_t file_size;
     uint64_t nb_clusters;   /* clusters of the file */
-    uint64_t cap_clusters;  /* entries in refs */
-    uint16_t *refs;         /* computed refcounts, later stored ones */
+
+    /* one counter per cluster: references counted, and after the last
+     * compare the stored refcounts (for the COPIED pass) */
+    uint16_t *counts;
+    uint64_t nb_counts;     /* entries in counts */
+    uint64_t refcount_max;  /* what the image's refcount width holds */
+    pthread_mutex_t overflow_lock;
+    struct check_overflow *overflow; /* counters past COUNT_SATURATED */
+    size_t nb_overflow, cap_overflow;
     uint64_t used_end;      /* highest referenced cluster + 1 */
-    bool has_broken_block;  /* a refcount table entry is unaligned */
-    uint64_t cmp_end;       /* compare_end() when the COPIED pass runs */
-    uint64_t refcount_max;
-    pthread_mutex_t ovf_lock;
-    struct ck_overflow *ovf;
-    size_t nb_ovf, cap_ovf;
+    uint64_t compared_end;  /* qcow2_check_compare_end() when the COPIED
+                             * pass runs */
+    uint64_t last_used_cluster; /* highest with a stored or counted
+                                 * refcount (image end offset) */
+
+    /* the stored refcount structure */
     uint64_t *reftable;     /* decoded, reftable_entries long */
     uint64_t reftable_entries;
-    uint64_t rb_entries;
+    uint64_t refblock_entries; /* refcounts per refcount block */
+    bool has_broken_block;  /* a refcount table entry is unaligned */
     bool is_rebuild_needed;
-    uint64_t highest;
+
     unsigned nb_threads;
     struct vimg_pool *pool; /* for tables split over threads, made once */
+
     /* clusters whose refcount is too low, whose users get named */
-    struct ck_suspect {
-        uint64_t cluster;
-        unsigned nb_users;
-        char users[CK_USERS_PER_SUSPECT][128];
-    } *suspects;
+    struct check_suspect *suspects;
     size_t nb_suspects;
 };
 
 /* One L1 table to scan. */
-struct ck_l1 {
+struct check_table {
     char label[160];        /* "active L1 table at 0x..." */
     uint64_t offset;
-    const uint64_t *l1;     /* decoded entries */
-    uint64_t nb_entries;    /* of l1 (the part inside the file) */
+    const uint64_t *entries; /* decoded */
+    uint64_t nb_entries;    /* the part inside the file */
     bool is_active;         /* count allocation info; fix COPIED */
 };
 
+/* What the workers do over their slices of an L1 table. */
+enum check_pass {
+    PASS_COUNT,         /* count references, check the entries */
+    PASS_COPIED,        /* check COPIED flags against stored refcounts */
+    PASS_COPIED_REPAIR, /* the same, fixing the flags */
+};
+
 /* Guest bytes one L2 table maps. */
-static inline uint64_t l2_span(const struct ck *ck)
+static inline uint64_t l2_span(const struct check_state *ck)
 {
-    return ck->cs << ck->s->l2_bits;
+    return ck->cluster_size << ck->s->l2_bits;
 }
 
 /* qcow2-check.c */
 /* Report one message: to the callback, or into P's buffer when P is a
  * worker's part. */
-void qcow2_check_say(struct ck *ck, struct ck_part *p, const char *fmt, ...)
+void qcow2_check_say(struct check_state *ck, struct check_part *p,
+                     const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Hand a worker's messages to the report callback, add its counts to P. */
-void qcow2_check_merge_part(struct ck *ck, struct ck_part *p,
-                            struct ck_part *w);
+void qcow2_check_merge_part(struct check_state *ck, struct check_part *p,
+                            struct check_part *w);
 /* Read LEN bytes at OFF; bytes past the end of the file read as zeroes. */
-int qcow2_check_read(struct ck *ck, void *buf, size_t len, uint64_t off);
-int qcow2_check_write(struct ck *ck, const void *buf, size_t len, uint64_t off);
-int qcow2_check_sync(struct ck *ck);
+int qcow2_check_read(struct check_state *ck, void *buf, size_t len,
+                     uint64_t off);
+int qcow2_check_write(struct check_state *ck, const void *buf, size_t len,
+                      uint64_t off);
+int qcow2_check_sync(struct check_state *ck);
 
 /* qcow2-check-scan.c */
-enum ck_type qcow2_check_entry_type(const struct ck *ck, uint64_t e);
+enum check_entry_type qcow2_check_entry_type(const struct check_state *ck,
+                                             uint64_t e);
 /* Read the NB entries of the table at OFFSET (the part inside the file;
  * the rest reads as zeroes and is left out), decoded, into *OUT (free it
  * with free()) and their number into *NB_OUT. */
-int qcow2_check_load_table(struct ck *ck, struct ck_part *p, uint64_t offset,
-                           uint64_t nb, uint64_t **out, uint64_t *nb_out);
-/* Run the L2 scan (or the COPIED pass) of table T on up to nb_threads
- * threads. */
-int qcow2_check_run_jobs(struct ck *ck, struct ck_part *p,
-                         const struct ck_l1 *t, bool is_copied_pass,
-                         bool is_repair);
-/* Count every reference into ck->refs (qemu's calculate_refcounts). */
-int qcow2_check_count_references(struct ck *ck, struct ck_part *p);
+int qcow2_check_load_table(struct check_state *ck, struct check_part *p,
+                           uint64_t offset, uint64_t nb, uint64_t **out,
+                           uint64_t *nb_out);
+/* Run PASS over TABLE, on up to nb_threads threads. */
+int qcow2_check_run_pass(struct check_state *ck, struct check_part *p,
+                         const struct check_table *table, enum check_pass pass);
+/* Count every reference into ck->counts (qemu's calculate_refcounts). */
+int qcow2_check_count_references(struct check_state *ck, struct check_part *p);
 
 /* qcow2-check-refcounts.c */
 /*
- * Counters at or above CK_SAT live in the side table: refs[k] stays at
- * CK_SAT and ovf holds the rest.  CK_SAT leaves room above it for the
- * increments of every thread that may briefly overshoot and undo (see
- * ref_inc), so the 16-bit counter never wraps.
+ * Counters at or above COUNT_SATURATED live in the side table: counts[k]
+ * stays at COUNT_SATURATED and the overflow table holds the rest.  The room
+ * above it takes the increments of every thread that may briefly overshoot
+ * and undo (see count_inc), so the 16-bit counter never wraps.
  */
-#define CK_SAT 0xfff0u
+#define COUNT_SATURATED 0xfff0u
 /* The side-table part of cluster K's counter. */
-uint64_t qcow2_check_ovf_extra(struct ck *ck, uint64_t k);
+uint64_t qcow2_check_overflow_get(struct check_state *ck, uint64_t k);
 /* Set the side-table part of cluster K's counter to EXTRA. */
-void qcow2_check_ovf_set(struct ck *ck, uint64_t k, uint64_t extra);
+void qcow2_check_overflow_set(struct check_state *ck, uint64_t k,
+                              uint64_t extra);
 
 /* The counter of cluster K (no thread may be incrementing). */
-static inline uint64_t ref_get(struct ck *ck, uint64_t k)
+static inline uint64_t count_get(struct check_state *ck, uint64_t k)
 {
-    if (k >= ck->cap_clusters) {
+    if (k >= ck->nb_counts) {
         return 0;
     }
-    const uint16_t v = ck->refs[k];
-    return v < CK_SAT ? v : CK_SAT + qcow2_check_ovf_extra(ck, k);
+    const uint16_t v = ck->counts[k];
+    return v < COUNT_SATURATED
+               ? v
+               : COUNT_SATURATED + qcow2_check_overflow_get(ck, k);
 }
 
-void qcow2_check_ref_set(struct ck *ck, uint64_t k, uint64_t v);
+/* Set the counter of cluster K (below nb_counts) to V. */
+void qcow2_check_count_set(struct check_state *ck, uint64_t k, uint64_t v);
 /* Clusters compared: the file's, or one more when a reference reaches
  * into the cluster after the end (qemu grows its array the same way). */
-uint64_t qcow2_check_compare_end(const struct ck *ck);
+uint64_t qcow2_check_compare_end(const struct check_state *ck);
 /* Is refcount table entry IDX's block unreadable (unaligned)? */
-bool qcow2_check_is_block_broken(const struct ck *ck, uint64_t idx);
+bool qcow2_check_is_block_broken(const struct check_state *ck, uint64_t idx);
 /* Stored refcount of cluster C after the final compare: -EIO if
  * unreadable. */
-int qcow2_check_stored_refcount(struct ck *ck, uint64_t c, uint64_t *out);
+int qcow2_check_stored_refcount(struct check_state *ck, uint64_t c,
+                                uint64_t *out);
 /*
  * Compare the computed refcounts with the stored ones (qemu's
  * compare_refcounts).  FIX: the repairs allowed now.  With IS_FINAL, the
- * repairs are written and ck->refs ends up holding the stored refcounts
+ * repairs are written and ck->counts ends up holding the stored refcounts
  * (for the COPIED pass); else nothing is written.
  */
-int qcow2_check_compare_refcounts(struct ck *ck, struct ck_part *p,
+int qcow2_check_compare_refcounts(struct check_state *ck, struct check_part *p,
                                   unsigned fix, bool is_final);
 
 /* qcow2-check-repair.c */
 /* Make the entry at [L2_OFF + J * entry size] read as zeroes
  * (qemu's fix for preallocated clusters that are not aligned). */
-int qcow2_check_zero_l2_entry(struct ck *ck, uint64_t l2_off, uint64_t j,
-                              uint64_t bitmap);
+int qcow2_check_zero_l2_entry(struct check_state *ck, uint64_t l2_off,
+                              uint64_t j, uint64_t bitmap);
 /*
  * Write a new refcount structure for the computed refcounts: refcount
  * blocks and table in fresh clusters past the end of everything, made
  * durable, then the header switched to them in one write.  The old
  * structure is leaked (the caller frees it).
  */
-int qcow2_check_rebuild_refcount_structure(struct ck *ck, struct ck_part *p);
+int qcow2_check_rebuild_refcount_structure(struct check_state *ck,
+                                           struct check_part *p);
 /* The COPIED flags of entries [FIRST, END) of the active L1 table and of
  * their L2 tables (qemu's check_oflag_copied). */
-int qcow2_check_copied_range(struct ck *ck, struct ck_part *p,
-                             const struct ck_l1 *t, uint64_t first,
+int qcow2_check_copied_range(struct check_state *ck, struct check_part *p,
+                             const struct check_table *t, uint64_t first,
                              uint64_t end, bool is_repair, uint8_t *buf);
 /* The COPIED pass over the active tables, repairing what the flags allow. */
-int qcow2_check_copied_flags(struct ck *ck, struct ck_part *p);
+int qcow2_check_copied_flags(struct check_state *ck, struct check_part *p);
 /* Give incomplete version 3 snapshot table entries their extra data and
  * write the table anew. */
-int qcow2_check_fix_snapshot_table(struct ck *ck, struct ck_part *p);
+int qcow2_check_fix_snapshot_table(struct check_state *ck,
+                                   struct check_part *p);
 
 #endif
