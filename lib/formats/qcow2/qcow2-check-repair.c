@@ -349,7 +349,6 @@ int qcow2_check_copied_range(struct check_state *ck, struct check_part *p,
 
 int qcow2_check_copied_flags(struct check_state *ck, struct check_part *p)
 {
-    struct qcow2_state *s = ck->s;
     bool is_repair;
 
     if (ck->repair_flags & VIMG_CHECK_REPAIR_ERRORS) {
@@ -362,20 +361,8 @@ int qcow2_check_copied_flags(struct check_state *ck, struct check_part *p)
         is_repair = false;
     }
     struct check_table t;
-    memset(&t, 0, sizeof(t));
     ck->compared_end = qcow2_check_compare_end(ck);
-    snprintf(t.label, sizeof(t.label), "active L1 table at 0x%llx",
-             (unsigned long long)s->h.l1_table_offset);
-    t.offset = s->h.l1_table_offset;
-    t.entries = s->l1;
-    /* entries past the end of the file read as zeroes */
-    t.nb_entries =
-        s->h.l1_table_offset < ck->file_size
-            ? VIMG_MIN(s->h.l1_size,
-                       VIMG_DIV_ROUND_UP(ck->file_size - s->h.l1_table_offset,
-                                         8))
-            : 0;
-    t.is_active = true;
+    qcow2_check_active_table(ck, &t);
     int ret = qcow2_check_run_pass(
         ck, p, &t, is_repair ? PASS_COPIED_REPAIR : PASS_COPIED);
     if (ret == 0 && is_repair) {

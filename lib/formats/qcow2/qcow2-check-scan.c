@@ -119,16 +119,231 @@ enum check_entry_type qcow2_check_entry_type(const struct check_state *ck,
     return ENTRY_NORMAL;
 }
 
+/* Where an L2 entry is, and what the scan of its table has seen so far. */
+struct l2_scan {
+    const struct check_table *table;
+    uint64_t l1_index;
+    uint64_t l2_offset;
+    uint64_t index;           /* of the entry in its L2 table */
+    uint64_t guest_offset;    /* the guest cluster it maps */
+    uint64_t next_contiguous; /* host offset that would not fragment */
+};
+
+static void say_entry(struct check_state *ck, struct check_part *p,
+                      const struct l2_scan *at, const char *severity,
+                      const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+/* Report PREFIX followed by FMT formatted with AP. */
+static void say_after(struct check_state *ck, struct check_part *p,
+                      const char *prefix, const char *fmt, va_list ap)
+    __attribute__((format(printf, 4, 0)));
+
+static void say_after(struct check_state *ck, struct check_part *p,
+                      const char *prefix, const char *fmt, va_list ap)
+{
+    char what[512];
+
+    vsnprintf(what, sizeof(what), fmt, ap);
+    qcow2_check_say(ck, p, "%s%s", prefix, what);
+}
+
+/* Report a problem of the entry AT: "SEVERITY: L2 table at 0x...
+ * (LABEL entry I, guest 0x...-0x...): entry J (guest 0x...) " + FMT. */
+static void say_entry(struct check_state *ck, struct check_part *p,
+                      const struct l2_scan *at, const char *severity,
+                      const char *fmt, ...)
+{
+    const uint64_t guest0 = at->l1_index * l2_span(ck);
+    char prefix[512];
+    va_list ap;
+
+    snprintf(prefix, sizeof(prefix),
+             "%s: L2 table at 0x%llx (%s entry %llu, guest 0x%llx-0x%llx): "
+             "entry %llu (guest 0x%llx) ",
+             severity, (unsigned long long)at->l2_offset, at->table->label,
+             (unsigned long long)at->l1_index, (unsigned long long)guest0,
+             (unsigned long long)(guest0 + l2_span(ck) - 1),
+             (unsigned long long)at->index,
+             (unsigned long long)at->guest_offset);
+    va_start(ap, fmt);
+    say_after(ck, p, prefix, fmt, ap);
+    va_end(ap);
+}
+
+void qcow2_check_compressed_extent(const struct check_state *ck,
+                                   uint64_t entry, uint64_t *offset,
+                                   uint64_t *bytes)
+{
+    const struct qcow2_state *s = ck->s;
+    const uint64_t sector_mask = (1ull << (ck->cluster_bits - 8)) - 1;
+    const uint64_t sectors = ((entry >> s->csize_shift) & sector_mask) + 1;
+
+    *offset = entry & s->csize_mask;
+    *bytes = sectors * 512 - (*offset & 511);
+}
+
+static void check_compressed_entry(struct check_state *ck,
+                                   struct check_part *p,
+                                   const struct l2_scan *at, uint64_t entry,
+                                   uint64_t bitmap)
+{
+    if (entry & QCOW2_OFLAG_COPIED) {
+        p->result.corruptions++;
+        say_entry(ck, p, at, "ERROR",
+                  "is a compressed cluster with the COPIED flag set, which "
+                  "compressed clusters never have");
+        entry &= ~QCOW2_OFLAG_COPIED;
+    }
+    if (ck->s->has_data_file) {
+        p->result.corruptions++;
+        say_entry(ck, p, at, "ERROR",
+                  "is a compressed cluster, but the image has an external "
+                  "data file");
+        return;
+    }
+    if (bitmap) {
+        p->result.corruptions++;
+        say_entry(ck, p, at, "ERROR",
+                  "is a compressed cluster with a non-zero subcluster bitmap "
+                  "0x%016llx",
+                  (unsigned long long)bitmap);
+        return;
+    }
+    uint64_t offset, bytes;
+    qcow2_check_compressed_extent(ck, entry, &offset, &bytes);
+    if (!count_range(ck, p, offset, bytes)) {
+        say_entry(ck, p, at, "ERROR",
+                  "points at compressed data at 0x%llx (%llu bytes), past "
+                  "the end of the file",
+                  (unsigned long long)offset, (unsigned long long)bytes);
+    }
+    if (at->table->is_active) {
+        p->result.allocated_clusters++;
+        p->result.compressed_clusters++;
+        /* compressed clusters count as fragmented, as in qemu */
+        p->result.fragmented_clusters++;
+    }
+}
+
+/* An allocated cluster at an offset that is not cluster aligned: report
+ * it, and make a preallocated zero cluster a plain one with -r all (as
+ * qemu does).  True when the entry is fixed: it no longer points at any
+ * cluster. */
+static bool check_unaligned_entry(struct check_state *ck,
+                                  struct check_part *p,
+                                  const struct l2_scan *at, uint64_t entry,
+                                  uint64_t bitmap)
+{
+    const struct qcow2_state *s = ck->s;
+    const uint64_t offset = entry & QCOW2_L2E_OFFSET_MASK;
+    const bool has_data = s->has_subclusters
+                              ? (bitmap & L2_BITMAP_ALL_ALLOC) != 0
+                              : !(entry & QCOW2_OFLAG_ZERO);
+
+    p->result.corruptions++;
+    if (has_data) {
+        say_entry(ck, p, at, "ERROR",
+                  "points at data at 0x%llx, which is not cluster aligned",
+                  (unsigned long long)offset);
+        return false;
+    }
+    const bool is_fix = ck->repair_flags & VIMG_CHECK_REPAIR_ERRORS;
+    say_entry(ck, p, at, is_fix ? "Repairing" : "ERROR",
+              "is a preallocated zero cluster at 0x%llx, which is not "
+              "cluster aligned%s",
+              (unsigned long long)offset,
+              is_fix ? "; making it a plain zero cluster" : "");
+    if (!is_fix) {
+        return false;
+    }
+    if (qcow2_check_zero_l2_entry(ck, at->l2_offset, at->index, bitmap) ==
+        0) {
+        p->result.corruptions--;
+        p->result.corruptions_fixed++;
+        return true;
+    }
+    p->result.check_errors++;
+    qcow2_check_say(ck, p, "ERROR: could not write the L2 entry: %s",
+                    vimg_last_error());
+    return false;
+}
+
+/* A normal cluster, or a zero cluster that keeps its host cluster. */
+static void check_allocated_entry(struct check_state *ck,
+                                  struct check_part *p, struct l2_scan *at,
+                                  uint64_t entry, uint64_t bitmap)
+{
+    const uint64_t offset = entry & QCOW2_L2E_OFFSET_MASK;
+
+    if ((bitmap >> 32) & bitmap) {
+        p->result.corruptions++;
+        say_entry(ck, p, at, "ERROR",
+                  "has a subcluster bitmap 0x%016llx with subclusters both "
+                  "allocated and zero",
+                  (unsigned long long)bitmap);
+    }
+    if ((offset & (ck->cluster_size - 1)) &&
+        check_unaligned_entry(ck, p, at, entry, bitmap)) {
+        return;
+    }
+    if (at->table->is_active) {
+        p->result.allocated_clusters++;
+        if (at->next_contiguous && offset != at->next_contiguous) {
+            p->result.fragmented_clusters++;
+        }
+        at->next_contiguous = offset + ck->cluster_size;
+    }
+    if (!ck->s->has_data_file &&
+        !count_range(ck, p, offset, ck->cluster_size)) {
+        say_entry(ck, p, at, "ERROR",
+                  "points at data at 0x%llx, past the end of the file",
+                  (unsigned long long)offset);
+    }
+}
+
+/* Check one L2 entry (and its subcluster BITMAP, 0 without extended L2)
+ * and count the clusters it references. */
+static void check_l2_entry(struct check_state *ck, struct check_part *p,
+                           struct l2_scan *at, uint64_t entry,
+                           uint64_t bitmap)
+{
+    const enum check_entry_type type = qcow2_check_entry_type(ck, entry);
+
+    if (type != ENTRY_COMPRESSED && (entry & L2E_STD_RESERVED_MASK)) {
+        p->result.corruptions++;
+        say_entry(ck, p, at, "ERROR", "has reserved bits set: 0x%016llx",
+                  (unsigned long long)entry);
+    }
+    switch (type) {
+    case ENTRY_COMPRESSED:
+        check_compressed_entry(ck, p, at, entry, bitmap);
+        break;
+    case ENTRY_ZERO_ALLOC:
+    case ENTRY_NORMAL:
+        check_allocated_entry(ck, p, at, entry, bitmap);
+        break;
+    case ENTRY_ZERO_PLAIN:
+        break;
+    case ENTRY_UNALLOCATED:
+        if (bitmap & L2_BITMAP_ALL_ALLOC) {
+            p->result.corruptions++;
+            say_entry(ck, p, at, "ERROR",
+                      "has no host cluster but its subcluster bitmap "
+                      "0x%016llx says allocated",
+                      (unsigned long long)bitmap);
+        }
+        break;
+    }
+}
+
 /* Check the L2 table at L2_OFF, entry L1_INDEX of table T. */
 static int check_l2(struct check_state *ck, struct check_part *p,
                     const struct check_table *t, uint64_t l1_index,
                     uint64_t l2_off, uint8_t *buf)
 {
-    struct qcow2_state *s = ck->s;
-    const uint64_t guest0 = l1_index * l2_span(ck);
+    const struct qcow2_state *s = ck->s;
     const unsigned entry_bytes = s->l2_entry_bytes;
-    const uint64_t nb_entries = ck->cluster_size / entry_bytes;
-    uint64_t next_contiguous = 0;
 
     if (l2_off >= ck->file_size) {
         return 0; /* reads as zeroes: nothing allocated */
@@ -144,161 +359,47 @@ static int check_l2(struct check_state *ck, struct check_part *p,
                         (unsigned long long)l2_off, vimg_last_error());
         return ret;
     }
-    (void)nb_entries;
-#define L2CTX "L2 table at 0x%llx (%s entry %llu, guest 0x%llx-0x%llx)"
-#define L2ARGS                                                                 \
-    (unsigned long long)l2_off, t->label, (unsigned long long)l1_index,        \
-        (unsigned long long)guest0,                                            \
-        (unsigned long long)(guest0 + l2_span(ck) - 1)
+    struct l2_scan at = {
+        .table = t,
+        .l1_index = l1_index,
+        .l2_offset = l2_off,
+    };
     for (uint64_t j = 0; j < n; j++) {
-        uint64_t e = load_be64(buf + j * entry_bytes);
-        const uint64_t bm =
-            s->has_subclusters ? load_be64(buf + j * entry_bytes + 8) : 0;
-        const enum check_entry_type type = qcow2_check_entry_type(ck, e);
-        const unsigned long long guest = guest0 + j * ck->cluster_size;
-
-        if (e == 0 && bm == 0) {
+        const uint8_t *e = buf + j * entry_bytes;
+        const uint64_t entry = load_be64(e);
+        const uint64_t bitmap = s->has_subclusters ? load_be64(e + 8) : 0;
+        if (entry == 0 && bitmap == 0) {
             continue;
         }
-        if (type != ENTRY_COMPRESSED && (e & L2E_STD_RESERVED_MASK)) {
-            p->result.corruptions++;
-            qcow2_check_say(ck, p,
-                "ERROR: " L2CTX ": entry %llu (guest 0x%llx) has reserved "
-                "bits set: 0x%016llx",
-                L2ARGS, (unsigned long long)j, guest, (unsigned long long)e);
-        }
-        switch (type) {
-        case ENTRY_COMPRESSED: {
-            if (e & QCOW2_OFLAG_COPIED) {
-                p->result.corruptions++;
-                qcow2_check_say(ck, p,
-                    "ERROR: " L2CTX ": entry %llu (guest 0x%llx) is a "
-                    "compressed cluster with the COPIED flag set, which "
-                    "compressed clusters never have",
-                    L2ARGS, (unsigned long long)j, guest);
-                e &= ~QCOW2_OFLAG_COPIED;
-            }
-            if (s->has_data_file) {
-                p->result.corruptions++;
-                qcow2_check_say(ck, p,
-                    "ERROR: " L2CTX ": entry %llu (guest 0x%llx) is a "
-                    "compressed cluster, but the image has an external data "
-                    "file",
-                    L2ARGS, (unsigned long long)j, guest);
-                break;
-            }
-            if (bm) {
-                p->result.corruptions++;
-                qcow2_check_say(ck, p,
-                    "ERROR: " L2CTX ": entry %llu (guest 0x%llx) is a "
-                    "compressed cluster with a non-zero subcluster bitmap "
-                    "0x%016llx",
-                    L2ARGS, (unsigned long long)j, guest,
-                    (unsigned long long)bm);
-                break;
-            }
-            const uint64_t coff = e & s->csize_mask;
-            const uint64_t sectors = ((e >> s->csize_shift) &
-                                      ((1ull << (ck->cluster_bits - 8)) - 1)) +
-                                     1;
-            const uint64_t csize = sectors * 512 - (coff & 511);
-            if (!count_range(ck, p, coff, csize)) {
-                qcow2_check_say(ck, p,
-                    "ERROR: " L2CTX ": entry %llu (guest 0x%llx) points at "
-                    "compressed data at 0x%llx (%llu bytes), past the end "
-                    "of the file",
-                    L2ARGS, (unsigned long long)j, guest,
-                    (unsigned long long)coff, (unsigned long long)csize);
-            }
-            if (t->is_active) {
-                p->result.allocated_clusters++;
-                p->result.compressed_clusters++;
-                /* compressed clusters count as fragmented, as in qemu */
-                p->result.fragmented_clusters++;
-            }
-            break;
-        }
-        case ENTRY_ZERO_ALLOC:
-        case ENTRY_NORMAL: {
-            const uint64_t off = e & QCOW2_L2E_OFFSET_MASK;
-            if ((bm >> 32) & bm) {
-                p->result.corruptions++;
-                qcow2_check_say(ck, p,
-                    "ERROR: " L2CTX ": entry %llu (guest 0x%llx) has a "
-                    "subcluster bitmap 0x%016llx with subclusters both "
-                    "allocated and zero",
-                    L2ARGS, (unsigned long long)j, guest,
-                    (unsigned long long)bm);
-            }
-            if (off & (ck->cluster_size - 1)) {
-                p->result.corruptions++;
-                const bool has_data = s->has_subclusters
-                                          ? (bm & L2_BITMAP_ALL_ALLOC) != 0
-                                          : !(e & QCOW2_OFLAG_ZERO);
-                if (!has_data) {
-                    const bool is_fix =
-                        ck->repair_flags & VIMG_CHECK_REPAIR_ERRORS;
-                    qcow2_check_say(ck, p,
-                        "%s: " L2CTX ": entry %llu (guest 0x%llx) is a "
-                        "preallocated zero cluster at 0x%llx, which is not "
-                        "cluster aligned%s",
-                        is_fix ? "Repairing" : "ERROR", L2ARGS,
-                        (unsigned long long)j, guest,
-                        (unsigned long long)off,
-                        is_fix ? "; making it a plain zero cluster" : "");
-                    if (is_fix) {
-                        int r = qcow2_check_zero_l2_entry(ck, l2_off, j, bm);
-                        if (r == 0) {
-                            p->result.corruptions--;
-                            p->result.corruptions_fixed++;
-                            continue;
-                        }
-                        p->result.check_errors++;
-                        qcow2_check_say(
-                            ck, p, "ERROR: could not write the L2 entry: %s",
-                            vimg_last_error());
-                    }
-                } else {
-                    qcow2_check_say(ck, p,
-                        "ERROR: " L2CTX ": entry %llu (guest 0x%llx) points "
-                        "at data at 0x%llx, which is not cluster aligned",
-                        L2ARGS, (unsigned long long)j, guest,
-                        (unsigned long long)off);
-                }
-            }
-            if (t->is_active) {
-                p->result.allocated_clusters++;
-                if (next_contiguous && off != next_contiguous) {
-                    p->result.fragmented_clusters++;
-                }
-                next_contiguous = off + ck->cluster_size;
-            }
-            if (!s->has_data_file &&
-                !count_range(ck, p, off, ck->cluster_size)) {
-                qcow2_check_say(ck, p,
-                    "ERROR: " L2CTX ": entry %llu (guest 0x%llx) points at "
-                    "data at 0x%llx, past the end of the file",
-                    L2ARGS, (unsigned long long)j, guest,
-                    (unsigned long long)off);
-            }
-            break;
-        }
-        case ENTRY_ZERO_PLAIN:
-            break;
-        case ENTRY_UNALLOCATED:
-            if (bm & L2_BITMAP_ALL_ALLOC) {
-                p->result.corruptions++;
-                qcow2_check_say(ck, p,
-                    "ERROR: " L2CTX ": entry %llu (guest 0x%llx) has no host "
-                    "cluster but its subcluster bitmap 0x%016llx says "
-                    "allocated",
-                    L2ARGS, (unsigned long long)j, guest,
-                    (unsigned long long)bm);
-            }
-            break;
-        }
+        at.index = j;
+        at.guest_offset = l1_index * l2_span(ck) + j * ck->cluster_size;
+        check_l2_entry(ck, p, &at, entry, bitmap);
     }
     return 0;
+}
+
+static void say_l1_entry(struct check_state *ck, struct check_part *p,
+                         const struct check_table *t, uint64_t i,
+                         const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+/* Report a problem of entry I of table T: "ERROR: LABEL: entry I (guest
+ * 0x...-0x...) " + FMT. */
+static void say_l1_entry(struct check_state *ck, struct check_part *p,
+                         const struct check_table *t, uint64_t i,
+                         const char *fmt, ...)
+{
+    const uint64_t guest0 = i * l2_span(ck);
+    char prefix[512];
+    va_list ap;
+
+    snprintf(prefix, sizeof(prefix), "ERROR: %s: entry %llu (guest "
+             "0x%llx-0x%llx) ",
+             t->label, (unsigned long long)i, (unsigned long long)guest0,
+             (unsigned long long)(guest0 + l2_span(ck) - 1));
+    va_start(ap, fmt);
+    say_after(ck, p, prefix, fmt, ap);
+    va_end(ap);
 }
 
 /* Entries [FIRST, END) of an L1 table. */
@@ -307,37 +408,28 @@ static int check_l1_range(struct check_state *ck, struct check_part *p,
                           uint64_t end, uint8_t *buf)
 {
     for (uint64_t i = first; i < end; i++) {
-        const uint64_t e = t->entries[i];
-        const uint64_t l2_off = e & QCOW2_L1E_OFFSET_MASK;
-        const uint64_t g0 = i * l2_span(ck);
+        const uint64_t entry = t->entries[i];
+        const uint64_t l2_off = entry & QCOW2_L1E_OFFSET_MASK;
         if (!l2_off) {
             continue;
         }
-        if (e & L1E_RESERVED_MASK) {
+        if (entry & L1E_RESERVED_MASK) {
             p->result.corruptions++;
-            qcow2_check_say(ck, p,
-                "ERROR: %s: entry %llu (guest 0x%llx-0x%llx) has reserved "
-                "bits set: 0x%016llx",
-                t->label, (unsigned long long)i, (unsigned long long)g0,
-                (unsigned long long)(g0 + l2_span(ck) - 1),
-                (unsigned long long)e);
+            say_l1_entry(ck, p, t, i, "has reserved bits set: 0x%016llx",
+                         (unsigned long long)entry);
         }
         if (!count_range(ck, p, l2_off, ck->cluster_size)) {
-            qcow2_check_say(ck, p,
-                "ERROR: %s: entry %llu (guest 0x%llx-0x%llx) points at an L2 "
-                "table at 0x%llx, past the end of the file",
-                t->label, (unsigned long long)i, (unsigned long long)g0,
-                (unsigned long long)(g0 + l2_span(ck) - 1),
-                (unsigned long long)l2_off);
+            say_l1_entry(ck, p, t, i,
+                         "points at an L2 table at 0x%llx, past the end of "
+                         "the file",
+                         (unsigned long long)l2_off);
         }
         if (l2_off & (ck->cluster_size - 1)) {
             p->result.corruptions++;
-            qcow2_check_say(ck, p,
-                "ERROR: %s: entry %llu (guest 0x%llx-0x%llx) points at an L2 "
-                "table at 0x%llx, which is not cluster aligned",
-                t->label, (unsigned long long)i, (unsigned long long)g0,
-                (unsigned long long)(g0 + l2_span(ck) - 1),
-                (unsigned long long)l2_off);
+            say_l1_entry(ck, p, t, i,
+                         "points at an L2 table at 0x%llx, which is not "
+                         "cluster aligned",
+                         (unsigned long long)l2_off);
         }
         int ret = check_l2(ck, p, t, i, l2_off, buf);
         if (ret < 0) {
@@ -623,92 +715,103 @@ static void check_refblocks(struct check_state *ck, struct check_part *p)
     }
 }
 
-/* Count every reference into ck->counts (qemu's calculate_refcounts). */
-int qcow2_check_count_references(struct check_state *ck, struct check_part *p)
+void qcow2_check_active_table(const struct check_state *ck,
+                              struct check_table *t)
 {
-    struct qcow2_state *s = ck->s;
-    int ret;
+    const struct qcow2_state *s = ck->s;
 
-    memset(ck->counts, 0, (size_t)ck->nb_counts * sizeof(uint16_t));
-    ck->nb_overflow = 0;
-    p->used_end = 0;
-    ck->is_rebuild_needed = false;
-
-    /* header */
-    count_range(ck, p, 0, ck->cluster_size);
-
-    /* active L1 table and its L2 tables */
-    struct check_table t;
-    memset(&t, 0, sizeof(t));
-    snprintf(t.label, sizeof(t.label), "active L1 table at 0x%llx",
+    memset(t, 0, sizeof(*t));
+    snprintf(t->label, sizeof(t->label), "active L1 table at 0x%llx",
              (unsigned long long)s->h.l1_table_offset);
-    t.offset = s->h.l1_table_offset;
-    t.entries = s->l1;
-    t.nb_entries =
+    t->offset = s->h.l1_table_offset;
+    t->entries = s->l1;
+    /* entries past the end of the file read as zeroes */
+    t->nb_entries =
         s->h.l1_table_offset < ck->file_size
             ? VIMG_MIN(s->h.l1_size,
                        VIMG_DIV_ROUND_UP(ck->file_size - s->h.l1_table_offset,
                                          8))
             : 0;
-    t.is_active = true;
+    t->is_active = true;
+}
+
+/* The active L1 table and its L2 tables. */
+static int count_active_table(struct check_state *ck, struct check_part *p)
+{
+    const struct qcow2_state *s = ck->s;
+    struct check_table t;
+
+    qcow2_check_active_table(ck, &t);
     if (!count_range(ck, p, t.offset, (uint64_t)s->h.l1_size * 8)) {
-        qcow2_check_say(
-            ck, p, "ERROR: the %s (%u entries) is past the end of the file",
-            t.label, s->h.l1_size);
+        qcow2_check_say(ck, p,
+                        "ERROR: the %s (%u entries) is past the end of the "
+                        "file",
+                        t.label, s->h.l1_size);
     }
-    ret = qcow2_check_run_pass(ck, p, &t, PASS_COUNT);
+    return qcow2_check_run_pass(ck, p, &t, PASS_COUNT);
+}
+
+/* The L1 table of snapshot SN and its L2 tables. */
+static int count_snapshot(struct check_state *ck, struct check_part *p,
+                          const struct qcow2_snapshot *sn)
+{
+    if (sn->l1_table_offset & (ck->cluster_size - 1)) {
+        p->result.corruptions++;
+        qcow2_check_say(ck, p,
+                        "ERROR: snapshot %s ('%s'): its L1 table offset "
+                        "0x%llx is not cluster aligned; the snapshot table "
+                        "entry is corrupt",
+                        sn->id, sn->name,
+                        (unsigned long long)sn->l1_table_offset);
+        return 0;
+    }
+    if ((uint64_t)sn->l1_size * 8 > QCOW2_MAX_L1_BYTES) {
+        p->result.corruptions++;
+        qcow2_check_say(ck, p,
+                        "ERROR: snapshot %s ('%s'): its L1 table of %u "
+                        "entries is too large; the snapshot table entry is "
+                        "corrupt",
+                        sn->id, sn->name, sn->l1_size);
+        return 0;
+    }
+    struct check_table t;
+    memset(&t, 0, sizeof(t));
+    snprintf(t.label, sizeof(t.label),
+             "L1 table at 0x%llx of snapshot %s ('%s')",
+             (unsigned long long)sn->l1_table_offset, sn->id, sn->name);
+    t.offset = sn->l1_table_offset;
+    if (!count_range(ck, p, t.offset, (uint64_t)sn->l1_size * 8)) {
+        qcow2_check_say(ck, p,
+                        "ERROR: the %s (%u entries) is past the end of the "
+                        "file",
+                        t.label, sn->l1_size);
+    }
+    uint64_t *l1 = NULL;
+    int ret = qcow2_check_load_table(ck, p, t.offset, sn->l1_size, &l1,
+                                     &t.nb_entries);
     if (ret < 0) {
         return ret;
     }
+    t.entries = l1;
+    ret = l1 ? qcow2_check_run_pass(ck, p, &t, PASS_COUNT) : 0;
+    free(l1);
+    return ret;
+}
 
-    /* snapshots */
+/* Every snapshot's tables, and the snapshot table. */
+static int count_snapshots(struct check_state *ck, struct check_part *p)
+{
+    const struct qcow2_state *s = ck->s;
+
     if (s->has_data_file && s->nb_snapshots) {
         p->result.corruptions++;
-        qcow2_check_say(
-            ck, p,
-            "ERROR: the image has %zu snapshots and an external data "
-            "file, which cannot go together",
-            s->nb_snapshots);
+        qcow2_check_say(ck, p,
+                        "ERROR: the image has %zu snapshots and an external "
+                        "data file, which cannot go together",
+                        s->nb_snapshots);
     }
     for (size_t k = 0; k < s->nb_snapshots; k++) {
-        const struct qcow2_snapshot *sn = &s->snapshots[k];
-        if (sn->l1_table_offset & (ck->cluster_size - 1)) {
-            p->result.corruptions++;
-            qcow2_check_say(ck, p,
-                "ERROR: snapshot %s ('%s'): its L1 table offset 0x%llx is "
-                "not cluster aligned; the snapshot table entry is corrupt",
-                sn->id, sn->name, (unsigned long long)sn->l1_table_offset);
-            continue;
-        }
-        if ((uint64_t)sn->l1_size * 8 > QCOW2_MAX_L1_BYTES) {
-            p->result.corruptions++;
-            qcow2_check_say(ck, p,
-                "ERROR: snapshot %s ('%s'): its L1 table of %u entries is "
-                "too large; the snapshot table entry is corrupt",
-                sn->id, sn->name, sn->l1_size);
-            continue;
-        }
-        struct check_table st;
-        memset(&st, 0, sizeof(st));
-        snprintf(st.label, sizeof(st.label),
-                 "L1 table at 0x%llx of snapshot %s ('%s')",
-                 (unsigned long long)sn->l1_table_offset, sn->id, sn->name);
-        st.offset = sn->l1_table_offset;
-        if (!count_range(ck, p, st.offset, (uint64_t)sn->l1_size * 8)) {
-            qcow2_check_say(ck, p,
-                            "ERROR: the %s (%u entries) is past the end of the "
-                            "file",
-                            st.label, sn->l1_size);
-        }
-        uint64_t *l1 = NULL;
-        ret = qcow2_check_load_table(ck, p, st.offset, sn->l1_size, &l1,
-                                     &st.nb_entries);
-        if (ret < 0) {
-            return ret;
-        }
-        st.entries = l1;
-        ret = l1 ? qcow2_check_run_pass(ck, p, &st, PASS_COUNT) : 0;
-        free(l1);
+        int ret = count_snapshot(ck, p, &s->snapshots[k]);
         if (ret < 0) {
             return ret;
         }
@@ -716,33 +819,55 @@ int qcow2_check_count_references(struct check_state *ck, struct check_part *p)
     if (s->nb_snapshots &&
         !count_range(ck, p, s->h.snapshots_offset, s->snapshots_size)) {
         qcow2_check_say(ck, p,
-            "ERROR: the snapshot table at 0x%llx (%llu bytes) is past the "
-            "end of the file",
-            (unsigned long long)s->h.snapshots_offset,
-            (unsigned long long)s->snapshots_size);
+                        "ERROR: the snapshot table at 0x%llx (%llu bytes) is "
+                        "past the end of the file",
+                        (unsigned long long)s->h.snapshots_offset,
+                        (unsigned long long)s->snapshots_size);
     }
+    return 0;
+}
 
-    /* refcount table */
-    if (!count_range(ck, p, s->h.refcount_table_offset,
-                     (uint64_t)s->h.refcount_table_clusters
-                         << ck->cluster_bits)) {
+/* The refcount table and the encryption header. */
+static void count_fixed_metadata(struct check_state *ck, struct check_part *p)
+{
+    const struct qcow2_state *s = ck->s;
+    const uint64_t reftable_bytes = (uint64_t)s->h.refcount_table_clusters
+                                    << ck->cluster_bits;
+
+    if (!count_range(ck, p, s->h.refcount_table_offset, reftable_bytes)) {
         qcow2_check_say(ck, p,
-            "ERROR: the refcount table at 0x%llx (%u clusters) is past the "
-            "end of the file",
-            (unsigned long long)s->h.refcount_table_offset,
-            s->h.refcount_table_clusters);
+                        "ERROR: the refcount table at 0x%llx (%u clusters) "
+                        "is past the end of the file",
+                        (unsigned long long)s->h.refcount_table_offset,
+                        s->h.refcount_table_clusters);
     }
-
-    /* crypto header */
     if (s->ext.has_crypto && s->ext.crypto_length &&
         !count_range(ck, p, s->ext.crypto_offset, s->ext.crypto_length)) {
         qcow2_check_say(ck, p,
-            "ERROR: the encryption header at 0x%llx (%llu bytes) is past "
-            "the end of the file",
-            (unsigned long long)s->ext.crypto_offset,
-            (unsigned long long)s->ext.crypto_length);
+                        "ERROR: the encryption header at 0x%llx (%llu bytes) "
+                        "is past the end of the file",
+                        (unsigned long long)s->ext.crypto_offset,
+                        (unsigned long long)s->ext.crypto_length);
     }
+}
 
+/* Count every reference into ck->counts (qemu's calculate_refcounts). */
+int qcow2_check_count_references(struct check_state *ck, struct check_part *p)
+{
+    memset(ck->counts, 0, (size_t)ck->nb_counts * sizeof(uint16_t));
+    ck->nb_overflow = 0;
+    p->used_end = 0;
+    ck->is_rebuild_needed = false;
+
+    count_range(ck, p, 0, ck->cluster_size); /* the header */
+    int ret = count_active_table(ck, p);
+    if (ret == 0) {
+        ret = count_snapshots(ck, p);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    count_fixed_metadata(ck, p);
     ret = check_bitmaps(ck, p);
     if (ret < 0) {
         return ret;
@@ -751,4 +876,3 @@ int qcow2_check_count_references(struct check_state *ck, struct check_part *p)
     ck->used_end = p->used_end;
     return 0;
 }
-

@@ -254,12 +254,9 @@ static void note_table_users(struct check_state *ck, const char *label,
             const uint64_t g = g0 + j * ck->cluster_size;
             switch (qcow2_check_entry_type(ck, e)) {
             case ENTRY_COMPRESSED: {
-                const uint64_t coff = e & s->csize_mask;
-                const uint64_t sectors =
-                    ((e >> s->csize_shift) &
-                     ((1ull << (ck->cluster_bits - 8)) - 1)) +
-                    1;
-                note_user(ck, coff, sectors * 512 - (coff & 511),
+                uint64_t offset, bytes;
+                qcow2_check_compressed_extent(ck, e, &offset, &bytes);
+                note_user(ck, offset, bytes,
                           "compressed data of guest 0x%llx (%s)",
                           (unsigned long long)g, label);
                 break;
@@ -333,13 +330,10 @@ static void name_users(struct check_state *ck, struct check_part *p)
                       "the table of bitmap '%s'", s->bitmaps[k].name);
         }
     }
-    const uint64_t nb_active =
-        s->h.l1_table_offset < ck->file_size
-            ? VIMG_MIN(s->h.l1_size,
-                       VIMG_DIV_ROUND_UP(ck->file_size - s->h.l1_table_offset,
-                                         8))
-            : 0;
-    note_table_users(ck, "active image", s->l1, nb_active, buf);
+    struct check_table active;
+    qcow2_check_active_table(ck, &active);
+    note_table_users(ck, "active image", active.entries, active.nb_entries,
+                     buf);
     for (size_t k = 0; k < s->nb_snapshots; k++) {
         const struct qcow2_snapshot *sn = &s->snapshots[k];
         char label[96];

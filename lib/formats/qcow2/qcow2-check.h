@@ -156,6 +156,12 @@ int qcow2_check_write(struct check_state *ck, const void *buf, size_t len,
 int qcow2_check_sync(struct check_state *ck);
 
 /* qcow2-check-scan.c */
+/* The host bytes compressed L2 ENTRY points at (qcow2.txt, "Compressed
+ * Clusters Descriptor"). */
+void qcow2_check_compressed_extent(const struct check_state *ck,
+                                   uint64_t entry, uint64_t *offset,
+                                   uint64_t *bytes);
+/* What L2 entry E maps. */
 enum check_entry_type qcow2_check_entry_type(const struct check_state *ck,
                                              uint64_t e);
 /* Read the NB entries of the table at OFFSET (the part inside the file;
@@ -167,6 +173,9 @@ int qcow2_check_load_table(struct check_state *ck, struct check_part *p,
 /* Run PASS over TABLE, on up to nb_threads threads. */
 int qcow2_check_run_pass(struct check_state *ck, struct check_part *p,
                          const struct check_table *table, enum check_pass pass);
+/* Fill T with the active L1 table (the part inside the file). */
+void qcow2_check_active_table(const struct check_state *ck,
+                              struct check_table *t);
 /* Count every reference into ck->counts (qemu's calculate_refcounts). */
 int qcow2_check_count_references(struct check_state *ck, struct check_part *p);
 
