@@ -947,11 +947,6 @@ int vimg_make_empty(struct vimg_image *img)
     return img->drv->make_empty(img);
 }
 
-bool vimg_can_change_backing(const struct vimg_image *img)
-{
-    return img->drv->change_backing != NULL;
-}
-
 int vimg_change_backing(vimg_image *img, const char *name, const char *fmt)
 {
     if (!img) {

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "vimg.h"
+#include "image-services.h"
 #include "io/io.h"
 #include "util/vimg-util.h"
 
@@ -42,15 +43,6 @@ struct vimg_image {
     struct vimg_image *backing;
 };
 
-/* registry.c */
-/*
- * The block-0 guard of a guessed raw image: 0 when writing COUNT bytes of
- * BUF (NULL: zeroes) at OFFSET into IMG leaves a first sector that still
- * probes as raw (or IMG is no guessed raw image), else -EPERM.
- */
-int vimg_format_guard_head(struct vimg_image *img, const void *buf,
-                           size_t count, uint64_t offset);
-
 /* image.c */
 /*
  * Read from IMG's backing chain as seen by IMG: the range [OFFSET,
@@ -63,20 +55,6 @@ int vimg_read_backing(struct vimg_image *img, void *buf, size_t count,
  * Used by tests to open through io-mem or io-fault. */
 int vimg_open_io(vimg_image **out, struct vimg_io *io, const char *name,
                  const char *format, unsigned flags);
-/*
- * Reopen IMG, a read-only layer of an open chain, read-write in place
- * (commit writes into its base this way).  Not thread-safe: nothing else
- * may use the chain meanwhile.  On failure IMG stays read-only, or, if
- * even that cannot be restored, fails every access with -EIO.
- */
-int vimg_reopen_rw(struct vimg_image *img);
-/* Can IMG's format store a backing file (vimg_change_backing)? */
-bool vimg_can_change_backing(const struct vimg_image *img);
-/* Make every cluster of IMG unallocated (driver make_empty); -ENOTSUP for
- * formats without it. */
-int vimg_make_empty(struct vimg_image *img);
-/* Directory part of PATH joined with NAME (absolute NAME is kept). */
-char *vimg_path_join_dir(const char *path, const char *name);
 
 /*
  * What a new image of some format needs, as the format's measure op sees

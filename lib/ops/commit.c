@@ -24,7 +24,8 @@
 #include <string.h>
 
 #include "ops/ops.h"
-#include "vimg-internal.h"
+#include "image-services.h"
+#include "util/vimg-util.h"
 
 #define COMMIT_CHUNK_BYTES (4u * 1024 * 1024)
 #define COMMIT_MIN_GRANULE 4096u
@@ -187,9 +188,9 @@ int vimg_commit(vimg_image *top, const struct vimg_commit_opts *opts)
     /* qemu-img: only the immediate backing file leaves a valid overlay
      * when emptied */
     const bool is_emptying = !opts->is_keep_top && job.base_depth == 1;
-    if (is_emptying && !top->is_writable) {
+    if (is_emptying && !(vimg_capabilities(top) & VIMG_CAN_WRITE)) {
         return vimg_error(-EROFS, "%s: image is opened read-only",
-                          top->filename);
+                          vimg_filename(top));
     }
 
     /* A guessed raw base refuses a first sector that would make it probe
@@ -212,7 +213,7 @@ int vimg_commit(vimg_image *top, const struct vimg_commit_opts *opts)
         ret = vimg_resize(job.base, job.size, NULL, 0);
         if (ret < 0) {
             vimg_error_prefix("could not grow '%s' to %llu bytes",
-                              job.base->filename,
+                              vimg_filename(job.base),
                               (unsigned long long)job.size);
             return ret;
         }

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "ops/ops.h"
-#include "vimg-internal.h"
+#include "util/vimg-util.h"
 
 #define COMPARE_BUF_BYTES (2u * 1024 * 1024)
 #define SECTOR 512

@@ -11,9 +11,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "image-services.h"
 #include "ops/ops.h"
 #include "util/pool.h"
-#include "vimg-internal.h"
+#include "util/vimg-util.h"
 
 #define CONVERT_CHUNK_BYTES (4u * 1024 * 1024)
 #define CONVERT_PIECE_BYTES (2u * 1024 * 1024)
@@ -24,13 +25,12 @@ struct convert_job {
     uint64_t *src_start;     /* output offset of each source */
     uint64_t *chunk_start;   /* first chunk number of each source */
     uint64_t nb_chunks;
-    struct vimg_io *out;     /* raw output */
-    vimg_image *out_img;     /* other formats */
+    vimg_image *out_img;
+    bool is_raw;             /* raw output: sparse as qemu-img -S makes it */
     uint64_t total;
     const struct vimg_convert_opts *opts;
     bool has_target_backing; /* copy only what the sources' tops hold */
     bool is_zero_init;       /* the target reads as zeroes before we write */
-    bool is_raw_zero_init;   /* the same for a raw target: a new file */
 
     /* image outputs write chunks in order (the pool's ordered step), so
      * the file is the same whatever the number of threads */
@@ -122,7 +122,8 @@ static uint64_t sparse_run(const uint8_t *buf, size_t len, uint64_t first,
  * be fully allocated (-S 0). */
 static int write_zeroes(struct convert_job *job, uint64_t len, uint64_t off)
 {
-    return vimg_io_zero(job->out, off, len, job->opts->sparse_size != 0);
+    return vimg_write_zeroes(job->out_img, off, len,
+                             job->opts->sparse_size ? VIMG_ZERO_MAY_UNMAP : 0);
 }
 
 /* Write BUF (LEN bytes at output offset OFF, a sector boundary), leaving
@@ -132,7 +133,7 @@ static int write_sparse(struct convert_job *job, const uint8_t *buf,
 {
     const uint64_t sparse = job->opts->sparse_size;
     if (sparse == 0) {
-        return vimg_io_pwrite(job->out, buf, len, off);
+        return vimg_pwrite(job->out_img, buf, len, off);
     }
     struct sparse_rule rule = {.min = sparse / SECTOR, .align = 1};
     while (rule.align * 2 <= rule.min) {
@@ -149,11 +150,11 @@ static int write_sparse(struct convert_job *job, const uint8_t *buf,
             const size_t at = (size_t)(pos * SECTOR);
             const size_t bytes =
                 (size_t)VIMG_MIN(run * SECTOR, (uint64_t)len - at);
-            int ret = vimg_io_pwrite(job->out, buf + at, bytes, off + at);
+            int ret = vimg_pwrite(job->out_img, buf + at, bytes, off + at);
             if (ret < 0) {
                 return ret;
             }
-        } else if (!job->is_raw_zero_init) {
+        } else if (!job->is_zero_init) {
             /* the target's old data must go */
             const size_t at = (size_t)(pos * SECTOR);
             const size_t bytes =
@@ -184,7 +185,7 @@ static int convert_chunk(struct convert_job *job, uint8_t *buf,
     /* A fresh target reads as zeroes; an existing one (-n), a device or
      * a fully allocated one (-S 0) gets its zeroes written. */
     const bool must_write_zeroes =
-        !job->is_raw_zero_init || job->opts->sparse_size == 0;
+        !job->is_zero_init || job->opts->sparse_size == 0;
 
     for (uint64_t off = src_off; off < end;) {
         struct vimg_extent e;
@@ -558,7 +559,7 @@ static int run_chunks(struct convert_job *job)
         return ret;
     }
     const unsigned workers = vimg_pool_workers(job->pool);
-    if (job->out_img) {
+    if (!job->is_raw) {
         job->bufs = calloc(workers, sizeof(*job->bufs));
         for (unsigned i = 0; job->bufs && i < workers; i++) {
             job->bufs[i].zdata = malloc(CONVERT_CHUNK_BYTES);
@@ -574,8 +575,8 @@ static int run_chunks(struct convert_job *job)
     const struct vimg_pool_job pj = {
         .nb_items = job->nb_chunks,
         .buf_bytes = CONVERT_CHUNK_BYTES,
-        .fn = job->out_img ? read_chunk_image : copy_chunk_raw,
-        .ordered_fn = job->out_img ? write_chunk_image : NULL,
+        .fn = job->is_raw ? copy_chunk_raw : read_chunk_image,
+        .ordered_fn = job->is_raw ? NULL : write_chunk_image,
         .opaque = job,
         .progress = opts->progress ? report_progress : NULL,
         .progress_opaque = job,
@@ -595,34 +596,46 @@ static int run_chunks(struct convert_job *job)
     return ret;
 }
 
-/* Create (or, with -n, open) an image target for JOB; fills job->out_img
- * and what the target reads before anything is written. */
-static int open_image_target(struct convert_job *job, const char *out_path)
+/* Is the existing target (-n) large enough? */
+static int check_target_size(struct convert_job *job)
+{
+    uint64_t have = vimg_size(job->out_img);
+    /* a raw file counts to its last byte, not to the sector */
+    int ret = job->is_raw ? vimg_file_size(job->out_img, &have) : 0;
+
+    if (ret == 0 && have < job->total) {
+        ret = vimg_error(-EINVAL, "output file is smaller than input file");
+    }
+    return ret;
+}
+
+/* Create (or, with -n, open) the target of JOB; fills job->out_img and
+ * what the target reads before anything is written. */
+static int open_target(struct convert_job *job, const char *out_path)
 {
     const struct vimg_convert_opts *opts = job->opts;
+    const char *format = job->is_raw ? "raw" : opts->out_format;
     const unsigned unsafe = opts->do_flush ? 0 : VIMG_OPEN_CACHE_UNSAFE;
     int ret;
 
-    job->has_target_backing = opts->create && opts->create->backing_file;
+    job->has_target_backing =
+        !job->is_raw && opts->create && opts->create->backing_file;
     if (opts->is_existing_target) {
-        ret = vimg_open(&job->out_img, out_path, opts->out_format,
+        ret = vimg_open(&job->out_img, out_path, format,
                         VIMG_OPEN_RDWR | unsafe);
-        if (ret == 0 && vimg_size(job->out_img) < job->total) {
-            ret = vimg_error(-EINVAL, "output file is smaller than input "
-                                      "file");
-        }
-        return ret;
+        return ret == 0 ? check_target_size(job) : ret;
     }
+    /* raw takes no options (they are not looked at, as before) */
     struct vimg_create_opts co = VIMG_CREATE_OPTS_INIT;
-    if (opts->create) {
+    if (opts->create && !job->is_raw) {
         co = *opts->create;
     }
-    co.format = opts->out_format;
+    co.format = format;
     co.size = job->total;
     ret = vimg_create(out_path, &co);
     if (ret == 0) {
         /* with its backing file: partial clusters copy the rest from it */
-        ret = vimg_open(&job->out_img, out_path, opts->out_format,
+        ret = vimg_open(&job->out_img, out_path, format,
                         VIMG_OPEN_RDWR | unsafe |
                             (job->has_target_backing ? 0
                                                      : VIMG_OPEN_NO_BACKING));
@@ -631,7 +644,11 @@ static int open_image_target(struct convert_job *job, const char *out_path)
             unlink(out_path); /* ours, and useless; never a device */
         }
     }
-    job->is_zero_init = ret == 0 && !job->has_target_backing;
+    /* a device keeps its old bytes: "created" or not, a raw one gets its
+     * zeroes written (through the device's own zeroing or discard) */
+    job->is_zero_init =
+        ret == 0 && !job->has_target_backing &&
+        !(job->is_raw && vimg_file_is_device(job->out_img));
     return ret;
 }
 
@@ -691,68 +708,23 @@ int vimg_convert(vimg_image *const *srcs, size_t nb_srcs,
     }
 
     job.total = total;
-    if (!is_raw) {
-        ret = open_image_target(&job, out_path);
-        if (ret < 0) {
-            goto out;
-        }
-        /* chunks in output space, a multiple of any cluster size */
-        job.nb_chunks = VIMG_DIV_ROUND_UP(total, CONVERT_CHUNK_BYTES);
-    }
-    if (is_raw) {
-        ret = vimg_io_file_open(&job.out, out_path, true,
-                                !opts->is_existing_target);
-        if (ret == 0 && opts->is_existing_target) {
-            /* as qemu-img: write it, let others do what they like */
-            ret = vimg_io_lock(job.out,
-                               VIMG_PERM_CONSISTENT_READ | VIMG_PERM_WRITE,
-                               VIMG_PERM_ALL);
-        }
-    }
-    if (ret == 0 && is_raw && opts->is_existing_target) {
-        uint64_t have = 0;
-        ret = vimg_io_get_size(job.out, &have);
-        if (ret == 0 && have < total) {
-            ret = vimg_error(-EINVAL, "output file is smaller than input "
-                                      "file");
-        }
-    }
+    job.is_raw = is_raw;
+    ret = open_target(&job, out_path);
     if (ret < 0) {
         goto out;
     }
-    /* a device keeps its old bytes: "created" or not, zeroes are written
-     * (through the device's own zeroing or discard) */
-    job.is_raw_zero_init = is_raw && !opts->is_existing_target &&
-                           !job.out->is_device;
-    if (is_raw && !opts->is_existing_target) {
-        ret = vimg_io_truncate(job.out, total);
-        if (ret < 0) {
-            goto out;
-        }
-        /* Allocate the first block, as qemu does when it creates a raw
-         * file (it lets O_DIRECT users probe the alignment), so the
-         * outputs are sparse in the same places. */
-        static const uint8_t zero_block[4096];
-        ret = vimg_io_pwrite(job.out, zero_block,
-                             (size_t)VIMG_MIN(total, sizeof(zero_block)), 0);
-        if (ret < 0) {
-            goto out;
-        }
+    if (!is_raw) {
+        /* chunks in output space, a multiple of any cluster size */
+        job.nb_chunks = VIMG_DIV_ROUND_UP(total, CONVERT_CHUNK_BYTES);
     }
-
     ret = run_chunks(&job);
     if (ret < 0) {
         goto out;
     }
-    if (job.out_img) {
-        /* an image's metadata must reach the file in any case; it reaches
-         * the disk too unless the target was opened unsafe */
-        ret = vimg_flush(job.out_img);
-    } else if (opts->do_flush) {
-        ret = vimg_io_flush(job.out);
-    }
+    /* an image's metadata must reach the file in any case; it reaches the
+     * disk too unless the target was opened unsafe (without do_flush) */
+    ret = vimg_flush(job.out_img);
 out:
-    vimg_io_close(job.out);
     vimg_close(job.out_img);
     free(job.src_start);
     free(job.chunk_start);

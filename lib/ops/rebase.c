@@ -15,7 +15,8 @@
 #include <string.h>
 
 #include "ops/ops.h"
-#include "vimg-internal.h"
+#include "image-services.h"
+#include "util/vimg-util.h"
 
 #define REBASE_CHUNK_BYTES (4u * 1024 * 1024)
 #define REBASE_PIECE_BYTES (1u * 1024 * 1024)
@@ -151,11 +152,11 @@ int vimg_rebase(vimg_image *img, const char *backing,
     if (backing && !*backing) {
         backing = NULL;
     }
-    if (!img->is_writable) {
+    if (!(vimg_capabilities(img) & VIMG_CAN_WRITE)) {
         return vimg_error(-EROFS, "%s: image is opened read-only",
-                          img->filename);
+                          vimg_filename(img));
     }
-    if (!vimg_can_change_backing(img)) {
+    if (!(vimg_capabilities(img) & VIMG_CAN_BACKING)) {
         return vimg_error(-ENOTSUP, "Could not change the backing file to "
                                     "'%s': Operation not supported",
                           backing ? backing : "");
@@ -163,10 +164,10 @@ int vimg_rebase(vimg_image *img, const char *backing,
     if (opts->is_unsafe) {
         return change(img, backing, backing_fmt);
     }
-    if (img->backing_name && !img->backing) {
+    if (vimg_backing_name(img) && !vimg_backing(img)) {
         return vimg_error(-EINVAL, "%s: a safe rebase needs the old backing "
                                    "chain open",
-                          img->filename);
+                          vimg_filename(img));
     }
 
     struct rebase_job job = {
@@ -176,7 +177,7 @@ int vimg_rebase(vimg_image *img, const char *backing,
     };
     int ret = 0;
     if (backing) {
-        char *path = vimg_path_join_dir(img->filename, backing);
+        char *path = vimg_path_join_dir(vimg_filename(img), backing);
         if (!path) {
             return vimg_error(-ENOMEM, "out of memory");
         }
