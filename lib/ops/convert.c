@@ -169,10 +169,14 @@ static int write_sparse(struct convert_job *job, const uint8_t *buf,
     return 0;
 }
 
-static int convert_chunk(struct convert_job *job, uint8_t *buf,
-                         uint64_t chunk)
+/* One chunk of a source into a raw output (chunks in any order) */
+static int copy_chunk_raw(void *opaque, uint8_t *buf, unsigned worker,
+                          uint64_t chunk)
 {
+    struct convert_job *job = opaque;
     size_t s = 0;
+
+    (void)worker;
     while (s + 1 < job->nb_srcs && job->chunk_start[s + 1] <= chunk) {
         s++;
     }
@@ -529,14 +533,6 @@ static int write_chunk_image(void *opaque, uint8_t *buf, unsigned worker,
     }
     atomic_fetch_add(&job->bytes_done, len);
     return ret < 0 ? ret : 0;
-}
-
-/* One chunk into a raw output (any order) */
-static int copy_chunk_raw(void *opaque, uint8_t *buf, unsigned worker,
-                          uint64_t chunk)
-{
-    (void)worker;
-    return convert_chunk(opaque, buf, chunk);
 }
 
 static void report_progress(void *opaque, uint64_t chunks_done)
