@@ -463,7 +463,7 @@ static int store_one(struct vimg_image *img, const struct qcow2_dirty *d,
         uint64_t off;
         ret = qcow2_alloc_clusters(img, 1, &off);
         if (ret == 0) {
-            ret = qcow2_add_l2_table(img, off >> s->cluster_bits);
+            ret = qcow2_meta_add(img, off >> s->cluster_bits);
         }
         if (ret == 0) {
             ret = qcow2_write_meta(img, off, cluster, (size_t)cs);
@@ -475,7 +475,7 @@ static int store_one(struct vimg_image *img, const struct qcow2_dirty *d,
         ret = qcow2_alloc_clusters(img, table_clusters, &table_off);
     }
     for (uint64_t c = 0; ret == 0 && c < table_clusters; c++) {
-        ret = qcow2_add_l2_table(img, (table_off >> s->cluster_bits) + c);
+        ret = qcow2_meta_add(img, (table_off >> s->cluster_bits) + c);
     }
     if (ret == 0) {
         ret = qcow2_write_meta(img, table_off, table,

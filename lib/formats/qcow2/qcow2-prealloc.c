@@ -199,7 +199,7 @@ static int plan_table(struct plan *p, uint64_t l1_index, uint64_t first,
     } else {
         ret = alloc_like_qemu(img, 1, &r.new_l2);
         if (ret == 0) {
-            ret = qcow2_add_l2_table(img, r.new_l2 >> s->cluster_bits);
+            ret = qcow2_meta_add(img, r.new_l2 >> s->cluster_bits);
         }
     }
     if (ret < 0) {

@@ -363,59 +363,104 @@ uint64_t qcow2_prealloc_metadata_bytes(uint64_t virtual_size,
 int qcow2_measure(const struct vimg_create_opts *opts, uint64_t virtual_size,
                   struct vimg_measure_plan *out);
 
-/* qcow2-write.c */
+/* qcow2-flush.c: read-write state, metadata writes, the ordered flush.
+ * The *_locked functions and the helpers below expect the driver lock. */
 int qcow2_open_write(struct vimg_image *img);
 void qcow2_close_write(struct vimg_image *img);
 /* qcow2.txt: a writer clears the autoclear bits it does not know (they
  * say that extra data it does not maintain is still valid). */
 int qcow2_clear_unknown_autoclear(struct vimg_image *img);
-int qcow2_pwrite(struct vimg_image *img, const void *buf, size_t count,
-                 uint64_t offset);
-int qcow2_write_zeroes(struct vimg_image *img, uint64_t offset,
-                       uint64_t count, unsigned flags);
-int qcow2_discard(struct vimg_image *img, uint64_t offset, uint64_t count);
 int qcow2_flush(struct vimg_image *img);
-uint32_t qcow2_cluster_size(struct vimg_image *img);
-int qcow2_resize(struct vimg_image *img, uint64_t new_size,
-                 const char *preallocation, unsigned flags);
-int qcow2_compress_cluster(struct vimg_image *img, const void *data,
-                           size_t len, void *out, size_t out_cap);
-int qcow2_pwrite_compressed(struct vimg_image *img, const void *data,
-                            size_t len, uint64_t offset);
-int qcow2_get_refcount_locked(struct vimg_image *img, uint64_t cluster,
-                              uint64_t *out);
-/* Allocate N contiguous clusters (refcount 1); *offset_out is the first. */
-int qcow2_alloc_clusters(struct vimg_image *img, uint64_t n,
-                         uint64_t *offset_out);
-/* Drop one reference from N clusters at OFFSET once metadata is synced. */
-int qcow2_free_clusters_later(struct vimg_image *img, uint64_t offset,
-                              uint64_t n);
-
-/* Used by qcow2-prealloc.c and qcow2-snapshot-write.c; the caller holds
- * the driver lock.  The flush
- * writes data and refcounts, then L2 tables, then L1, then applies the
- * pending frees. */
+/* Write data and refcounts, then L2 tables, then L1, then apply the
+ * pending frees (each stage durable before the next points at it). */
 int qcow2_flush_locked(struct vimg_image *img);
+/* Write the refcount blocks and table, then sync: after this, everything
+ * written so far (data included) is durable. */
 int qcow2_sync_refcounts(struct vimg_image *img);
+/* Flush the data file and the image file. */
 int qcow2_sync_files(struct vimg_image *img);
+/* Write metadata at FILE_OFFSET (not synced). */
 int qcow2_write_meta(struct vimg_image *img, uint64_t file_offset,
                      const void *buf, size_t len);
+/* Cache loaders: a table read from the image file, or a new zeroed one. */
+int qcow2_load_table(void *opaque, uint64_t file_offset, uint8_t *buf,
+                     size_t len);
+int qcow2_zero_table(void *opaque, uint64_t file_offset, uint8_t *buf,
+                     size_t len);
+/* Refuse writes to an image found corrupt. */
+int qcow2_check_writable(struct vimg_image *img);
+/* Set the dirty bit of a lazy-refcount image before its first metadata
+ * change (no-op otherwise). */
+int qcow2_mark_dirty(struct vimg_image *img);
+/* Both of the above: call before a metadata change. */
+int qcow2_begin_change(struct vimg_image *img);
+
+/* qcow2-overlap.c: clusters that hold metadata (qemu's overlap check) */
+/* CLUSTER now holds a refcount block, L2 table or bitmap table. */
+int qcow2_meta_add(struct vimg_image *img, uint64_t cluster);
+void qcow2_meta_remove(struct vimg_image *img, uint64_t cluster);
+/* 0 if CLUSTER holds no metadata; else mark the image corrupt, -EIO. */
+int qcow2_check_free_cluster(struct vimg_image *img, uint64_t cluster);
+
+/* qcow2-alloc.c: allocation and refcounts (lock held) */
+int qcow2_get_refcount_locked(struct vimg_image *img, uint64_t cluster,
+                              uint64_t *out);
 /* Set the refcount of CLUSTER, whose refcount block must exist. */
 int qcow2_set_refcount(struct vimg_image *img, uint64_t cluster,
                        uint64_t value);
 /* CLUSTER becomes a new, zeroed (dirty) refcount block. */
 int qcow2_new_refblock(struct vimg_image *img, uint64_t cluster);
-/* CLUSTER now holds an L2 table (for the overlap check). */
-int qcow2_add_l2_table(struct vimg_image *img, uint64_t cluster);
-int qcow2_l2_for_write(struct vimg_image *img, uint64_t l1_index,
-                       uint64_t *l2_offset_out);
-int qcow2_l2_entry(struct vimg_image *img, uint64_t l2_offset, size_t i,
-                   uint64_t *entry, uint64_t *bitmap, bool is_store);
+/* Allocate N contiguous clusters (refcount 1); *offset_out is the first. */
+int qcow2_alloc_clusters(struct vimg_image *img, uint64_t n,
+                         uint64_t *offset_out);
+/* Room for LEN compressed bytes, packed after the previous ones. */
+int qcow2_alloc_bytes(struct vimg_image *img, size_t len,
+                      uint64_t *offset_out);
+/* Drop one reference from N clusters at OFFSET once metadata is synced. */
+int qcow2_free_clusters_later(struct vimg_image *img, uint64_t offset,
+                              uint64_t n);
 /* Drop (after the next sync) the reference an old L2 entry held. */
 int qcow2_release_entry(struct vimg_image *img, uint64_t entry);
-/* Refuse changes to an image found corrupt; set the dirty bit of a
- * lazy-refcount image before its first metadata change. */
-int qcow2_begin_change(struct vimg_image *img);
+/* Apply the frees recorded by qcow2_free_clusters_later (flush only). */
+int qcow2_apply_pending_frees(struct vimg_image *img);
+/* Load a new refcount structure (s->h says where) after dropping all
+ * state about the old one; nothing may be dirty. */
+int qcow2_reload_refcounts(struct vimg_image *img);
+
+/* qcow2-l2-update.c: L1/L2 table changes (lock held) */
+/* The L2 table at OFF through the cache (valid until the next cache use);
+ * mark it dirty with qcow2_cache_mark_dirty(s->l2_cache, table). */
+int qcow2_load_l2(struct vimg_image *img, uint64_t off, const uint8_t **out);
+/* The L2 table for L1_INDEX, ready to be changed: allocated if missing,
+ * copied if shared with a snapshot. */
+int qcow2_l2_for_write(struct vimg_image *img, uint64_t l1_index,
+                       uint64_t *l2_offset_out);
+/* Read (or, IS_STORE, store) entry I of the L2 table at L2_OFFSET. */
+int qcow2_l2_entry(struct vimg_image *img, uint64_t l2_offset, size_t i,
+                   uint64_t *entry, uint64_t *bitmap, bool is_store);
+/* Drop every guest cluster from FIRST_CLUSTER on from the tables. */
+int qcow2_drop_clusters_from(struct vimg_image *img, uint64_t first_cluster);
+/* Move the active L1 table to a larger one of NEW_ENTRIES entries. */
+int qcow2_grow_l1(struct vimg_image *img, uint64_t new_entries);
+
+/* qcow2-data.c: guest writes */
+int qcow2_pwrite(struct vimg_image *img, const void *buf, size_t count,
+                 uint64_t offset);
+int qcow2_write_zeroes(struct vimg_image *img, uint64_t offset,
+                       uint64_t count, unsigned flags);
+int qcow2_discard(struct vimg_image *img, uint64_t offset, uint64_t count);
+/* Zero (or drop) [OFFSET, OFFSET+N) inside one guest cluster; lock held. */
+int qcow2_zero_in_cluster(struct vimg_image *img, size_t n, uint64_t offset,
+                          bool is_unmap, bool is_discard);
+uint32_t qcow2_cluster_size(struct vimg_image *img);
+int qcow2_compress_cluster(struct vimg_image *img, const void *data,
+                           size_t len, void *out, size_t out_cap);
+int qcow2_pwrite_compressed(struct vimg_image *img, const void *data,
+                            size_t len, uint64_t offset);
+
+/* qcow2-resize.c */
+int qcow2_resize(struct vimg_image *img, uint64_t new_size,
+                 const char *preallocation, unsigned flags);
 
 /* qcow2-backing.c: what commit and rebase need from the driver */
 /* Make every guest cluster unallocated (reads go to the backing file). */
@@ -471,18 +516,6 @@ int qcow2_prealloc_is_zero_locked(struct vimg_image *img, uint64_t offset,
  */
 int qcow2_prealloc_grow_locked(struct vimg_image *img, uint64_t old_size,
                                uint64_t new_size, enum qcow2_prealloc mode);
-/* Refuse a broken image; set the dirty bit of a lazy-refcount one. */
-int qcow2_begin_change(struct vimg_image *img);
-/* The L2 table at OFF through the cache (valid until the next cache use);
- * mark it dirty with qcow2_cache_mark_dirty(s->l2_cache, table). */
-int qcow2_load_l2(struct vimg_image *img, uint64_t off, const uint8_t **out);
-/* Move the active L1 table to a larger one of NEW_ENTRIES entries. */
-int qcow2_grow_l1(struct vimg_image *img, uint64_t new_entries);
-
-/* Load a new refcount structure (s->h says where) after dropping all
- * state about the old one; nothing may be dirty. */
-int qcow2_reload_refcounts(struct vimg_image *img);
-
 /* qcow2-snapshot-write.c: internal snapshots (the lock is taken inside) */
 int qcow2_snapshot_create(struct vimg_image *img, const char *name);
 int qcow2_snapshot_apply(struct vimg_image *img, const char *id_or_name);

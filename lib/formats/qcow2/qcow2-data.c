@@ -1,0 +1,497 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2-data.c: the data path of writes: guest writes with copy-on-write
+ * (from the backing file, zero clusters, compressed and shared clusters)
+ * at subcluster granularity on extended L2 images, write-zeroes and
+ * discard, and compressed clusters.
+ *
+ * Concurrency: a write into a cluster that is already allocated and ours
+ * alone (COPIED) only looks up the mapping under the driver lock and
+ * writes without it, so such writes run in parallel.  Every other write
+ * holds the lock for its whole duration, so allocating writes never race.
+ * A flush waits for in-place writes in flight, so their clusters cannot
+ * be freed and reused under them.  Reads only hold the lock for lookups.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec/codec.h"
+#include "formats/qcow2/qcow2.h"
+#include "vimg-endian.h"
+
+/* One guest cluster being written: its L2 entry before the write, the
+ * part of the cluster the write covers, and the host cluster it goes to. */
+struct cluster_write {
+    uint64_t cstart;         /* guest offset of the cluster */
+    uint64_t in;             /* where the write starts in the cluster */
+    size_t n;                /* bytes written */
+    uint64_t l2_off;         /* the L2 table, ready to be changed */
+    size_t index;            /* the entry in it */
+    uint64_t entry, bitmap;  /* the entry before the write */
+    bool is_compressed, has_host, is_copied;
+    uint64_t old_host;
+    uint64_t w_start, w_end; /* the bytes of the cluster written */
+    uint64_t host;           /* where the cluster's data goes */
+};
+
+/* Find (and make changeable) the L2 entry of the cluster at OFFSET. */
+static int cw_lookup(struct vimg_image *img, uint64_t offset, size_t n,
+                     struct cluster_write *w)
+{
+    struct qcow2_state *s = img->priv;
+    const uint64_t cluster_index = offset >> s->cluster_bits;
+    const uint64_t l1_index = cluster_index >> s->l2_bits;
+
+    w->cstart = offset & ~(s->cluster_size - 1);
+    w->in = offset - w->cstart;
+    w->n = n;
+    w->index = (size_t)(cluster_index & ((1ull << s->l2_bits) - 1));
+    if (l1_index >= s->h.l1_size) {
+        return vimg_error(-EIO, "%s: write beyond the L1 table",
+                          img->filename);
+    }
+    int ret = qcow2_l2_for_write(img, l1_index, &w->l2_off);
+    if (ret == 0) {
+        ret = qcow2_l2_entry(img, w->l2_off, w->index, &w->entry, &w->bitmap,
+                             false);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    w->is_compressed = w->entry & QCOW2_OFLAG_COMPRESSED;
+    w->has_host = !w->is_compressed &&
+                  ((w->entry & QCOW2_L2E_OFFSET_MASK) ||
+                   (s->has_data_file && (w->entry & QCOW2_OFLAG_COPIED)));
+    w->is_copied = (w->entry & QCOW2_OFLAG_COPIED) != 0;
+    w->old_host = w->entry & QCOW2_L2E_OFFSET_MASK;
+    return 0;
+}
+
+/* What part of the cluster gets written: whole subclusters on extended
+ * L2 images (the rest of a partial one is copied), the whole cluster
+ * otherwise unless the host cluster is ours to change. */
+static void cw_span(const struct qcow2_state *s, struct cluster_write *w)
+{
+    const uint64_t cs = s->cluster_size;
+
+    if (s->has_subclusters && !w->is_compressed) {
+        const uint64_t sc = cs / QCOW2_SUBCLUSTERS;
+        w->w_start = w->in / sc * sc;
+        w->w_end = VIMG_DIV_ROUND_UP(w->in + w->n, sc) * sc;
+    } else if (w->has_host && w->is_copied &&
+               !(w->entry & QCOW2_OFLAG_ZERO && !s->has_subclusters)) {
+        w->w_start = w->in;
+        w->w_end = w->in + w->n;
+    } else if (s->has_data_file && w->has_host) {
+        w->w_start = w->in;
+        w->w_end = w->in + w->n;
+    } else {
+        w->w_start = 0;
+        w->w_end = cs;
+    }
+    /* a ZERO_ALLOC host cluster we own: rewrite it whole (zeroes + data) */
+    if (!s->has_subclusters && w->has_host &&
+        (w->entry & QCOW2_OFLAG_ZERO)) {
+        w->w_start = 0;
+        w->w_end = cs;
+    }
+}
+
+/* Where the data goes: the data file at the guest offset, the host
+ * cluster we own, or a new cluster. */
+static int cw_target(struct vimg_image *img, struct cluster_write *w)
+{
+    struct qcow2_state *s = img->priv;
+
+    if (s->has_data_file) {
+        w->host = w->cstart; /* guest offset = data file offset */
+    } else if (w->has_host && w->is_copied) {
+        w->host = w->old_host;
+    } else {
+        return qcow2_alloc_clusters(img, 1, &w->host);
+    }
+    return 0;
+}
+
+/* [w_start, w_end) as it must be written: the current guest content
+ * (copy-on-write), then BUF (zeroes if NULL) over it.  Free *OUT. */
+static int cw_build(struct vimg_image *img, const uint8_t *buf,
+                    const struct cluster_write *w, uint8_t **out)
+{
+    const size_t len = (size_t)(w->w_end - w->w_start);
+    const bool is_covered = w->w_start == w->in && w->w_end == w->in + w->n;
+    uint8_t *cow = malloc(len);
+
+    *out = NULL;
+    if (!cow) {
+        return vimg_error(-ENOMEM, "out of memory");
+    }
+    if (!is_covered) {
+        int ret = qcow2_read_range(img, cow, len, w->cstart + w->w_start,
+                                   true);
+        if (ret < 0) {
+            free(cow);
+            return ret;
+        }
+    }
+    if (buf) {
+        memcpy(cow + (w->in - w->w_start), buf, w->n);
+    } else {
+        memset(cow + (w->in - w->w_start), 0, w->n);
+    }
+    *out = cow;
+    return 0;
+}
+
+/* Write COW to the host cluster.  A shared or compressed cluster moving
+ * to a new host on an extended L2 image takes its other allocated
+ * subclusters along. */
+static int cw_write_data(struct vimg_image *img,
+                         const struct cluster_write *w, const uint8_t *cow)
+{
+    struct qcow2_state *s = img->priv;
+    const size_t len = (size_t)(w->w_end - w->w_start);
+    int ret;
+
+    if (s->has_subclusters && !w->is_compressed && w->has_host &&
+        !w->is_copied && !s->has_data_file) {
+        const size_t cs = (size_t)s->cluster_size;
+        uint8_t *whole = malloc(cs);
+        if (!whole) {
+            return vimg_error(-ENOMEM, "out of memory");
+        }
+        ret = vimg_io_pread(img->io, whole, cs, w->old_host);
+        if (ret == 0) {
+            memcpy(whole + w->w_start, cow, len);
+            ret = vimg_io_pwrite(s->data_io, whole, cs, w->host);
+        }
+        free(whole);
+    } else {
+        ret = vimg_io_pwrite(s->data_io, cow, len, w->host + w->w_start);
+    }
+    if (ret == 0) {
+        s->is_unsynced = true;
+    }
+    return ret;
+}
+
+/* Point the L2 entry at the new data (subclusters written become
+ * allocated), and drop the old shared or compressed copy. */
+static int cw_update_entry(struct vimg_image *img,
+                           const struct cluster_write *w)
+{
+    struct qcow2_state *s = img->priv;
+    uint64_t new_entry = (s->has_data_file && w->host == 0 ? 0 : w->host) |
+                         QCOW2_OFLAG_COPIED;
+    uint64_t new_bitmap = 0;
+
+    if (s->has_subclusters) {
+        const uint64_t sc = s->cluster_size / QCOW2_SUBCLUSTERS;
+        uint32_t touched = 0;
+        for (uint64_t k = w->w_start / sc; k < w->w_end / sc; k++) {
+            touched |= 1u << k;
+        }
+        if (w->is_compressed) {
+            touched = 0xffffffffu; /* decompressed whole */
+        }
+        const uint32_t alloc =
+            (w->is_compressed ? 0 : (uint32_t)w->bitmap) | touched;
+        const uint32_t zero =
+            (w->is_compressed ? 0 : (uint32_t)(w->bitmap >> 32)) & ~touched;
+        new_bitmap = (uint64_t)zero << 32 | alloc;
+    }
+    if (new_entry == w->entry && new_bitmap == w->bitmap) {
+        return 0;
+    }
+    int ret = qcow2_l2_entry(img, w->l2_off, w->index, &new_entry,
+                             &new_bitmap, true);
+    if (ret == 0 && !w->is_copied && !s->has_data_file) {
+        ret = qcow2_release_entry(img, w->entry);
+    }
+    return ret;
+}
+
+/*
+ * Write [OFFSET, OFFSET+N) inside one guest cluster.  BUF NULL writes
+ * zeroes as data.  The caller holds the lock.  Order: data, then the L2
+ * entry (written back after the data and refcounts are durable).
+ */
+static int write_in_cluster(struct vimg_image *img, const uint8_t *buf,
+                            size_t n, uint64_t offset)
+{
+    struct cluster_write w;
+    uint8_t *cow = NULL;
+    int ret = cw_lookup(img, offset, n, &w);
+
+    if (ret < 0) {
+        return ret;
+    }
+    cw_span(img->priv, &w);
+    ret = cw_target(img, &w);
+    if (ret == 0) {
+        ret = cw_build(img, buf, &w, &cow);
+    }
+    if (ret == 0) {
+        ret = cw_write_data(img, &w, cow);
+    }
+    if (ret == 0) {
+        ret = cw_update_entry(img, &w);
+    }
+    free(cow);
+    return ret;
+}
+
+int qcow2_pwrite(struct vimg_image *img, const void *buf, size_t count,
+                 uint64_t offset)
+{
+    struct qcow2_state *s = img->priv;
+    const uint8_t *p = buf;
+    int ret = 0;
+
+    pthread_mutex_lock(&s->lock);
+    ret = qcow2_check_writable(img);
+    if (ret == 0) {
+        ret = qcow2_dirty_note_locked(img, offset, count);
+    }
+    while (ret == 0 && count > 0) {
+        const uint64_t room = s->cluster_size - (offset & (s->cluster_size - 1));
+        const size_t n = (size_t)VIMG_MIN((uint64_t)count, room);
+        struct qcow2_mapping m;
+        ret = s->nb_flush_waiters ? 1
+                                  : qcow2_get_mapping_locked(img, offset, n, &m);
+        if (ret == 0 && m.type == QCOW2_SC_NORMAL && m.is_copied &&
+            m.length == n) {
+            /* in place: no metadata changes, no lock during the I/O */
+            s->nb_inflight++;
+            pthread_mutex_unlock(&s->lock);
+            ret = vimg_io_pwrite(s->data_io, p, n, m.host_offset);
+            pthread_mutex_lock(&s->lock);
+            s->is_unsynced = true;
+            if (--s->nb_inflight == 0) {
+                pthread_cond_broadcast(&s->inflight_done);
+            }
+        } else if (ret >= 0) {
+            ret = qcow2_mark_dirty(img);
+            if (ret == 0) {
+                ret = write_in_cluster(img, p, n, offset);
+            }
+        }
+        p += n;
+        offset += n;
+        count -= n;
+    }
+    if (ret == -EIO && strstr(vimg_last_error(), "corrupt")) {
+        s->is_broken = true;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* Zero (or, IS_DISCARD, drop) whole cluster or whole subclusters of
+ * [OFFSET, OFFSET+N) in one guest cluster, writing zero data where the
+ * format cannot record zeroes. */
+int qcow2_zero_in_cluster(struct vimg_image *img, size_t n, uint64_t offset,
+                          bool is_unmap, bool is_discard)
+{
+    struct qcow2_state *s = img->priv;
+    const uint64_t cs = s->cluster_size;
+    const uint64_t in = offset & (cs - 1);
+    const bool has_backing = img->backing_name != NULL;
+    const uint64_t unit = s->has_subclusters ? cs / QCOW2_SUBCLUSTERS : cs;
+
+    /* partial units, raw data files and v2 images with a backing file
+     * take zero data */
+    if ((in % unit) || (n % unit) || s->is_data_file_raw ||
+        (s->h.version < 3 && has_backing)) {
+        return write_in_cluster(img, NULL, n, offset);
+    }
+    const uint64_t cluster_index = offset >> s->cluster_bits;
+    const uint64_t l1_index = cluster_index >> s->l2_bits;
+    const size_t i = (size_t)(cluster_index & ((1ull << s->l2_bits) - 1));
+    /* nothing to do where it already reads as zeroes by itself */
+    struct qcow2_mapping m;
+    int ret = qcow2_get_mapping_locked(img, offset, n, &m);
+    if (ret < 0) {
+        return ret;
+    }
+    /* (an unallocated range without a backing file reads as zeroes too,
+     * but writing zeroes records them, as qemu does: a backing file given
+     * later, by rebase, must not show through) */
+    if (m.length == n && (m.type == QCOW2_SC_ZERO_PLAIN ||
+                          (m.type == QCOW2_SC_UNALLOCATED && !has_backing &&
+                           is_discard))) {
+        return 0;
+    }
+    uint64_t l2_off, entry, bitmap;
+    ret = qcow2_l2_for_write(img, l1_index, &l2_off);
+    if (ret == 0) {
+        ret = qcow2_l2_entry(img, l2_off, i, &entry, &bitmap, false);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    const bool is_compressed = entry & QCOW2_OFLAG_COMPRESSED;
+    const bool is_copied = entry & QCOW2_OFLAG_COPIED;
+    const bool has_host = !is_compressed &&
+                          ((entry & QCOW2_L2E_OFFSET_MASK) ||
+                           (s->has_data_file && is_copied));
+    uint64_t new_entry, new_bitmap = 0;
+    bool is_released = false;
+
+    if (s->has_subclusters) {
+        if (is_compressed && n != cs) {
+            return write_in_cluster(img, NULL, n, offset);
+        }
+        uint32_t mask = 0;
+        for (uint64_t k = in / unit; k < (in + n) / unit; k++) {
+            mask |= 1u << k;
+        }
+        uint32_t alloc = is_compressed ? 0 : (uint32_t)bitmap & ~mask;
+        uint32_t zero = is_compressed ? 0 : (uint32_t)(bitmap >> 32);
+        if (is_discard && !has_backing) {
+            zero &= ~mask; /* unallocated reads as zeroes */
+        } else {
+            zero |= mask;
+        }
+        new_entry = is_compressed ? 0 : entry;
+        is_released = is_compressed;
+        if (alloc == 0 && has_host && (is_unmap || is_discard) &&
+            !s->has_data_file) {
+            /* no allocated subcluster left: give the host cluster back */
+            new_entry = 0;
+            is_released = true;
+        }
+        new_bitmap = (uint64_t)zero << 32 | alloc;
+    } else if (n != cs) {
+        return write_in_cluster(img, NULL, n, offset);
+    } else if (is_discard && !has_backing) {
+        new_entry = 0;
+        is_released = true;
+    } else if (s->h.version < 3) {
+        new_entry = 0; /* v2 without backing: unallocated reads zeroes */
+        is_released = true;
+    } else if (has_host && is_copied && !is_unmap) {
+        new_entry = entry | QCOW2_OFLAG_ZERO; /* keep the preallocation */
+    } else {
+        new_entry = QCOW2_OFLAG_ZERO;
+        is_released = true;
+    }
+    ret = qcow2_l2_entry(img, l2_off, i, &new_entry, &new_bitmap, true);
+    if (ret == 0 && is_released && !s->has_data_file) {
+        ret = qcow2_release_entry(img, entry);
+    }
+    return ret;
+}
+
+static int zero_range(struct vimg_image *img, uint64_t offset,
+                      uint64_t count, bool is_unmap, bool is_discard)
+{
+    struct qcow2_state *s = img->priv;
+    int ret = 0;
+
+    pthread_mutex_lock(&s->lock);
+    ret = qcow2_begin_change(img);
+    if (ret == 0) {
+        ret = qcow2_dirty_note_locked(img, offset, count);
+    }
+    while (ret == 0 && count > 0) {
+        const uint64_t room = s->cluster_size - (offset & (s->cluster_size - 1));
+        const size_t n = (size_t)VIMG_MIN(count, room);
+        ret = qcow2_zero_in_cluster(img, n, offset, is_unmap, is_discard);
+        offset += n;
+        count -= n;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+int qcow2_write_zeroes(struct vimg_image *img, uint64_t offset,
+                       uint64_t count, unsigned flags)
+{
+    return zero_range(img, offset, count, flags & VIMG_ZERO_MAY_UNMAP, false);
+}
+
+int qcow2_discard(struct vimg_image *img, uint64_t offset, uint64_t count)
+{
+    return zero_range(img, offset, count, true, true);
+}
+
+uint32_t qcow2_cluster_size(struct vimg_image *img)
+{
+    return (uint32_t)((struct qcow2_state *)img->priv)->cluster_size;
+}
+
+int qcow2_compress_cluster(struct vimg_image *img, const void *data,
+                           size_t len, void *out, size_t out_cap)
+{
+    struct qcow2_state *s = img->priv;
+    const size_t cs = (size_t)s->cluster_size;
+    const uint8_t *in = data;
+    uint8_t *padded = NULL;
+
+    if (len < cs) {
+        /* the last cluster of an odd-sized disk: zero padding */
+        padded = calloc(1, cs);
+        if (!padded) {
+            return vimg_error(-ENOMEM, "out of memory");
+        }
+        memcpy(padded, data, len);
+        in = padded;
+    }
+    /* worth it only if it saves at least a byte of the cluster */
+    const size_t cap = VIMG_MIN(out_cap, cs - 1);
+    int ret = s->h.compression_type == QCOW2_COMPRESSION_ZSTD
+                  ? vimg_zstd_compress(in, cs, out, cap)
+                  : vimg_deflate_raw(in, cs, out, cap);
+    free(padded);
+    return ret;
+}
+
+int qcow2_pwrite_compressed(struct vimg_image *img, const void *data,
+                            size_t len, uint64_t offset)
+{
+    struct qcow2_state *s = img->priv;
+    int ret = 0;
+
+    if (s->has_data_file) {
+        return vimg_error(-ENOTSUP, "%s: compressed clusters cannot live in "
+                                    "an external data file",
+                          img->filename);
+    }
+    pthread_mutex_lock(&s->lock);
+    ret = qcow2_begin_change(img);
+    if (ret == 0) {
+        /* LEN is the compressed size: the whole guest cluster changes */
+        ret = qcow2_dirty_note_locked(img, offset, s->cluster_size);
+    }
+    const uint64_t cluster_index = offset >> s->cluster_bits;
+    const uint64_t l1_index = cluster_index >> s->l2_bits;
+    const size_t i = (size_t)(cluster_index & ((1ull << s->l2_bits) - 1));
+    uint64_t l2_off, entry, bitmap, host = 0;
+    if (ret == 0) {
+        ret = qcow2_l2_for_write(img, l1_index, &l2_off);
+    }
+    if (ret == 0) {
+        ret = qcow2_l2_entry(img, l2_off, i, &entry, &bitmap, false);
+    }
+    if (ret == 0) {
+        ret = qcow2_alloc_bytes(img, len, &host);
+    }
+    if (ret == 0) {
+        ret = vimg_io_pwrite(img->io, data, len, host);
+        s->is_unsynced = true;
+    }
+    if (ret == 0) {
+        /* descriptor: offset, then the number of extra 512-byte sectors */
+        const uint64_t sectors = (host + len - 1) / 512 - host / 512;
+        uint64_t new_entry = QCOW2_OFLAG_COMPRESSED | host |
+                             (sectors << s->csize_shift);
+        uint64_t new_bitmap = 0;
+        ret = qcow2_l2_entry(img, l2_off, i, &new_entry, &new_bitmap, true);
+        if (ret == 0) {
+            ret = qcow2_release_entry(img, entry); /* whatever was there */
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
