@@ -73,9 +73,7 @@ uint64_t qcow2_check_compare_end(const struct check_state *ck)
 /* Is refcount table entry IDX's block unreadable (unaligned)? */
 bool qcow2_check_is_block_broken(const struct check_state *ck, uint64_t idx)
 {
-    return idx < ck->reftable_entries &&
-           (ck->reftable[idx] & QCOW2_REFT_OFFSET_MASK &
-            (ck->cluster_size - 1));
+    return (refblock_offset(ck, idx) & (ck->cluster_size - 1)) != 0;
 }
 
 /* The stored refcount of cluster C, read from the file: -EIO when its
@@ -83,12 +81,9 @@ bool qcow2_check_is_block_broken(const struct check_state *ck, uint64_t idx)
 static int read_stored_refcount(struct check_state *ck, uint64_t c,
                                 uint64_t *out)
 {
-    const uint64_t idx = c / ck->refblock_entries;
+    const uint64_t off = refblock_offset(ck, c / ck->refblock_entries);
+
     *out = 0;
-    if (idx >= ck->reftable_entries) {
-        return 0;
-    }
-    const uint64_t off = ck->reftable[idx] & QCOW2_REFT_OFFSET_MASK;
     if (!off) {
         return 0;
     }
@@ -110,6 +105,125 @@ static int read_stored_refcount(struct check_state *ck, uint64_t c,
     return 0;
 }
 
+/* What one compare does: which repairs it may make, and whether it
+ * writes them. */
+struct compare_pass {
+    unsigned fix;     /* VIMG_CHECK_REPAIR_* allowed now */
+    bool is_final;    /* write the repairs; keep stored refcounts */
+    bool has_lowered; /* leaks fixed: refcounts to lower at the end */
+};
+
+/* Every cluster [FIRST, LAST) counted by the refcount block at OFF, which
+ * is not aligned: one check error each, as in qemu. */
+static void report_unaligned_block(struct check_state *ck,
+                                   struct check_part *p, uint64_t first,
+                                   uint64_t last, uint64_t off)
+{
+    for (uint64_t c = first; c < last; c++) {
+        p->result.check_errors++;
+        qcow2_check_say(ck, p,
+                        "ERROR: cannot get the refcount of cluster %llu "
+                        "(0x%llx): its refcount block at 0x%llx is not "
+                        "cluster aligned",
+                        (unsigned long long)c,
+                        (unsigned long long)(c << ck->cluster_bits),
+                        (unsigned long long)off);
+    }
+}
+
+/*
+ * Cluster C has the refcount STORED in the refcount block at OFF (BLOCK,
+ * whose first cluster is FIRST), but COMPUTED references.  Report it, and
+ * either fix it (raised in BLOCK, or lowered later) or count it as a
+ * corruption or a leak.  Returns true when BLOCK was changed.
+ */
+static bool compare_cluster(struct check_state *ck, struct check_part *p,
+                            struct compare_pass *cmp, uint64_t c,
+                            uint64_t stored, uint64_t computed, uint64_t off,
+                            uint8_t *block, uint64_t first)
+{
+    uint64_t *fixed = NULL;
+
+    if (stored == 0) {
+        ck->is_rebuild_needed = true;
+    } else if (stored > computed && (cmp->fix & VIMG_CHECK_REPAIR_LEAKS)) {
+        fixed = &p->result.leaks_fixed;
+    } else if (stored < computed && (cmp->fix & VIMG_CHECK_REPAIR_ERRORS)) {
+        fixed = &p->result.corruptions_fixed;
+    }
+    qcow2_check_say(ck, p,
+                    "%s cluster %llu (0x%llx): refcount %llu in the "
+                    "refcount block at 0x%llx, but %llu reference%s",
+                    fixed               ? "Repairing"
+                    : stored < computed ? "ERROR:"
+                                        : "Leaked",
+                    (unsigned long long)c,
+                    (unsigned long long)(c << ck->cluster_bits),
+                    (unsigned long long)stored, (unsigned long long)off,
+                    (unsigned long long)computed, computed == 1 ? "" : "s");
+    if (fixed) {
+        (*fixed)++;
+        if (stored < computed) {
+            qcow2_refcount_set(block, c - first, ck->s->h.refcount_order,
+                               computed);
+            return true;
+        }
+        cmp->has_lowered = true;
+        return false;
+    }
+    if (stored < computed) {
+        p->result.corruptions++;
+        if (ck->suspects && ck->nb_suspects < CHECK_MAX_SUSPECTS) {
+            ck->suspects[ck->nb_suspects++].cluster = c;
+        }
+    } else {
+        p->result.leaks++;
+    }
+    if (cmp->is_final) {
+        /* keep what the file says, for the COPIED pass */
+        qcow2_check_count_set(ck, c, stored);
+    }
+    return false;
+}
+
+/* Compare clusters [FIRST, LAST) with the refcount block at OFF, read
+ * into BLOCK (OFF 0: there is none, every stored refcount is 0).  Returns
+ * true when refcounts in BLOCK were raised. */
+static bool compare_block(struct check_state *ck, struct check_part *p,
+                          struct compare_pass *cmp, uint64_t first,
+                          uint64_t last, uint64_t off, uint8_t *block)
+{
+    const unsigned order = ck->s->h.refcount_order;
+    bool is_raised = false;
+
+    for (uint64_t c = first; c < last; c++) {
+        if (order == 4 && off) {
+            /* the common width: skip equal entries quickly */
+            while (c < last && ck->counts[c] < COUNT_SATURATED &&
+                   load_be16(block + 2 * (c - first)) == ck->counts[c]) {
+                if (ck->counts[c]) {
+                    ck->last_used_cluster = c;
+                }
+                c++;
+            }
+            if (c == last) {
+                break;
+            }
+        }
+        const uint64_t stored =
+            off ? qcow2_refcount_get(block, c - first, order) : 0;
+        const uint64_t computed = count_get(ck, c);
+        if (stored || computed) {
+            ck->last_used_cluster = c;
+        }
+        if (stored != computed) {
+            is_raised |= compare_cluster(ck, p, cmp, c, stored, computed, off,
+                                         block, first);
+        }
+    }
+    return is_raised;
+}
+
 /*
  * Compare the computed refcounts with the stored ones (qemu's
  * compare_refcounts).  FIX: the repairs allowed now.  With IS_FINAL, the
@@ -121,15 +235,11 @@ int qcow2_check_compare_refcounts(struct check_state *ck, struct check_part *p,
 {
     const uint64_t end = qcow2_check_compare_end(ck);
     const uint64_t refblock_entries = ck->refblock_entries;
-    const unsigned order = ck->s->h.refcount_order;
+    struct compare_pass cmp = {.fix = fix, .is_final = is_final};
     uint8_t *block = malloc((size_t)ck->cluster_size);
-    uint8_t *orig = malloc((size_t)ck->cluster_size);
     int ret = 0;
-    bool has_lowered = false;
 
-    if (!block || !orig) {
-        free(block);
-        free(orig);
+    if (!block) {
         p->result.check_errors++;
         return vimg_error(-ENOMEM, "out of memory");
     }
@@ -137,21 +247,9 @@ int qcow2_check_compare_refcounts(struct check_state *ck, struct check_part *p,
     for (uint64_t idx = 0; idx * refblock_entries < end; idx++) {
         const uint64_t first = idx * refblock_entries;
         const uint64_t last = VIMG_MIN(end, first + refblock_entries);
-        const uint64_t off = idx < ck->reftable_entries
-                                 ? ck->reftable[idx] & QCOW2_REFT_OFFSET_MASK
-                                 : 0;
+        const uint64_t off = refblock_offset(ck, idx);
         if (off & (ck->cluster_size - 1)) {
-            for (uint64_t c = first; c < last; c++) {
-                p->result.check_errors++;
-                qcow2_check_say(
-                    ck, p,
-                    "ERROR: cannot get the refcount of cluster %llu "
-                    "(0x%llx): its refcount block at 0x%llx is not cluster "
-                    "aligned",
-                    (unsigned long long)c,
-                    (unsigned long long)(c << ck->cluster_bits),
-                    (unsigned long long)off);
-            }
+            report_unaligned_block(ck, p, first, last, off);
             continue;
         }
         if (off) {
@@ -164,131 +262,19 @@ int qcow2_check_compare_refcounts(struct check_state *ck, struct check_part *p,
                                 (unsigned long long)off, vimg_last_error());
                 goto out;
             }
-            memcpy(orig, block, (size_t)ck->cluster_size);
         }
-        bool is_raised = false;
-        for (uint64_t c = first; c < last; c++) {
-            if (order == 4 && off) {
-                /* the common width: skip equal entries quickly */
-                while (c < last && ck->counts[c] < COUNT_SATURATED &&
-                       load_be16(block + 2 * (c - first)) == ck->counts[c]) {
-                    if (ck->counts[c]) {
-                        ck->last_used_cluster = c;
-                    }
-                    c++;
-                }
-                if (c == last) {
-                    break;
-                }
-            }
-            const uint64_t stored =
-                off ? qcow2_refcount_get(block, c - first, order) : 0;
-            const uint64_t computed = count_get(ck, c);
-            if (stored || computed) {
-                ck->last_used_cluster = c;
-            }
-            if (stored == computed) {
-                continue;
-            }
-            uint64_t *fixed = NULL;
-            if (stored == 0) {
-                ck->is_rebuild_needed = true;
-            } else if (stored > computed &&
-                       (fix & VIMG_CHECK_REPAIR_LEAKS)) {
-                fixed = &p->result.leaks_fixed;
-            } else if (stored < computed &&
-                       (fix & VIMG_CHECK_REPAIR_ERRORS)) {
-                fixed = &p->result.corruptions_fixed;
-            }
-            qcow2_check_say(
-                ck, p,
-                "%s cluster %llu (0x%llx): refcount %llu in the refcount "
-                "block at 0x%llx, but %llu reference%s",
-                fixed               ? "Repairing"
-                : stored < computed ? "ERROR:"
-                                    : "Leaked",
-                (unsigned long long)c,
-                (unsigned long long)(c << ck->cluster_bits),
-                (unsigned long long)stored, (unsigned long long)off,
-                (unsigned long long)computed, computed == 1 ? "" : "s");
-            if (fixed) {
-                (*fixed)++;
-                if (stored < computed) {
-                    qcow2_refcount_set(block, c - first, order, computed);
-                    is_raised = true;
-                } else {
-                    has_lowered = true;
-                }
-                continue;
-            }
-            if (stored < computed) {
-                p->result.corruptions++;
-                if (ck->suspects && ck->nb_suspects < CHECK_MAX_SUSPECTS) {
-                    ck->suspects[ck->nb_suspects++].cluster = c;
-                }
-            } else {
-                p->result.leaks++;
-            }
-            if (is_final) {
-                /* keep what the file says, for the COPIED pass */
-                qcow2_check_count_set(ck, c, stored);
-            }
-        }
-        if (is_final && is_raised) {
-            ret = qcow2_check_write(ck, block, (size_t)ck->cluster_size, off);
+        if (compare_block(ck, p, &cmp, first, last, off, block) && is_final) {
+            ret = qcow2_check_write_raised_block(ck, p, block, off);
             if (ret < 0) {
-                p->result.check_errors++;
-                qcow2_check_say(ck, p,
-                                "ERROR: could not write the refcount block at "
-                                "0x%llx: %s",
-                                (unsigned long long)off, vimg_last_error());
                 goto out;
             }
         }
     }
-    if (!is_final || !has_lowered) {
-        if (is_final && fix) {
-            ret = qcow2_check_sync(ck);
-        }
-        goto out;
-    }
-    /* Raised refcounts are durable before any is lowered: a crash in
-     * between leaves leaks, never a cluster in use with too low a count. */
-    ret = qcow2_check_sync(ck);
-    for (uint64_t idx = 0; ret == 0 && idx * refblock_entries < end; idx++) {
-        const uint64_t first = idx * refblock_entries;
-        const uint64_t last = VIMG_MIN(end, first + refblock_entries);
-        const uint64_t off = idx < ck->reftable_entries
-                                 ? ck->reftable[idx] & QCOW2_REFT_OFFSET_MASK
-                                 : 0;
-        if (!off || (off & (ck->cluster_size - 1))) {
-            continue;
-        }
-        ret = qcow2_check_read(ck, block, (size_t)ck->cluster_size, off);
-        bool is_lowered = false;
-        for (uint64_t c = first; ret == 0 && c < last; c++) {
-            const uint64_t stored = qcow2_refcount_get(block, c - first, order);
-            const uint64_t computed = count_get(ck, c);
-            if (stored > computed) {
-                qcow2_refcount_set(block, c - first, order, computed);
-                is_lowered = true;
-            }
-        }
-        if (ret == 0 && is_lowered) {
-            ret = qcow2_check_write(ck, block, (size_t)ck->cluster_size, off);
-        }
-    }
-    if (ret == 0) {
-        ret = qcow2_check_sync(ck);
-    }
-    if (ret < 0) {
-        p->result.check_errors++;
-        qcow2_check_say(ck, p, "ERROR: could not write refcount blocks: %s",
-                        vimg_last_error());
+    if (is_final) {
+        ret = qcow2_check_lower_leaked(ck, p, fix, cmp.has_lowered, block);
     }
 out:
     free(block);
-    free(orig);
     return ret;
 }
 

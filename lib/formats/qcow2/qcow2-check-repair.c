@@ -41,6 +41,78 @@ int qcow2_check_zero_l2_entry(struct check_state *ck, uint64_t l2_off,
     return ret == 0 ? qcow2_check_sync(ck) : ret;
 }
 
+/* ---------------------------------------------------------- refcounts */
+
+int qcow2_check_write_raised_block(struct check_state *ck,
+                                   struct check_part *p, const uint8_t *block,
+                                   uint64_t off)
+{
+    int ret = qcow2_check_write(ck, block, (size_t)ck->cluster_size, off);
+
+    if (ret < 0) {
+        p->result.check_errors++;
+        qcow2_check_say(ck, p,
+                        "ERROR: could not write the refcount block at 0x%llx: "
+                        "%s",
+                        (unsigned long long)off, vimg_last_error());
+    }
+    return ret;
+}
+
+/* Lower the stored refcounts of refcount block IDX that are above the
+ * counts, with BLOCK (one cluster) to work in. */
+static int lower_block(struct check_state *ck, uint64_t idx, uint8_t *block)
+{
+    const unsigned order = ck->s->h.refcount_order;
+    const uint64_t first = idx * ck->refblock_entries;
+    const uint64_t last =
+        VIMG_MIN(qcow2_check_compare_end(ck), first + ck->refblock_entries);
+    const uint64_t off = refblock_offset(ck, idx);
+    bool is_lowered = false;
+
+    if (!off || (off & (ck->cluster_size - 1))) {
+        return 0;
+    }
+    int ret = qcow2_check_read(ck, block, (size_t)ck->cluster_size, off);
+    for (uint64_t c = first; ret == 0 && c < last; c++) {
+        const uint64_t stored = qcow2_refcount_get(block, c - first, order);
+        const uint64_t computed = count_get(ck, c);
+        if (stored > computed) {
+            qcow2_refcount_set(block, c - first, order, computed);
+            is_lowered = true;
+        }
+    }
+    if (ret == 0 && is_lowered) {
+        ret = qcow2_check_write(ck, block, (size_t)ck->cluster_size, off);
+    }
+    return ret;
+}
+
+int qcow2_check_lower_leaked(struct check_state *ck, struct check_part *p,
+                             unsigned fix, bool has_lowered, uint8_t *block)
+{
+    if (!has_lowered) {
+        return fix ? qcow2_check_sync(ck) : 0;
+    }
+    /* Raised refcounts are durable before any is lowered: a crash in
+     * between leaves leaks, never a cluster in use with too low a count. */
+    const uint64_t end = qcow2_check_compare_end(ck);
+    int ret = qcow2_check_sync(ck);
+    for (uint64_t idx = 0; ret == 0 && idx * ck->refblock_entries < end;
+         idx++) {
+        ret = lower_block(ck, idx, block);
+    }
+    if (ret == 0) {
+        ret = qcow2_check_sync(ck);
+    }
+    if (ret < 0) {
+        p->result.check_errors++;
+        qcow2_check_say(ck, p, "ERROR: could not write refcount blocks: %s",
+                        vimg_last_error());
+    }
+    return ret;
+}
+
 /* ------------------------------------------------------------- rebuild */
 
 static int grow_counts(struct check_state *ck, uint64_t n)
@@ -59,6 +131,121 @@ static int grow_counts(struct check_state *ck, uint64_t n)
     return 0;
 }
 
+/* Where a rebuilt refcount structure goes: its blocks, then its table,
+ * in fresh clusters from START on, counting every cluster up to their
+ * own end. */
+struct refcount_layout {
+    uint64_t start;
+    uint64_t nb_blocks;
+    uint64_t table_clusters;
+};
+
+static uint64_t layout_end(const struct refcount_layout *l)
+{
+    return l->start + l->nb_blocks + l->table_clusters;
+}
+
+/* Blocks and table that count everything below START and themselves. */
+static void plan_layout(const struct check_state *ck,
+                        struct refcount_layout *l)
+{
+    const uint64_t per_table_cluster = ck->cluster_size / 8;
+
+    l->start = VIMG_MAX(qcow2_check_compare_end(ck),
+                        VIMG_DIV_ROUND_UP(ck->s->file_size, ck->cluster_size));
+    l->nb_blocks = VIMG_DIV_ROUND_UP(l->start, ck->refblock_entries);
+    l->table_clusters = VIMG_DIV_ROUND_UP(l->nb_blocks, per_table_cluster);
+    for (;;) {
+        const uint64_t b =
+            VIMG_DIV_ROUND_UP(layout_end(l), ck->refblock_entries);
+        const uint64_t t = VIMG_DIV_ROUND_UP(b, per_table_cluster);
+        if (b == l->nb_blocks && t == l->table_clusters) {
+            return;
+        }
+        l->nb_blocks = b;
+        l->table_clusters = t;
+    }
+}
+
+/* The refcount blocks of layout L, from the counts, contiguous: written
+ * in batches of up to 1 MiB from BUF (BATCH clusters). */
+static int write_refblocks(struct check_state *ck,
+                           const struct refcount_layout *l, uint8_t *buf,
+                           uint64_t batch)
+{
+    const uint64_t end = layout_end(l);
+
+    for (uint64_t i = 0; i < l->nb_blocks; i += batch) {
+        const uint64_t n = VIMG_MIN(batch, l->nb_blocks - i);
+        memset(buf, 0, (size_t)(n << ck->cluster_bits));
+        for (uint64_t k = 0; k < n; k++) {
+            uint8_t *b = buf + (k << ck->cluster_bits);
+            const uint64_t first = (i + k) * ck->refblock_entries;
+            const uint64_t last = VIMG_MIN(end, first + ck->refblock_entries);
+            for (uint64_t c = first; c < last; c++) {
+                const uint64_t v = count_get(ck, c);
+                if (v) {
+                    qcow2_refcount_set(b, c - first, ck->s->h.refcount_order,
+                                       v);
+                }
+            }
+        }
+        int ret = qcow2_check_write(ck, buf, (size_t)(n << ck->cluster_bits),
+                                    (l->start + i) << ck->cluster_bits);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return 0;
+}
+
+/* The refcount table of layout L (TABLE, decoded, ENTRIES long), made
+ * durable; then the header switched to it (offset and size are adjacent
+ * fields: one write), made durable too. */
+static int write_reftable(struct check_state *ck,
+                          const struct refcount_layout *l,
+                          const uint64_t *table, uint64_t entries,
+                          uint8_t *buf)
+{
+    const uint64_t table_off = (l->start + l->nb_blocks) << ck->cluster_bits;
+
+    for (uint64_t i = 0; i < entries; i++) {
+        store_be64(buf + i * 8, table[i]);
+    }
+    int ret = qcow2_check_write(ck, buf, (size_t)entries * 8, table_off);
+    if (ret == 0) {
+        ret = qcow2_check_sync(ck);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    uint8_t h[12];
+    store_be64(h, table_off);
+    store_be32(h + 8, (uint32_t)l->table_clusters);
+    ret = qcow2_check_write(ck, h, sizeof(h), QCOW2_HDR_REFTABLE_OFFSET);
+    return ret == 0 ? qcow2_check_sync(ck) : ret;
+}
+
+/* Work from here on with the new table TABLE (ENTRIES long) of layout L,
+ * which the header now points at. */
+static int adopt_reftable(struct check_state *ck,
+                          const struct refcount_layout *l, uint64_t *table,
+                          uint64_t entries)
+{
+    struct qcow2_state *s = ck->s;
+
+    s->h.refcount_table_offset = (l->start + l->nb_blocks)
+                                 << ck->cluster_bits;
+    s->h.refcount_table_clusters = (uint32_t)l->table_clusters;
+    free(ck->reftable);
+    ck->reftable = table;
+    ck->reftable_entries = entries;
+    ck->has_broken_block = false;
+    ck->file_size = s->file_size;
+    ck->nb_clusters = VIMG_DIV_ROUND_UP(ck->file_size, ck->cluster_size);
+    return grow_counts(ck, ck->nb_clusters + 2);
+}
+
 /*
  * Write a new refcount structure for the computed refcounts: refcount
  * blocks and table in fresh clusters past the end of everything, made
@@ -68,116 +255,55 @@ static int grow_counts(struct check_state *ck, uint64_t n)
 int qcow2_check_rebuild_refcount_structure(struct check_state *ck,
                                            struct check_part *p)
 {
-    struct qcow2_state *s = ck->s;
-    const uint64_t refblock_entries = ck->refblock_entries;
-    const uint64_t per_rt_cluster = ck->cluster_size / 8;
-    const uint64_t start =
-        VIMG_MAX(qcow2_check_compare_end(ck),
-                 VIMG_DIV_ROUND_UP(s->file_size, ck->cluster_size));
-    uint64_t nb_blocks = VIMG_DIV_ROUND_UP(start, refblock_entries);
-    uint64_t rt_clusters = VIMG_DIV_ROUND_UP(nb_blocks, per_rt_cluster);
+    struct refcount_layout l;
     uint8_t *buf = NULL;
+    uint64_t *table = NULL;
     int ret;
 
     qcow2_check_say(ck, p, "Rebuilding refcount structure");
-    for (;;) {
-        const uint64_t end = start + nb_blocks + rt_clusters;
-        const uint64_t b = VIMG_DIV_ROUND_UP(end, refblock_entries);
-        const uint64_t t = VIMG_DIV_ROUND_UP(b, per_rt_cluster);
-        if (b == nb_blocks && t == rt_clusters) {
-            break;
-        }
-        nb_blocks = b;
-        rt_clusters = t;
-    }
-    if ((rt_clusters << ck->cluster_bits) > QCOW2_MAX_REFTABLE_BYTES) {
+    plan_layout(ck, &l);
+    if ((l.table_clusters << ck->cluster_bits) > QCOW2_MAX_REFTABLE_BYTES) {
         p->result.check_errors++;
         return vimg_error(-EFBIG, "%s: the new refcount table would exceed "
                                   "8 MiB",
                           ck->img->filename);
     }
-    const uint64_t end = start + nb_blocks + rt_clusters;
-    ret = grow_counts(ck, end);
+    ret = grow_counts(ck, layout_end(&l));
     if (ret < 0) {
         p->result.check_errors++;
         return ret;
     }
-    for (uint64_t c = start; c < end; c++) {
+    for (uint64_t c = l.start; c < layout_end(&l); c++) {
         qcow2_check_count_set(ck, c, 1);
     }
-
-    /* refcount blocks, contiguous: written in batches of up to 1 MiB */
     const uint64_t batch = VIMG_MAX(1, (1u << 20) >> ck->cluster_bits);
     buf = malloc((size_t)(batch << ck->cluster_bits));
     if (!buf) {
         p->result.check_errors++;
         return vimg_error(-ENOMEM, "out of memory");
     }
-    for (uint64_t i = 0; i < nb_blocks; i += batch) {
-        const uint64_t n = VIMG_MIN(batch, nb_blocks - i);
-        memset(buf, 0, (size_t)(n << ck->cluster_bits));
-        for (uint64_t k = 0; k < n; k++) {
-            uint8_t *b = buf + (k << ck->cluster_bits);
-            const uint64_t first = (i + k) * refblock_entries;
-            const uint64_t last = VIMG_MIN(end, first + refblock_entries);
-            for (uint64_t c = first; c < last; c++) {
-                const uint64_t v = count_get(ck, c);
-                if (v) {
-                    qcow2_refcount_set(b, c - first, s->h.refcount_order, v);
-                }
-            }
-        }
-        ret = qcow2_check_write(ck, buf, (size_t)(n << ck->cluster_bits),
-                                (start + i) << ck->cluster_bits);
-        if (ret < 0) {
-            goto fail;
-        }
+    ret = write_refblocks(ck, &l, buf, batch);
+    if (ret < 0) {
+        goto fail;
     }
-    /* refcount table */
     free(buf);
-    const uint64_t rt_entries = rt_clusters * per_rt_cluster;
-    buf = calloc((size_t)rt_entries, 8);
-    uint64_t *table = calloc((size_t)rt_entries, sizeof(uint64_t));
+    const uint64_t entries = l.table_clusters * (ck->cluster_size / 8);
+    buf = calloc((size_t)entries, 8);
+    table = calloc((size_t)entries, sizeof(uint64_t));
     if (!buf || !table) {
-        free(table);
         p->result.check_errors++;
         ret = vimg_error(-ENOMEM, "out of memory");
         goto out;
     }
-    for (uint64_t i = 0; i < nb_blocks; i++) {
-        table[i] = (start + i) << ck->cluster_bits;
-        store_be64(buf + i * 8, table[i]);
+    for (uint64_t i = 0; i < l.nb_blocks; i++) {
+        table[i] = (l.start + i) << ck->cluster_bits;
     }
-    const uint64_t rt_off = (start + nb_blocks) << ck->cluster_bits;
-    ret = qcow2_check_write(ck, buf, (size_t)rt_entries * 8, rt_off);
-    if (ret == 0) {
-        ret = qcow2_check_sync(ck);
-    }
+    ret = write_reftable(ck, &l, table, entries, buf);
     if (ret < 0) {
-        free(table);
         goto fail;
     }
-    /* switch the header: table offset and size are adjacent fields */
-    uint8_t h[12];
-    store_be64(h, rt_off);
-    store_be32(h + 8, (uint32_t)rt_clusters);
-    ret = qcow2_check_write(ck, h, sizeof(h), QCOW2_HDR_REFTABLE_OFFSET);
-    if (ret == 0) {
-        ret = qcow2_check_sync(ck);
-    }
-    if (ret < 0) {
-        free(table);
-        goto fail;
-    }
-    s->h.refcount_table_offset = rt_off;
-    s->h.refcount_table_clusters = (uint32_t)rt_clusters;
-    free(ck->reftable);
-    ck->reftable = table;
-    ck->reftable_entries = rt_entries;
-    ck->has_broken_block = false;
-    ck->file_size = s->file_size;
-    ck->nb_clusters = VIMG_DIV_ROUND_UP(ck->file_size, ck->cluster_size);
-    ret = grow_counts(ck, ck->nb_clusters + 2);
+    ret = adopt_reftable(ck, &l, table, entries);
+    table = NULL;
     if (ret < 0) {
         p->result.check_errors++;
     }
@@ -188,6 +314,7 @@ fail:
                     "ERROR: could not write the new refcount structure: %s",
                     vimg_last_error());
 out:
+    free(table);
     free(buf);
     return ret;
 }
@@ -220,8 +347,7 @@ static bool overlaps_metadata(struct check_state *ck, uint64_t off)
         }
     }
     for (uint64_t i = 0; i < ck->reftable_entries; i++) {
-        const uint64_t rb = (ck->reftable[i] & QCOW2_REFT_OFFSET_MASK) >>
-                            ck->cluster_bits;
+        const uint64_t rb = refblock_offset(ck, i) >> ck->cluster_bits;
         if (rb && rb >= c && rb <= c_last) {
             return true;
         }
@@ -377,8 +503,7 @@ int qcow2_check_copied_flags(struct check_state *ck, struct check_part *p)
 static int write_stored_refcount(struct check_state *ck, uint64_t c, uint64_t v,
                                  uint8_t *block)
 {
-    const uint64_t idx = c / ck->refblock_entries;
-    const uint64_t off = ck->reftable[idx] & QCOW2_REFT_OFFSET_MASK;
+    const uint64_t off = refblock_offset(ck, c / ck->refblock_entries);
     int ret = qcow2_check_read(ck, block, (size_t)ck->cluster_size, off);
 
     if (ret == 0) {
@@ -392,11 +517,8 @@ static int write_stored_refcount(struct check_state *ck, uint64_t c, uint64_t v,
 /* Can cluster C get a refcount (its refcount block exists and is sane)? */
 static bool has_refblock(const struct check_state *ck, uint64_t c)
 {
-    const uint64_t idx = c / ck->refblock_entries;
-    if (idx >= ck->reftable_entries) {
-        return false;
-    }
-    const uint64_t off = ck->reftable[idx] & QCOW2_REFT_OFFSET_MASK;
+    const uint64_t off = refblock_offset(ck, c / ck->refblock_entries);
+
     return off && !(off & (ck->cluster_size - 1)) && off < ck->file_size;
 }
 

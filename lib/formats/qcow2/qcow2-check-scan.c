@@ -664,7 +664,7 @@ static void check_refblocks(struct check_state *ck, struct check_part *p)
     const uint64_t rt_off = ck->s->h.refcount_table_offset;
 
     for (uint64_t i = 0; i < ck->reftable_entries; i++) {
-        const uint64_t off = ck->reftable[i] & QCOW2_REFT_OFFSET_MASK;
+        const uint64_t off = refblock_offset(ck, i);
         const uint64_t c = off >> ck->cluster_bits;
         if (off & (ck->cluster_size - 1)) {
             p->result.corruptions++;

@@ -307,7 +307,7 @@ static void name_users(struct check_state *ck, struct check_part *p)
               (uint64_t)s->h.refcount_table_clusters << ck->cluster_bits,
               "the refcount table");
     for (uint64_t i = 0; i < ck->reftable_entries; i++) {
-        const uint64_t rb = ck->reftable[i] & QCOW2_REFT_OFFSET_MASK;
+        const uint64_t rb = refblock_offset(ck, i);
         if (rb) {
             note_user(ck, rb, ck->cluster_size, "refcount block %llu",
                       (unsigned long long)i);

@@ -139,6 +139,16 @@ static inline uint64_t l2_span(const struct check_state *ck)
     return ck->cluster_size << ck->s->l2_bits;
 }
 
+/* The offset of refcount block IDX in the stored refcount table (0:
+ * none, or past the table). */
+static inline uint64_t refblock_offset(const struct check_state *ck,
+                                       uint64_t idx)
+{
+    return idx < ck->reftable_entries
+               ? ck->reftable[idx] & QCOW2_REFT_OFFSET_MASK
+               : 0;
+}
+
 /* qcow2-check.c */
 /* Report one message: to the callback, or into P's buffer when P is a
  * worker's part. */
@@ -230,6 +240,15 @@ int qcow2_check_compare_refcounts(struct check_state *ck, struct check_part *p,
  * (qemu's fix for preallocated clusters that are not aligned). */
 int qcow2_check_zero_l2_entry(struct check_state *ck, uint64_t l2_off,
                               uint64_t j, uint64_t bitmap);
+/* Write BLOCK, the refcount block at OFF, whose refcounts were raised. */
+int qcow2_check_write_raised_block(struct check_state *ck,
+                                   struct check_part *p, const uint8_t *block,
+                                   uint64_t off);
+/* After the last compare: make the raised refcounts durable, then (when
+ * HAS_LOWERED) lower the stored refcounts above the counts and make that
+ * durable too.  BLOCK is one cluster to work in. */
+int qcow2_check_lower_leaked(struct check_state *ck, struct check_part *p,
+                             unsigned fix, bool has_lowered, uint8_t *block);
 /*
  * Write a new refcount structure for the computed refcounts: refcount
  * blocks and table in fresh clusters past the end of everything, made
