@@ -18,7 +18,7 @@
 
 /* ------------------------------------------------------------ counters */
 
-uint64_t qcow2_check_overflow_get(struct check_state *ck, uint64_t k)
+uint64_t qcow2_check_overflow_get(const struct check_state *ck, uint64_t k)
 {
     for (size_t i = 0; i < ck->nb_overflow; i++) {
         if (ck->overflow[i].cluster == k) {

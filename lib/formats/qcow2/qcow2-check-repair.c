@@ -355,54 +355,144 @@ static bool overlaps_metadata(struct check_state *ck, uint64_t off)
     return false;
 }
 
+/* Entry I of the active L1 table (T), whose L2 table has refcount
+ * REFCOUNT: its COPIED flag must say whether that is 1. */
+static int check_l1_copied(struct check_state *ck, struct check_part *p,
+                           const struct check_table *t, uint64_t i,
+                           uint64_t refcount, bool is_repair)
+{
+    struct qcow2_state *s = ck->s;
+    const uint64_t entry = s->l1[i];
+    const uint64_t guest0 = i * l2_span(ck);
+
+    if ((refcount == 1) == ((entry & QCOW2_OFLAG_COPIED) != 0)) {
+        return 0;
+    }
+    p->result.corruptions++;
+    qcow2_check_say(ck, p,
+                    "%s: %s: entry %llu (guest 0x%llx-0x%llx) has the COPIED "
+                    "flag %s, but its L2 table at 0x%llx has refcount %llu",
+                    is_repair ? "Repairing" : "ERROR", t->label,
+                    (unsigned long long)i, (unsigned long long)guest0,
+                    (unsigned long long)(guest0 + l2_span(ck) - 1),
+                    (entry & QCOW2_OFLAG_COPIED) ? "set" : "clear",
+                    (unsigned long long)(entry & QCOW2_L1E_OFFSET_MASK),
+                    (unsigned long long)refcount);
+    if (!is_repair) {
+        return 0;
+    }
+    const uint64_t fixed = refcount == 1 ? entry | QCOW2_OFLAG_COPIED
+                                         : entry & ~QCOW2_OFLAG_COPIED;
+    uint8_t b[8];
+    store_be64(b, fixed);
+    int ret = qcow2_check_write(ck, b, 8, s->h.l1_table_offset + i * 8);
+    if (ret < 0) {
+        p->result.check_errors++;
+        qcow2_check_say(ck, p, "ERROR: could not write the L1 entry: %s",
+                        vimg_last_error());
+        return ret;
+    }
+    s->l1[i] = fixed;
+    p->result.corruptions--;
+    p->result.corruptions_fixed++;
+    return 0;
+}
+
+/* The entries of BUF, the L2 table at L2_OFF (entry I of T): each COPIED
+ * flag must say whether its cluster's refcount is 1.  Fixed in BUF when
+ * IS_REPAIR; returns how many were. */
+static uint64_t check_l2_copied(struct check_state *ck, struct check_part *p,
+                                const struct check_table *t, uint64_t i,
+                                uint64_t l2_off, bool is_repair, uint8_t *buf)
+{
+    const unsigned entry_bytes = ck->s->l2_entry_bytes;
+    const uint64_t guest0 = i * l2_span(ck);
+    uint64_t nb_fixed = 0;
+
+    for (uint64_t j = 0; j < ck->cluster_size / entry_bytes; j++) {
+        const uint64_t entry = load_be64(buf + j * entry_bytes);
+        const enum check_entry_type type = qcow2_check_entry_type(ck, entry);
+        if (type != ENTRY_NORMAL && type != ENTRY_ZERO_ALLOC) {
+            continue;
+        }
+        const uint64_t off = entry & QCOW2_L2E_OFFSET_MASK;
+        uint64_t refcount = 1;
+        if (!ck->s->has_data_file &&
+            qcow2_check_stored_refcount(ck, off >> ck->cluster_bits,
+                                        &refcount) < 0) {
+            continue;
+        }
+        if ((refcount == 1) == ((entry & QCOW2_OFLAG_COPIED) != 0)) {
+            continue;
+        }
+        p->result.corruptions++;
+        qcow2_check_say(ck, p,
+                        "%s: L2 table at 0x%llx (%s entry %llu): entry %llu "
+                        "(guest 0x%llx) has the COPIED flag %s, but its "
+                        "cluster at 0x%llx has refcount %llu",
+                        is_repair ? "Repairing" : "ERROR",
+                        (unsigned long long)l2_off, t->label,
+                        (unsigned long long)i, (unsigned long long)j,
+                        (unsigned long long)(guest0 + j * ck->cluster_size),
+                        (entry & QCOW2_OFLAG_COPIED) ? "set" : "clear",
+                        (unsigned long long)off, (unsigned long long)refcount);
+        if (is_repair) {
+            store_be64(buf + j * entry_bytes,
+                       refcount == 1 ? entry | QCOW2_OFLAG_COPIED
+                                     : entry & ~QCOW2_OFLAG_COPIED);
+            nb_fixed++;
+        }
+    }
+    return nb_fixed;
+}
+
+/* Write BUF, the L2 table at L2_OFF with NB_FIXED COPIED flags fixed,
+ * unless it lies on other metadata. */
+static int write_fixed_l2(struct check_state *ck, struct check_part *p,
+                          uint64_t l2_off, const uint8_t *buf,
+                          uint64_t nb_fixed)
+{
+    if (overlaps_metadata(ck, l2_off)) {
+        p->result.check_errors++;
+        qcow2_check_say(ck, p,
+                        "ERROR: could not write the L2 table at 0x%llx: it "
+                        "overlaps other metadata",
+                        (unsigned long long)l2_off);
+        return vimg_error(-EIO, "%s: L2 table at 0x%llx overlaps other "
+                                "metadata",
+                          ck->img->filename, (unsigned long long)l2_off);
+    }
+    int ret = qcow2_check_write(ck, buf, (size_t)ck->cluster_size, l2_off);
+    if (ret < 0) {
+        p->result.check_errors++;
+        qcow2_check_say(ck, p,
+                        "ERROR: could not write the L2 table at 0x%llx: %s",
+                        (unsigned long long)l2_off, vimg_last_error());
+        return ret;
+    }
+    p->result.corruptions -= nb_fixed;
+    p->result.corruptions_fixed += nb_fixed;
+    return 0;
+}
+
 /* The COPIED flags of entries [FIRST, END) of the active L1 table and of
  * their L2 tables (qemu's check_oflag_copied). */
 int qcow2_check_copied_range(struct check_state *ck, struct check_part *p,
                              const struct check_table *t, uint64_t first,
                              uint64_t end, bool is_repair, uint8_t *buf)
 {
-    struct qcow2_state *s = ck->s;
-    const unsigned entry_bytes = s->l2_entry_bytes;
-
     for (uint64_t i = first; i < end; i++) {
-        const uint64_t l1e = s->l1[i];
-        const uint64_t l2_off = l1e & QCOW2_L1E_OFFSET_MASK;
-        const uint64_t g0 = i * l2_span(ck);
-        uint64_t rc;
+        const uint64_t l2_off = ck->s->l1[i] & QCOW2_L1E_OFFSET_MASK;
+        uint64_t refcount;
         if (!l2_off || qcow2_check_stored_refcount(
-                           ck, l2_off >> ck->cluster_bits, &rc) < 0) {
+                           ck, l2_off >> ck->cluster_bits, &refcount) < 0) {
             continue;
         }
-        if ((rc == 1) != ((l1e & QCOW2_OFLAG_COPIED) != 0)) {
-            p->result.corruptions++;
-            qcow2_check_say(ck, p,
-                "%s: %s: entry %llu (guest 0x%llx-0x%llx) has the COPIED "
-                "flag %s, but its L2 table at 0x%llx has refcount %llu",
-                is_repair ? "Repairing" : "ERROR", t->label,
-                (unsigned long long)i, (unsigned long long)g0,
-                (unsigned long long)(g0 + l2_span(ck) - 1),
-                (l1e & QCOW2_OFLAG_COPIED) ? "set" : "clear",
-                (unsigned long long)l2_off, (unsigned long long)rc);
-            if (is_repair) {
-                const uint64_t v = rc == 1 ? l1e | QCOW2_OFLAG_COPIED
-                                           : l1e & ~QCOW2_OFLAG_COPIED;
-                uint8_t b[8];
-                store_be64(b, v);
-                int ret =
-                    qcow2_check_write(ck, b, 8, s->h.l1_table_offset + i * 8);
-                if (ret < 0) {
-                    p->result.check_errors++;
-                    qcow2_check_say(ck, p,
-                                    "ERROR: could not write the L1 entry: %s",
-                                    vimg_last_error());
-                    return ret;
-                }
-                s->l1[i] = v;
-                p->result.corruptions--;
-                p->result.corruptions_fixed++;
-            }
+        int ret = check_l1_copied(ck, p, t, i, refcount, is_repair);
+        if (ret < 0) {
+            return ret;
         }
-        int ret = qcow2_check_read(ck, buf, (size_t)ck->cluster_size, l2_off);
+        ret = qcow2_check_read(ck, buf, (size_t)ck->cluster_size, l2_off);
         if (ret < 0) {
             p->result.check_errors++;
             qcow2_check_say(ck, p,
@@ -410,64 +500,13 @@ int qcow2_check_copied_range(struct check_state *ck, struct check_part *p,
                             (unsigned long long)l2_off, vimg_last_error());
             return ret;
         }
-        uint64_t nb_dirty = 0;
-        for (uint64_t j = 0; j < ck->cluster_size / entry_bytes; j++) {
-            const uint64_t e = load_be64(buf + j * entry_bytes);
-            const enum check_entry_type type = qcow2_check_entry_type(ck, e);
-            if (type != ENTRY_NORMAL && type != ENTRY_ZERO_ALLOC) {
-                continue;
-            }
-            const uint64_t off = e & QCOW2_L2E_OFFSET_MASK;
-            if (s->has_data_file) {
-                rc = 1;
-            } else if (qcow2_check_stored_refcount(ck, off >> ck->cluster_bits,
-                                                   &rc) < 0) {
-                continue;
-            }
-            if ((rc == 1) == ((e & QCOW2_OFLAG_COPIED) != 0)) {
-                continue;
-            }
-            p->result.corruptions++;
-            qcow2_check_say(ck, p,
-                "%s: L2 table at 0x%llx (%s entry %llu): entry %llu (guest "
-                "0x%llx) has the COPIED flag %s, but its cluster at 0x%llx "
-                "has refcount %llu",
-                is_repair ? "Repairing" : "ERROR", (unsigned long long)l2_off,
-                t->label, (unsigned long long)i, (unsigned long long)j,
-                (unsigned long long)(g0 + j * ck->cluster_size),
-                (e & QCOW2_OFLAG_COPIED) ? "set" : "clear",
-                (unsigned long long)off, (unsigned long long)rc);
-            if (is_repair) {
-                store_be64(buf + j * entry_bytes,
-                           rc == 1 ? e | QCOW2_OFLAG_COPIED
-                                   : e & ~QCOW2_OFLAG_COPIED);
-                nb_dirty++;
-            }
-        }
-        if (nb_dirty) {
-            if (overlaps_metadata(ck, l2_off)) {
-                p->result.check_errors++;
-                qcow2_check_say(ck, p,
-                    "ERROR: could not write the L2 table at 0x%llx: it "
-                    "overlaps other metadata",
-                    (unsigned long long)l2_off);
-                return vimg_error(-EIO, "%s: L2 table at 0x%llx overlaps "
-                                        "other metadata",
-                                  ck->img->filename,
-                                  (unsigned long long)l2_off);
-            }
-            ret = qcow2_check_write(ck, buf, (size_t)ck->cluster_size, l2_off);
+        const uint64_t nb_fixed =
+            check_l2_copied(ck, p, t, i, l2_off, is_repair, buf);
+        if (nb_fixed) {
+            ret = write_fixed_l2(ck, p, l2_off, buf, nb_fixed);
             if (ret < 0) {
-                p->result.check_errors++;
-                qcow2_check_say(
-                    ck, p,
-                    "ERROR: could not write the L2 table at 0x%llx: "
-                    "%s",
-                    (unsigned long long)l2_off, vimg_last_error());
                 return ret;
             }
-            p->result.corruptions -= nb_dirty;
-            p->result.corruptions_fixed += nb_dirty;
         }
     }
     return 0;
@@ -522,19 +561,10 @@ static bool has_refblock(const struct check_state *ck, uint64_t c)
     return off && !(off & (ck->cluster_size - 1)) && off < ck->file_size;
 }
 
-/*
- * Give the incomplete version 3 snapshot table entries their 16 bytes of
- * extra data (disk size: the current one, as qemu does) and write the
- * table anew: refcounts of the new clusters first, then the table, then
- * the header (entry count and offset, adjacent fields: one write), then
- * the old table's clusters are released.  Returns the entries fixed.
- */
-int qcow2_check_fix_snapshot_table(struct check_state *ck, struct check_part *p)
+/* Give the incomplete entries their 16 bytes of extra data, with the
+ * current disk size (as qemu does). */
+static int complete_snapshot_entries(struct qcow2_state *s)
 {
-    struct qcow2_state *s = ck->s;
-    uint8_t *table = NULL, *block = NULL;
-    int ret = 0;
-
     for (size_t k = 0; k < s->nb_snapshots; k++) {
         struct qcow2_snapshot *sn = &s->snapshots[k];
         if (sn->has_disk_size) {
@@ -550,34 +580,37 @@ int qcow2_check_fix_snapshot_table(struct check_state *ck, struct check_part *p)
         sn->disk_size = s->h.size;
         sn->has_disk_size = true;
     }
-    const size_t len = qcow2_snapshots_encode(s->snapshots, s->nb_snapshots,
-                                              NULL);
-    const uint64_t n = VIMG_DIV_ROUND_UP(len, ck->cluster_size);
-    table = calloc(1, (size_t)(n << ck->cluster_bits));
-    block = malloc((size_t)ck->cluster_size);
-    if (!table || !block) {
-        ret = vimg_error(-ENOMEM, "out of memory");
-        goto out;
-    }
-    qcow2_snapshots_encode(s->snapshots, s->nb_snapshots, table);
+    return 0;
+}
 
-    /* n free clusters with a refcount block to count them */
+/* N free clusters in a row with a refcount block to count them: the
+ * first into *START. */
+static bool find_free_clusters(const struct check_state *ck, uint64_t n,
+                               uint64_t *start)
+{
     const uint64_t limit = ck->reftable_entries * ck->refblock_entries;
-    uint64_t start = 0, run = 0;
+    uint64_t run = 0;
+
+    *start = 0;
     for (uint64_t c = 1; c < limit && run < n; c++) {
         if (count_get(ck, c) == 0 && has_refblock(ck, c)) {
-            start = run ? start : c;
+            *start = run ? *start : c;
             run++;
         } else {
             run = 0;
         }
     }
-    if (run < n) {
-        ret = vimg_error(-ENOSPC, "%s: no room for a new snapshot table "
-                                  "under the existing refcount blocks",
-                         ck->img->filename);
-        goto out;
-    }
+    return run >= n;
+}
+
+/* TABLE (N clusters) to the clusters from START: their refcounts first,
+ * then the table, then the header (entry count and offset, adjacent
+ * fields: one write), each made durable before the next. */
+static int write_snapshot_table(struct check_state *ck, const uint8_t *table,
+                                uint64_t n, uint64_t start, uint8_t *block)
+{
+    int ret = 0;
+
     for (uint64_t c = start; c < start + n && ret == 0; c++) {
         ret = write_stored_refcount(ck, c, 1, block);
     }
@@ -592,15 +625,71 @@ int qcow2_check_fix_snapshot_table(struct check_state *ck, struct check_part *p)
         ret = qcow2_check_sync(ck);
     }
     if (ret < 0) {
-        goto out;
+        return ret;
     }
     uint8_t h[12];
-    store_be32(h, (uint32_t)s->nb_snapshots);
+    store_be32(h, (uint32_t)ck->s->nb_snapshots);
     store_be64(h + 4, start << ck->cluster_bits);
     ret = qcow2_check_write(ck, h, sizeof(h), QCOW2_HDR_NB_SNAPSHOTS);
-    if (ret == 0) {
-        ret = qcow2_check_sync(ck);
+    return ret == 0 ? qcow2_check_sync(ck) : ret;
+}
+
+/* The clusters of the old table (OLD_SIZE bytes at OLD_OFF) lose the
+ * table's reference. */
+static int release_old_table(struct check_state *ck, uint64_t old_off,
+                             uint64_t old_size, uint8_t *block)
+{
+    int ret = 0;
+
+    if (!old_size || old_off >= ck->file_size) {
+        return 0;
     }
+    const uint64_t first = old_off >> ck->cluster_bits;
+    const uint64_t last = (old_off + old_size - 1) >> ck->cluster_bits;
+    for (uint64_t c = first; c <= last && c < ck->compared_end && ret == 0;
+         c++) {
+        const uint64_t v = count_get(ck, c);
+        if (v && has_refblock(ck, c)) {
+            qcow2_check_count_set(ck, c, v - 1);
+            ret = write_stored_refcount(ck, c, v - 1, block);
+        }
+    }
+    return ret == 0 ? qcow2_check_sync(ck) : ret;
+}
+
+/*
+ * Give the incomplete version 3 snapshot table entries their 16 bytes of
+ * extra data (disk size: the current one, as qemu does) and write the
+ * table anew: refcounts of the new clusters first, then the table, then
+ * the header, then the old table's clusters are released.
+ */
+int qcow2_check_fix_snapshot_table(struct check_state *ck, struct check_part *p)
+{
+    struct qcow2_state *s = ck->s;
+    uint8_t *table = NULL, *block = NULL;
+    uint64_t start;
+    int ret = complete_snapshot_entries(s);
+
+    if (ret < 0) {
+        return ret;
+    }
+    const size_t len = qcow2_snapshots_encode(s->snapshots, s->nb_snapshots,
+                                              NULL);
+    const uint64_t n = VIMG_DIV_ROUND_UP(len, ck->cluster_size);
+    table = calloc(1, (size_t)(n << ck->cluster_bits));
+    block = malloc((size_t)ck->cluster_size);
+    if (!table || !block) {
+        ret = vimg_error(-ENOMEM, "out of memory");
+        goto out;
+    }
+    qcow2_snapshots_encode(s->snapshots, s->nb_snapshots, table);
+    if (!find_free_clusters(ck, n, &start)) {
+        ret = vimg_error(-ENOSPC, "%s: no room for a new snapshot table "
+                                  "under the existing refcount blocks",
+                         ck->img->filename);
+        goto out;
+    }
+    ret = write_snapshot_table(ck, table, n, start, block);
     if (ret < 0) {
         goto out;
     }
@@ -613,22 +702,7 @@ int qcow2_check_fix_snapshot_table(struct check_state *ck, struct check_part *p)
             qcow2_check_count_set(ck, c, 1);
         }
     }
-    /* the old table's clusters lose the table's reference */
-    if (old_size && old_off < ck->file_size) {
-        const uint64_t first = old_off >> ck->cluster_bits;
-        const uint64_t last = (old_off + old_size - 1) >> ck->cluster_bits;
-        for (uint64_t c = first; c <= last && c < ck->compared_end && ret == 0;
-             c++) {
-            const uint64_t v = count_get(ck, c);
-            if (v && has_refblock(ck, c)) {
-                qcow2_check_count_set(ck, c, v - 1);
-                ret = write_stored_refcount(ck, c, v - 1, block);
-            }
-        }
-        if (ret == 0) {
-            ret = qcow2_check_sync(ck);
-        }
-    }
+    ret = release_old_table(ck, old_off, old_size, block);
 out:
     if (ret < 0) {
         p->result.check_errors++;

@@ -375,6 +375,99 @@ static void name_users(struct check_state *ck, struct check_part *p)
     }
 }
 
+/* The first, read-only compare; it is the last one when nothing may be
+ * repaired, and then keeps the stored refcounts.  The users of clusters
+ * counted too low are named. */
+static int compare_and_name_users(struct check_state *ck,
+                                  struct check_part *p)
+{
+    ck->suspects = calloc(CHECK_MAX_SUSPECTS, sizeof(*ck->suspects));
+    int ret = qcow2_check_compare_refcounts(ck, p, 0, ck->repair_flags == 0);
+    if (ret < 0) {
+        return ret;
+    }
+    name_users(ck, p);
+    free(ck->suspects);
+    ck->suspects = NULL;
+    ck->nb_suspects = 0;
+    return 0;
+}
+
+/*
+ * -r all on a refcount structure that must be rebuilt: rebuild it, then
+ * count and compare everything again against the new one (fixing leaks).
+ * The old structure is then leaked: it is freed without counting those
+ * leaks.  What the first compare found and the recount does not is
+ * counted fixed.  BASE_ERRORS: the check errors before the first count.
+ */
+static int rebuild_and_recount(struct check_state *ck, struct check_part *p,
+                               uint64_t base_errors)
+{
+    const struct vimg_check_result old = p->result;
+    int ret = qcow2_check_rebuild_refcount_structure(ck, p);
+
+    if (ret < 0) {
+        return ret;
+    }
+    p->result.check_errors = base_errors; /* recounted below */
+    p->result.corruptions = 0;
+    p->result.leaks = 0;
+    p->result.allocated_clusters = 0;
+    p->result.fragmented_clusters = 0;
+    p->result.compressed_clusters = 0;
+    ret = qcow2_check_count_references(ck, p);
+    if (ret < 0) {
+        return ret;
+    }
+    const struct vimg_check_result saved = p->result;
+    memset(&p->result, 0, sizeof(p->result));
+    ret = qcow2_check_compare_refcounts(
+        ck, p, ck->repair_flags & VIMG_CHECK_REPAIR_LEAKS, true);
+    if (ck->is_rebuild_needed) {
+        qcow2_check_say(ck, p,
+                        "ERROR: the rebuilt refcount structure is still "
+                        "broken");
+    }
+    const uint64_t fresh_leaks = p->result.leaks;
+    const uint64_t errs = p->result.check_errors;
+    p->result = saved;
+    p->result.check_errors += errs;
+    if (ret < 0) {
+        return ret;
+    }
+    if (p->result.corruptions < old.corruptions) {
+        p->result.corruptions_fixed += old.corruptions - p->result.corruptions;
+    }
+    if (p->result.leaks < old.leaks) {
+        p->result.leaks_fixed += old.leaks - p->result.leaks;
+    }
+    p->result.leaks += fresh_leaks;
+    return 0;
+}
+
+/* -r leaks or -r all on a refcount structure that needs no rebuild:
+ * compare again from the counts as they were before the first compare
+ * (PRE), fixing what the flags allow. */
+static int repair_refcounts(struct check_state *ck, struct check_part *p,
+                            const struct vimg_check_result *pre)
+{
+    if (ck->is_rebuild_needed) {
+        p->result.check_errors++;
+        qcow2_check_say(ck, p,
+                        "ERROR: the refcount structure must be rebuilt, "
+                        "which only '-r all' does");
+        return vimg_error(-EIO, "%s: the refcount structure must be "
+                                "rebuilt ('-r all')",
+                          ck->img->filename);
+    }
+    if (p->result.leaks || p->result.corruptions) {
+        p->result = *pre;
+        return qcow2_check_compare_refcounts(ck, p, ck->repair_flags, true);
+    }
+    return 0;
+}
+
+/* Count, compare (and repair) the refcounts, then the COPIED flags. */
 static int check_refcounts(struct check_state *ck, struct check_part *p)
 {
     /* errors reading the old refcount structure end with a rebuild */
@@ -389,84 +482,171 @@ static int check_refcounts(struct check_state *ck, struct check_part *p)
         return ret;
     }
     const struct vimg_check_result pre = p->result;
-    const bool is_fix_errors = ck->repair_flags & VIMG_CHECK_REPAIR_ERRORS;
-    /* read only: this compare is the last one, it may keep stored values */
-    ck->suspects = calloc(CHECK_MAX_SUSPECTS, sizeof(*ck->suspects));
-    ret = qcow2_check_compare_refcounts(ck, p, 0, ck->repair_flags == 0);
+    ret = compare_and_name_users(ck, p);
     if (ret < 0) {
         return ret;
     }
-    name_users(ck, p);
-    free(ck->suspects);
-    ck->suspects = NULL;
-    ck->nb_suspects = 0;
-    if (ck->is_rebuild_needed && is_fix_errors) {
-        const struct vimg_check_result old = p->result;
-        ret = qcow2_check_rebuild_refcount_structure(ck, p);
-        if (ret < 0) {
-            return ret;
-        }
-        /* The new structure is right for the old computed refcounts;
-         * count everything again against it.  The old structure is now
-         * leaked: free it without counting those leaks. */
-        p->result.check_errors = base_errors; /* recounted below */
-        p->result.corruptions = 0;
-        p->result.leaks = 0;
-        p->result.allocated_clusters = 0;
-        p->result.fragmented_clusters = 0;
-        p->result.compressed_clusters = 0;
-        ret = qcow2_check_count_references(ck, p);
-        if (ret < 0) {
-            return ret;
-        }
-        const struct vimg_check_result saved = p->result;
-        memset(&p->result, 0, sizeof(p->result));
-        ret = qcow2_check_compare_refcounts(
-            ck, p, ck->repair_flags & VIMG_CHECK_REPAIR_LEAKS, true);
-        if (ck->is_rebuild_needed) {
-            qcow2_check_say(ck, p,
-                            "ERROR: the rebuilt refcount structure is still "
-                            "broken");
-        }
-        const uint64_t fresh_leaks = p->result.leaks;
-        const uint64_t errs = p->result.check_errors;
-        p->result = saved;
-        p->result.check_errors += errs;
-        if (ret < 0) {
-            return ret;
-        }
-        if (p->result.corruptions < old.corruptions) {
-            p->result.corruptions_fixed +=
-                old.corruptions - p->result.corruptions;
-        }
-        if (p->result.leaks < old.leaks) {
-            p->result.leaks_fixed += old.leaks - p->result.leaks;
-        }
-        p->result.leaks += fresh_leaks;
+    if (ck->is_rebuild_needed &&
+        (ck->repair_flags & VIMG_CHECK_REPAIR_ERRORS)) {
+        ret = rebuild_and_recount(ck, p, base_errors);
     } else if (ck->repair_flags) {
-        if (ck->is_rebuild_needed) {
-            p->result.check_errors++;
-            qcow2_check_say(
-                ck, p,
-                "ERROR: the refcount structure must be rebuilt, which "
-                "only '-r all' does");
-            return vimg_error(-EIO, "%s: the refcount structure must be "
-                                    "rebuilt ('-r all')",
-                              ck->img->filename);
-        }
-        if (p->result.leaks || p->result.corruptions) {
-            p->result = pre;
-            ret = qcow2_check_compare_refcounts(ck, p, ck->repair_flags, true);
-            if (ret < 0) {
-                return ret;
-            }
-        }
+        ret = repair_refcounts(ck, p, &pre);
     }
-    ret = qcow2_check_copied_flags(ck, p);
     if (ret < 0) {
         return ret;
+    }
+    return qcow2_check_copied_flags(ck, p);
+}
+
+/* Set up CK for a check of IMG with FLAGS on THREADS threads. */
+static void init_state(struct check_state *ck, struct vimg_image *img,
+                       unsigned flags, unsigned threads,
+                       vimg_check_report_fn report, void *opaque)
+{
+    struct qcow2_state *s = img->priv;
+
+    memset(ck, 0, sizeof(*ck));
+    ck->img = img;
+    ck->s = s;
+    ck->repair_flags = flags;
+    ck->report = report;
+    ck->opaque = opaque;
+    ck->cluster_bits = s->cluster_bits;
+    ck->cluster_size = s->cluster_size;
+    ck->nb_threads = thread_count(threads);
+    pthread_mutex_init(&ck->overflow_lock, NULL);
+    ck->refblock_entries = (ck->cluster_size * 8) >> s->h.refcount_order;
+    ck->refcount_max = s->h.refcount_order == 6
+                           ? UINT64_MAX
+                           : (1ull << (1u << s->h.refcount_order)) - 1;
+}
+
+static void free_state(struct check_state *ck)
+{
+    free(ck->counts);
+    free(ck->overflow);
+    free(ck->suspects);
+    free(ck->reftable);
+    vimg_pool_destroy(ck->pool);
+    pthread_mutex_destroy(&ck->overflow_lock);
+}
+
+/* One counter per cluster of the file (and two more: a reference may
+ * reach one cluster past the end, and the rebuild grows it anyway). */
+static int alloc_counts(struct check_state *ck, struct check_part *p)
+{
+    struct qcow2_state *s = ck->s;
+    int ret = vimg_io_get_size(ck->img->io, &s->file_size);
+
+    if (ret < 0) {
+        p->result.check_errors++;
+        return ret;
+    }
+    ck->file_size = s->file_size;
+    ck->nb_clusters = VIMG_DIV_ROUND_UP(ck->file_size, ck->cluster_size);
+    ck->nb_counts = ck->nb_clusters + 2;
+    ck->counts = calloc((size_t)ck->nb_counts, sizeof(uint16_t));
+    if (!ck->counts) {
+        p->result.check_errors++;
+        return vimg_error(-ENOMEM, "%s: out of memory for %llu refcounts",
+                          ck->img->filename,
+                          (unsigned long long)ck->nb_clusters);
     }
     return 0;
+}
+
+/* Say what the header bits tell before anything is counted. */
+static void say_header_notes(struct check_state *ck, struct check_part *p)
+{
+    const uint64_t features = ck->s->h.incompatible_features;
+    const bool is_fix = ck->repair_flags & VIMG_CHECK_REPAIR_ERRORS;
+
+    if (features & QCOW2_INCOMPAT_DIRTY) {
+        qcow2_check_say(ck, p,
+                        "Note: the image is dirty (lazy refcounts, not closed "
+                        "cleanly): its refcounts may be stale%s",
+                        is_fix ? "" : "; 'vimg check -r all' repairs them");
+    }
+    if (features & QCOW2_INCOMPAT_CORRUPT) {
+        qcow2_check_say(ck, p, "Note: the image is marked corrupt%s",
+                        is_fix ? "" : "; 'vimg check -r all' repairs it");
+    }
+}
+
+/* v3 snapshot table entries need the virtual disk size (qcow2.txt,
+ * "Snapshots": extra data of at least 16 bytes).  Returns how many lack
+ * it. */
+static uint64_t report_incomplete_snapshots(struct check_state *ck,
+                                            struct check_part *p)
+{
+    const struct qcow2_state *s = ck->s;
+    const bool is_fix = ck->repair_flags & VIMG_CHECK_REPAIR_ERRORS;
+    uint64_t nb_incomplete = 0;
+
+    for (size_t k = 0; k < s->nb_snapshots && s->h.version >= 3; k++) {
+        if (!s->snapshots[k].has_disk_size) {
+            nb_incomplete++;
+            qcow2_check_say(ck, p,
+                            "%s: snapshot table entry %zu (snapshot %s, "
+                            "'%s') is incomplete: version 3 images need 16 "
+                            "bytes of extra data",
+                            is_fix ? "Repairing" : "ERROR", k,
+                            s->snapshots[k].id, s->snapshots[k].name);
+        }
+    }
+    return nb_incomplete;
+}
+
+/* The passes, in order, with the driver lock held. */
+static int check_locked(struct check_state *ck, struct check_part *p)
+{
+    struct qcow2_state *s = ck->s;
+    const unsigned flags = ck->repair_flags;
+    int ret = alloc_counts(ck, p);
+
+    if (ret < 0) {
+        return ret;
+    }
+    p->result.total_clusters = VIMG_DIV_ROUND_UP(s->h.size, ck->cluster_size);
+    if (s->check_load_error) {
+        p->result.check_errors++;
+        qcow2_check_say(ck, p, "ERROR: %s", s->check_load_msg);
+        return vimg_error(s->check_load_error, "%s", s->check_load_msg);
+    }
+    say_header_notes(ck, p);
+    const uint64_t nb_incomplete = report_incomplete_snapshots(ck, p);
+    /* check -r opens the image for writing, as qemu-img check -r does */
+    if (flags) {
+        ret = qcow2_clear_unknown_autoclear(ck->img);
+        if (ret < 0) {
+            p->result.check_errors++;
+            return ret;
+        }
+    }
+    ret = check_refcounts(ck, p);
+    if (ret < 0) {
+        return ret;
+    }
+    p->result.corruptions += nb_incomplete;
+    /* the snapshot table is fixed only once the refcounts are right */
+    if (nb_incomplete && (flags & VIMG_CHECK_REPAIR_ERRORS) &&
+        p->result.check_errors == 0) {
+        ret = qcow2_check_fix_snapshot_table(ck, p);
+        if (ret < 0) {
+            return ret;
+        }
+        p->result.corruptions -= nb_incomplete;
+        p->result.corruptions_fixed += nb_incomplete;
+    }
+    p->result.image_end_offset = (ck->last_used_cluster + 1)
+                                 << ck->cluster_bits;
+    if (flags && p->result.check_errors == 0 && p->result.corruptions == 0) {
+        ret = mark_clean(ck);
+        if (ret < 0) {
+            p->result.check_errors++;
+        }
+    }
+    return ret;
 }
 
 int qcow2_check(struct vimg_image *img, unsigned flags, unsigned threads,
@@ -476,116 +656,13 @@ int qcow2_check(struct vimg_image *img, unsigned flags, unsigned threads,
     struct qcow2_state *s = img->priv;
     struct check_state ck;
     struct check_part p;
-    int ret;
 
-    memset(&ck, 0, sizeof(ck));
+    init_state(&ck, img, flags, threads, report, opaque);
     memset(&p, 0, sizeof(p));
-    ck.img = img;
-    ck.s = s;
-    ck.repair_flags = flags;
-    ck.report = report;
-    ck.opaque = opaque;
-    ck.cluster_bits = s->cluster_bits;
-    ck.cluster_size = s->cluster_size;
-    ck.nb_threads = thread_count(threads);
-    pthread_mutex_init(&ck.overflow_lock, NULL);
-    ck.refblock_entries = (ck.cluster_size * 8) >> s->h.refcount_order;
-    ck.refcount_max = s->h.refcount_order == 6
-                          ? UINT64_MAX
-                          : (1ull << (1u << s->h.refcount_order)) - 1;
-
     pthread_mutex_lock(&s->lock);
-    ret = vimg_io_get_size(img->io, &s->file_size);
-    if (ret < 0) {
-        p.result.check_errors++;
-        goto out;
-    }
-    ck.file_size = s->file_size;
-    ck.nb_clusters = VIMG_DIV_ROUND_UP(ck.file_size, ck.cluster_size);
-    ck.nb_counts = ck.nb_clusters + 2;
-    ck.counts = calloc((size_t)ck.nb_counts, sizeof(uint16_t));
-    if (!ck.counts) {
-        p.result.check_errors++;
-        ret = vimg_error(-ENOMEM, "%s: out of memory for %llu refcounts",
-                         img->filename, (unsigned long long)ck.nb_clusters);
-        goto out;
-    }
-    p.result.total_clusters = VIMG_DIV_ROUND_UP(s->h.size, ck.cluster_size);
-
-    if (s->check_load_error) {
-        p.result.check_errors++;
-        qcow2_check_say(&ck, &p, "ERROR: %s", s->check_load_msg);
-        ret = vimg_error(s->check_load_error, "%s", s->check_load_msg);
-        goto out;
-    }
-    if (s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY) {
-        qcow2_check_say(&ck, &p,
-                        "Note: the image is dirty (lazy refcounts, not closed "
-                        "cleanly): its refcounts may be stale%s",
-                        flags & VIMG_CHECK_REPAIR_ERRORS
-                            ? ""
-                            : "; 'vimg check -r all' "
-                              "repairs them");
-    }
-    if (s->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT) {
-        qcow2_check_say(&ck, &p, "Note: the image is marked corrupt%s",
-                        flags & VIMG_CHECK_REPAIR_ERRORS
-                            ? ""
-                            : "; 'vimg check -r all' "
-                              "repairs it");
-    }
-    /* v3 snapshot table entries need the virtual disk size (qcow2.txt,
-     * "Snapshots": extra data of at least 16 bytes) */
-    uint64_t nb_incomplete = 0;
-    for (size_t k = 0; k < s->nb_snapshots && s->h.version >= 3; k++) {
-        if (!s->snapshots[k].has_disk_size) {
-            nb_incomplete++;
-            qcow2_check_say(&ck, &p,
-                "%s: snapshot table entry %zu (snapshot %s, '%s') is "
-                "incomplete: version 3 images need 16 bytes of extra data",
-                (flags & VIMG_CHECK_REPAIR_ERRORS) ? "Repairing" : "ERROR",
-                k, s->snapshots[k].id, s->snapshots[k].name);
-        }
-    }
-
-    /* check -r opens the image for writing, as qemu-img check -r does */
-    if (flags) {
-        ret = qcow2_clear_unknown_autoclear(img);
-        if (ret < 0) {
-            p.result.check_errors++;
-            goto out;
-        }
-    }
-    ret = check_refcounts(&ck, &p);
-    if (ret < 0) {
-        goto out;
-    }
-    p.result.corruptions += nb_incomplete;
-    /* the snapshot table is fixed only once the refcounts are right */
-    if (nb_incomplete && (flags & VIMG_CHECK_REPAIR_ERRORS) &&
-        p.result.check_errors == 0) {
-        ret = qcow2_check_fix_snapshot_table(&ck, &p);
-        if (ret < 0) {
-            goto out;
-        }
-        p.result.corruptions -= nb_incomplete;
-        p.result.corruptions_fixed += nb_incomplete;
-    }
-    p.result.image_end_offset = (ck.last_used_cluster + 1) << ck.cluster_bits;
-    if (flags && p.result.check_errors == 0 && p.result.corruptions == 0) {
-        ret = mark_clean(&ck);
-        if (ret < 0) {
-            p.result.check_errors++;
-        }
-    }
-out:
+    const int ret = check_locked(&ck, &p);
     pthread_mutex_unlock(&s->lock);
     *res = p.result;
-    free(ck.counts);
-    free(ck.overflow);
-    free(ck.suspects);
-    free(ck.reftable);
-    vimg_pool_destroy(ck.pool);
-    pthread_mutex_destroy(&ck.overflow_lock);
+    free_state(&ck);
     return ret;
 }

@@ -198,13 +198,13 @@ int qcow2_check_count_references(struct check_state *ck, struct check_part *p);
  */
 #define COUNT_SATURATED 0xfff0u
 /* The side-table part of cluster K's counter. */
-uint64_t qcow2_check_overflow_get(struct check_state *ck, uint64_t k);
+uint64_t qcow2_check_overflow_get(const struct check_state *ck, uint64_t k);
 /* Set the side-table part of cluster K's counter to EXTRA. */
 void qcow2_check_overflow_set(struct check_state *ck, uint64_t k,
                               uint64_t extra);
 
 /* The counter of cluster K (no thread may be incrementing). */
-static inline uint64_t count_get(struct check_state *ck, uint64_t k)
+static inline uint64_t count_get(const struct check_state *ck, uint64_t k)
 {
     if (k >= ck->nb_counts) {
         return 0;
