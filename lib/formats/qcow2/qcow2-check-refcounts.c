@@ -7,11 +7,8 @@
  * (docs/formats/qcow2.md lists the rules).
  */
 #include <assert.h>
-#include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "formats/qcow2/qcow2-check.h"
 #include "vimg-endian.h"

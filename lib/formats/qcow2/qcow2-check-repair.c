@@ -7,12 +7,8 @@
  * at it (one 12-byte write); COPIED flags are fixed only after the
  * refcounts are right; the snapshot table is rewritten last.
  */
-#include <assert.h>
-#include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "formats/qcow2/qcow2-check.h"
 #include "vimg-endian.h"

@@ -15,12 +15,10 @@
  * pass 0xffff on wide-refcount images go to a small side table), plus one
  * cluster-sized buffer per worker thread.
  */
-#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "formats/qcow2/qcow2-check.h"
 #include "util/pool.h"
@@ -147,14 +145,13 @@ static int read_reftable(struct check_state *ck, struct check_part *p)
     return 0;
 }
 
-/* THREADS as asked (vimg_check_opts), 0: one per CPU */
+/* THREADS as asked (vimg_check_opts), 0: one per CPU, at most 8 */
 static unsigned thread_count(unsigned threads)
 {
-    long n = threads ? (long)threads : sysconf(_SC_NPROCESSORS_ONLN);
-    if (n < 1) {
-        n = 1;
-    }
-    return (unsigned)VIMG_MIN(n, CHECK_MAX_THREADS);
+    const unsigned n = threads ? threads : vimg_pool_default_threads();
+
+    /* COUNT_SATURATED leaves room for this many overshoots */
+    return VIMG_MIN(n, (unsigned)CHECK_MAX_THREADS);
 }
 
 /* Clear the dirty and corrupt bits (v3 header). */
@@ -285,21 +282,12 @@ static int compare_suspects(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* Say who uses the clusters whose refcount is too low, so the user knows
- * which guest data or table is at risk. */
-static void name_users(struct check_state *ck, struct check_part *p)
+/* The fixed metadata among the users: header, tables, refcount blocks,
+ * snapshot table, encryption header, bitmaps. */
+static void note_metadata_users(struct check_state *ck)
 {
     const struct qcow2_state *s = ck->s;
 
-    if (ck->nb_suspects == 0) {
-        return;
-    }
-    qsort(ck->suspects, ck->nb_suspects, sizeof(*ck->suspects),
-          compare_suspects);
-    uint8_t *buf = malloc((size_t)ck->cluster_size);
-    if (!buf) {
-        return;
-    }
     note_user(ck, 0, ck->cluster_size, "the image header");
     note_user(ck, s->h.l1_table_offset, (uint64_t)s->h.l1_size * 8,
               "the active L1 table");
@@ -330,10 +318,13 @@ static void name_users(struct check_state *ck, struct check_part *p)
                       "the table of bitmap '%s'", s->bitmaps[k].name);
         }
     }
-    struct check_table active;
-    qcow2_check_active_table(ck, &active);
-    note_table_users(ck, "active image", active.entries, active.nb_entries,
-                     buf);
+}
+
+/* The snapshots' L1 tables and what they map, with BUF (one cluster). */
+static void note_snapshot_users(struct check_state *ck, uint8_t *buf)
+{
+    const struct qcow2_state *s = ck->s;
+
     for (size_t k = 0; k < s->nb_snapshots; k++) {
         const struct qcow2_snapshot *sn = &s->snapshots[k];
         char label[96];
@@ -353,7 +344,11 @@ static void name_users(struct check_state *ck, struct check_part *p)
         }
         free(l1);
     }
-    free(buf);
+}
+
+/* One line per suspect, naming its users. */
+static void say_suspects(struct check_state *ck, struct check_part *p)
+{
     for (size_t i = 0; i < ck->nb_suspects; i++) {
         const struct check_suspect *sp = &ck->suspects[i];
         char line[CHECK_USERS_PER_SUSPECT * 130 + 1] = "";
@@ -366,13 +361,36 @@ static void name_users(struct check_state *ck, struct check_part *p)
             }
             used += (size_t)n;
         }
-        qcow2_check_say(
-            ck, p,
-            "  cluster %llu (0x%llx) with too low a refcount is used "
-            "by: %s",
-            (unsigned long long)sp->cluster,
-            (unsigned long long)(sp->cluster << ck->cluster_bits), line);
+        qcow2_check_say(ck, p,
+                        "  cluster %llu (0x%llx) with too low a refcount is "
+                        "used by: %s",
+                        (unsigned long long)sp->cluster,
+                        (unsigned long long)(sp->cluster << ck->cluster_bits),
+                        line);
     }
+}
+
+/* Say who uses the clusters whose refcount is too low, so the user knows
+ * which guest data or table is at risk. */
+static void name_users(struct check_state *ck, struct check_part *p)
+{
+    if (ck->nb_suspects == 0) {
+        return;
+    }
+    qsort(ck->suspects, ck->nb_suspects, sizeof(*ck->suspects),
+          compare_suspects);
+    uint8_t *buf = malloc((size_t)ck->cluster_size);
+    if (!buf) {
+        return;
+    }
+    note_metadata_users(ck);
+    struct check_table active;
+    qcow2_check_active_table(ck, &active);
+    note_table_users(ck, "active image", active.entries, active.nb_entries,
+                     buf);
+    note_snapshot_users(ck, buf);
+    free(buf);
+    say_suspects(ck, p);
 }
 
 /* The first, read-only compare; it is the last one when nothing may be
