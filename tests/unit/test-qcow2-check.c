@@ -48,6 +48,7 @@ static void build(uint8_t *b)
 
 struct lines {
     unsigned n;
+    uint64_t hash; /* FNV-1a of the lines, in order */
 };
 
 static void count_line(void *opaque, const char *msg)
@@ -56,6 +57,15 @@ static void count_line(void *opaque, const char *msg)
 
     assert_true(msg[0] != '\0');
     l->n++;
+    if (l->n == 1) {
+        l->hash = 0xcbf29ce484222325ull;
+    }
+    for (const char *c = msg;; c++) {
+        l->hash = (l->hash ^ (uint8_t)*c) * 0x100000001b3ull;
+        if (*c == '\0') {
+            break;
+        }
+    }
 }
 
 static vimg_image *open_rw(const uint8_t *b, size_t len)
@@ -237,7 +247,19 @@ static void test_threads_same_output(void **state)
     assert_int_equal(vimg_check_ext(img, &o1, &r1), 0);
     assert_int_equal(vimg_check_ext(img, &o8, &r8), 0);
     assert_memory_equal(&r1, &r8, sizeof(r1));
+    /* the same lines in the same order, whatever the thread count */
     assert_int_equal(l1.n, l8.n);
+    assert_true(l1.hash == l8.hash);
+    for (unsigned threads = 2; threads <= 5; threads++) {
+        struct lines ln = {0};
+        struct vimg_check_result rn;
+        const struct vimg_check_opts on = {VIMG_CHECK_OPTS_VERSION, 0,
+                                           threads, count_line, &ln};
+        assert_int_equal(vimg_check_ext(img, &on, &rn), 0);
+        assert_memory_equal(&r1, &rn, sizeof(r1));
+        assert_int_equal(l1.n, ln.n);
+        assert_true(l1.hash == ln.hash);
+    }
     assert_true(r1.corruptions > 0);
     vimg_close(img);
     free(b);
