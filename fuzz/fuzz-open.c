@@ -69,6 +69,17 @@ static size_t touch(const char *s)
     return s != NULL ? strlen(s) : 0;
 }
 
+/* Read every key and string of a format-specific information tree */
+static size_t touch_entries(const struct vimg_info_entry *e)
+{
+    size_t n = 0;
+
+    for (; e; e = e->next) {
+        n += touch(e->key) + touch(e->string) + touch_entries(e->children);
+    }
+    return n;
+}
+
 static void exercise_info(vimg_image *img)
 {
     struct vimg_info *info = NULL;
@@ -85,7 +96,7 @@ static void exercise_info(vimg_image *img)
     }
     size_t n = touch(info->format) + touch(info->backing_file) +
                touch(info->full_backing_file) + touch(info->backing_format) +
-               touch(info->compression_type) + touch(info->data_file);
+               touch_entries(info->format_specific);
     if (info->nb_snapshots > 0 && info->snapshots == NULL) {
         broken("snapshots missing", ret);
     }

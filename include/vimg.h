@@ -26,6 +26,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -233,12 +234,18 @@ VIMG_API int vimg_pwrite_compressed(vimg_image *img, const void *data,
 #define VIMG_CAN_BACKING 0x100u /* the format stores a backing file */
 #define VIMG_CAN_AMEND 0x200u   /* vimg_amend */
 #define VIMG_CAN_CHECK 0x400u   /* vimg_check */
+#define VIMG_CAN_CREATE 0x800u  /* vimg_create_ext (the format's) */
+#define VIMG_CAN_BITMAPS 0x1000u /* persistent dirty bitmaps (qcow2 v3) */
 
 /*
  * The VIMG_CAN_* bits IMG supports, from its format driver and the way
  * it was opened (the write bits need a read-write handle); 0 for NULL.
  */
 VIMG_API unsigned vimg_capabilities(const vimg_image *img);
+
+/* The VIMG_CAN_* bits of FORMAT's images opened read-write (0 for a
+ * format vimg has no driver for), for front ends that create images. */
+VIMG_API unsigned vimg_format_capabilities(const char *format);
 
 /* The virtual disk size in bytes. */
 VIMG_API uint64_t vimg_size(const vimg_image *img);
@@ -333,6 +340,30 @@ struct vimg_luks_info {
     struct vimg_luks_slot slots[VIMG_LUKS_SLOTS];
 };
 
+/*
+ * Format-specific information (qemu-img info's "Format specific
+ * information", JSON "format-specific"): a tree the driver fills, in the
+ * order qemu-img prints it.  An OBJECT's or a LIST's entries are its
+ * children (list items have no key).
+ */
+enum vimg_info_type {
+    VIMG_INFO_STRING,
+    VIMG_INFO_BOOL,
+    VIMG_INFO_INT,
+    VIMG_INFO_OBJECT,
+    VIMG_INFO_LIST,
+};
+
+struct vimg_info_entry {
+    const char *key;       /* "compat"; NULL for a list item */
+    enum vimg_info_type type;
+    const char *string;    /* STRING */
+    bool boolean;          /* BOOL */
+    int64_t integer;       /* INT */
+    struct vimg_info_entry *children; /* OBJECT, LIST: the first entry */
+    struct vimg_info_entry *next;     /* the parent's next entry */
+};
+
 /* What `vimg info` shows.  Free with vimg_info_free(). */
 struct vimg_info {
     const char *format;      /* "raw", "qcow2" */
@@ -341,27 +372,21 @@ struct vimg_info {
     char *backing_file;      /* as stored in the image, or NULL */
     char *full_backing_file; /* resolved against the image's directory */
     char *backing_format;    /* as stored, or NULL */
-    bool dirty;              /* qcow2 dirty bit (lazy refcounts) */
+    bool dirty;              /* not closed cleanly (qemu's dirty-flag) */
     bool encrypted;
-
-    /* QCOW2 ("format-specific"); valid when format is "qcow2". */
-    uint32_t qcow2_version;  /* 2 or 3 */
-    bool lazy_refcounts;
-    unsigned refcount_bits;
-    bool corrupt;
-    bool extended_l2;
-    const char *compression_type; /* "zlib" or "zstd" */
-    char *data_file;         /* external data file name, or NULL */
-    bool data_file_raw;
+    /* The format-specific information: an OBJECT whose key is its type
+     * ("qcow2") and whose children are the data; NULL when none. */
+    struct vimg_info_entry *format_specific;
 
     size_t nb_snapshots;
     struct vimg_snapshot_info *snapshots;
     size_t nb_bitmaps;
     struct vimg_bitmap_info *bitmaps;
 
-    /* qcow2 encryption: "aes" or "luks" (encrypted is then true), else
-     * NULL; for "luks", the header (NULL if it could not be read).  Data
-     * of encrypted images cannot be read or written yet. */
+    /* Encryption: "aes" or "luks" (encrypted is then true), else NULL;
+     * for "luks", the header (NULL if it could not be read).  Data of
+     * encrypted images cannot be read or written yet.  The format's
+     * "encrypt" information says the same. */
     const char *encrypt_format;
     struct vimg_luks_info *luks;
 };
@@ -381,6 +406,136 @@ VIMG_API void vimg_info_free(struct vimg_info *info);
 VIMG_API int vimg_snapshot_view(vimg_image *img, const char *id,
                                 const char *name);
 
+/*
+ * Format options
+ *
+ * Each format declares the options a new image takes (qemu-img create -o)
+ * and which of them vimg_amend_ext() can change, in a table that
+ * vimg_format_options() returns.  A vimg_opts list holds the values for
+ * one format, checked against that table as they are set; vimg_create_ext(),
+ * vimg_amend_ext(), vimg_measure_ext() and vimg_convert() take it.
+ */
+enum vimg_option_type {
+    VIMG_OPTION_STRING,
+    VIMG_OPTION_BOOL,   /* on/off, yes/no, true/false */
+    VIMG_OPTION_SIZE,   /* qemu's size syntax (vimg_parse_size()) */
+    VIMG_OPTION_NUMBER, /* a decimal number */
+};
+
+#define VIMG_OPTION_AMENDABLE 0x1u /* vimg_amend_ext() can change it */
+#define VIMG_OPTION_PREFIX 0x2u    /* name ends with '.': any key under it */
+
+struct vimg_option {
+    const char *name;           /* "cluster_size" */
+    enum vimg_option_type type;
+    const char *default_value;  /* as text, or NULL (none) */
+    /* One or more lines for `-o help`, or NULL for an option that is
+     * known but not listed (refused, or kept for compatibility). */
+    const char *help;
+    unsigned flags;             /* VIMG_OPTION_* */
+};
+
+/* The name of the format driver at INDEX (0, 1, ... in probe order), or
+ * NULL past the last one: the formats vimg opens. */
+VIMG_API const char *vimg_format_name(size_t index);
+
+/* FORMAT's option table, ended by an entry with a NULL name; NULL for an
+ * unknown format.  Static: never freed. */
+VIMG_API const struct vimg_option *vimg_format_options(const char *format);
+
+/*
+ * Print FORMAT's options as `qemu-img create -o help` lists them
+ * ("Supported options:", then one "  name=<type> help" entry per listed
+ * option); with VIMG_OPTS_AMEND only the amendable ones.  Returns 0 or
+ * -EINVAL for an unknown format.
+ */
+VIMG_API int vimg_format_print_options(const char *format, unsigned purpose,
+                                       FILE *out);
+
+/*
+ * Parse a size as qemu does: "512", "64k", "1.5M", "0x1000", "2G" (an
+ * integer, decimal or hex after 0x; an optional decimal fraction; an
+ * optional suffix b, k, M, G, T, P, E in binary units, either case; a
+ * fraction needs one of k..E and is rounded to the nearest byte).
+ * Returns 0, -EINVAL (not a size) or -ERANGE (above 2^64 - 1).
+ */
+VIMG_API int vimg_parse_size(const char *s, uint64_t *out);
+
+typedef struct vimg_opts vimg_opts;
+
+/* What an option list is for: a new image, vimg_amend_ext(), or
+ * vimg_measure_ext() (a new image's options and those of the file it would
+ * be created on, nocow and extent_size_hint, with qemu-img measure's
+ * words for bad values). */
+#define VIMG_OPTS_CREATE 0u
+#define VIMG_OPTS_AMEND 1u
+#define VIMG_OPTS_MEASURE 2u
+
+/*
+ * A new, empty option list for FORMAT ("raw", "qcow2", ...) and PURPOSE.
+ * Free it with vimg_opts_free().  -EINVAL ("Unknown file format") for a
+ * format vimg has no driver for.
+ */
+VIMG_API int vimg_opts_new(vimg_opts **out, const char *format,
+                           unsigned purpose);
+VIMG_API void vimg_opts_free(vimg_opts *opts); /* NULL is a no-op */
+/* A new list with the format, purpose and values of SRC. */
+VIMG_API int vimg_opts_copy(vimg_opts **out, const vimg_opts *src);
+
+/*
+ * Set KEY to VALUE, checked as qemu-img checks -o options, with its
+ * words: an unknown key gives -ENOENT ("Invalid parameter 'KEY'"); for
+ * amend, a creation-only key -EINVAL ("... only supported for image
+ * creation"); a bad value -EINVAL naming the key; an option the format
+ * knows but vimg cannot do -ENOTSUP.  A later value replaces an earlier
+ * one.  VALUE NULL (a key without "=") is refused.
+ */
+VIMG_API int vimg_opts_set(vimg_opts *opts, const char *key,
+                           const char *value);
+
+/*
+ * Set each "key=value" of LIST, separated by commas (",," is a comma
+ * inside a key or value, as in qemu), in order, stopping at the first
+ * error (see vimg_opts_set()).
+ */
+VIMG_API int vimg_opts_parse(vimg_opts *opts, const char *list);
+
+/* The value KEY was set to (as given), or NULL if unset.  Valid until the
+ * next change of OPTS. */
+VIMG_API const char *vimg_opts_get(const vimg_opts *opts, const char *key);
+
+/* The format OPTS was made for; valid until vimg_opts_free(). */
+VIMG_API const char *vimg_opts_format(const vimg_opts *opts);
+
+/*
+ * The options of the image OPTS describes, as `qemu-img create` prints
+ * them after "Formatting 'FILE', fmt=FORMAT " (set values and the
+ * format's defaults, in the format's order).  Free with free(); NULL when
+ * out of memory.
+ */
+VIMG_API char *vimg_opts_describe(const vimg_opts *opts);
+
+/*
+ * Create a new image at PATH with the format and options of OPTS ("size"
+ * must be set; an existing file is replaced).  Options the format cannot
+ * combine are refused with -EINVAL and the reason, before anything is
+ * written.  The backing file is only named, not opened.
+ */
+VIMG_API int vimg_create_ext(const char *path, const vimg_opts *opts);
+
+/*
+ * Change the options set in OPTS (made with VIMG_OPTS_AMEND for IMG's
+ * format) of IMG, open read-write, in place (qemu-img amend).  Whatever
+ * would be refused is refused before anything is written.  The guest
+ * content never changes.
+ */
+VIMG_API int vimg_amend_ext(vimg_image *img, const vimg_opts *opts);
+
+/*
+ * Deprecated: the fixed qcow2-shaped options of vimg 0.1.  vimg_create(),
+ * vimg_amend() and vimg_measure() turn them into a vimg_opts list and call
+ * the _ext functions; new code uses those.
+ */
 /* Version 2 added data_file_keep; version 1 structs are still accepted. */
 #define VIMG_CREATE_OPTS_VERSION 2
 /* What a new image looks like (qemu-img create -o names in comments). */
@@ -407,11 +562,7 @@ struct vimg_create_opts {
 #define VIMG_CREATE_OPTS_INIT { VIMG_CREATE_OPTS_VERSION, "qcow2", 0, 0, 0, \
     false, 0, false, NULL, false, NULL, NULL, NULL, NULL, false }
 
-/*
- * Create a new image at PATH (an existing file is replaced).  Options the
- * format cannot combine are refused with -EINVAL and the reason, before
- * anything is written.  The backing file is only named, not opened.
- */
+/* Deprecated: vimg_create_ext() with the options of OPTS. */
 VIMG_API int vimg_create(const char *path, const struct vimg_create_opts *opts);
 
 /* Which fields of a vimg_create_opts vimg_amend() changes */
@@ -425,13 +576,12 @@ VIMG_API int vimg_create(const char *path, const struct vimg_create_opts *opts);
 #define VIMG_AMEND_BACKING_FMT 0x80u
 
 /*
- * Change the options WHICH names of an image open read-write, in place
- * (qemu-img amend), to their values in OPTS.  Whatever would be refused is
- * refused before anything is written: a downgrade to compat 0.10 of what
- * it cannot hold (extended L2, a data file, zstd, persistent bitmaps,
- * lazy refcounts), a refcount width too small for a refcount, a shrink
- * over data.  A downgrade expands zero clusters; a new refcount width
- * rewrites the refcount structure.  The guest content never changes.
+ * Deprecated: vimg_amend_ext() with the options WHICH names, valued as in
+ * OPTS.  For qcow2, whatever would be refused is refused before anything
+ * is written: a downgrade to compat 0.10 of what it cannot hold (extended
+ * L2, a data file, zstd, persistent bitmaps, lazy refcounts), a refcount
+ * width too small for a refcount, a shrink over data.  A downgrade expands
+ * zero clusters; a new refcount width rewrites the refcount structure.
  */
 VIMG_API int vimg_amend(vimg_image *img, const struct vimg_create_opts *opts,
                         unsigned which);
@@ -445,8 +595,8 @@ struct vimg_measure_result {
 };
 
 /*
- * How large a new image made with TARGET (format "raw" or "qcow2", and the
- * options of vimg_create) would be, as `qemu-img measure` computes it.
+ * Deprecated (see vimg_measure_ext()): how large a new image made with
+ * TARGET (format "raw" or "qcow2", and the options of vimg_create) would be, as `qemu-img measure` computes it.
  * With SRC, the image is a copy of SRC's guest content (its whole backing
  * chain, as vimg_convert copies it): only target clusters holding data
  * that is not known to be zeroes count as required, and a qcow2 v3 target
@@ -461,10 +611,19 @@ VIMG_API int vimg_measure(vimg_image *src,
                           const struct vimg_create_opts *target,
                           struct vimg_measure_result *out);
 
+/*
+ * vimg_measure() for a target of the format and options in TARGET (made
+ * with VIMG_OPTS_CREATE or VIMG_OPTS_MEASURE); its "size" is the virtual size of an empty
+ * image (without SRC), and is checked against the format's limits.
+ */
+VIMG_API int vimg_measure_ext(vimg_image *src, const vimg_opts *target,
+                              struct vimg_measure_result *out);
+
 /* Progress of a long operation: DONE of TOTAL units (bytes). */
 typedef void (*vimg_progress_fn)(void *opaque, uint64_t done, uint64_t total);
 
-#define VIMG_CONVERT_OPTS_VERSION 1
+/* Version 2 added target_options; version 1 structs are still accepted. */
+#define VIMG_CONVERT_OPTS_VERSION 2
 struct vimg_convert_opts {
     unsigned version;        /* VIMG_CONVERT_OPTS_VERSION */
     const char *out_format;  /* "raw" */
@@ -485,12 +644,16 @@ struct vimg_convert_opts {
      * source's top layer allocates is copied: the rest is left to the
      * target's backing file, which should hold the sources' backing
      * content.  That also holds with is_existing_target. */
-    const struct vimg_create_opts *create;
+    const struct vimg_create_opts *create; /* deprecated: target_options */
     bool is_compressed;
+    /* Version 2: how to create the target (its "size" is filled in): a
+     * list for out_format made with VIMG_OPTS_CREATE, or NULL (then
+     * `create` is used).  A "backing_file" in it works as create's did. */
+    const vimg_opts *target_options;
 };
 #define VIMG_CONVERT_OPTS_INIT                                                 \
     { VIMG_CONVERT_OPTS_VERSION, "raw", 4096, 0, false, NULL, NULL, false,    \
-      NULL, false }
+      NULL, false, NULL }
 
 /*
  * Copy the guest content of NB_SRCS images, one after the other, into a

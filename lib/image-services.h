@@ -47,4 +47,36 @@ bool vimg_file_is_device(const vimg_image *img);
  * format's virtual size). */
 int vimg_file_size(vimg_image *img, uint64_t *out);
 
+/*
+ * What a new image of some format needs, as the format's measure op sees
+ * it: fully allocated, the file holds metadata_bytes plus every byte of
+ * virtual_size; data is allocated in units of data_unit_bytes.
+ */
+struct vimg_measure_plan {
+    uint64_t virtual_size;    /* as the format rounds it */
+    uint64_t metadata_bytes;  /* headers and tables, fully allocated */
+    uint64_t data_unit_bytes; /* cluster size (allocation granularity) */
+    bool is_preallocated;     /* every data byte is stored, allocated or not
+                                 (raw, preallocation=falloc/full) */
+    bool can_store_bitmaps;   /* persistent dirty bitmaps (qcow2 v3) */
+};
+
+/* Plan a new image made with OPTS (its format's measure op) of
+ * VIRTUAL_SIZE bytes: -ENOTSUP for a format that cannot be measured. */
+int vimg_image_plan(const struct vimg_opts *opts, uint64_t virtual_size,
+                    struct vimg_measure_plan *out);
+/* Bytes a new image made with OPTS (its plan can_store_bitmaps) needs for
+ * the persistent bitmaps of SRC, all fully allocated (the format's
+ * measure_bitmaps op). */
+int vimg_image_plan_bitmaps(const struct vimg_opts *opts, vimg_image *src,
+                            uint64_t *out);
+
+/* options.c */
+/* The list for PURPOSE that the deprecated fixed options C stand for:
+ * for amend, the options WHICH (VIMG_AMEND_*) names; else every field
+ * that is not a default. */
+int vimg_opts_from_create_opts(const struct vimg_create_opts *c,
+                               unsigned purpose, unsigned which,
+                               vimg_opts **out);
+
 #endif

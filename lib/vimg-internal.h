@@ -56,29 +56,36 @@ int vimg_read_backing(struct vimg_image *img, void *buf, size_t count,
 int vimg_open_io(vimg_image **out, struct vimg_io *io, const char *name,
                  const char *format, unsigned flags);
 
-/*
- * What a new image of some format needs, as the format's measure op sees
- * it: fully allocated, the file holds metadata_bytes plus every byte of
- * virtual_size; data is allocated in units of data_unit_bytes.
- */
-struct vimg_measure_plan {
-    uint64_t virtual_size;    /* as the format rounds it */
-    uint64_t metadata_bytes;  /* headers and tables, fully allocated */
-    uint64_t data_unit_bytes; /* cluster size (allocation granularity) */
-    bool is_preallocated;     /* every data byte is stored, allocated or not
-                                 (raw, preallocation=falloc/full) */
-    bool can_store_bitmaps;   /* persistent dirty bitmaps (qcow2 v3) */
-};
+/* info.c: building a format-specific information tree.  *ERR is sticky:
+ * after a failure (-ENOMEM) every call does nothing and returns NULL. */
+/* A new entry, the last child of PARENT (NULL: a new root). */
+struct vimg_info_entry *vimg_info_add(int *err,
+                                      struct vimg_info_entry *parent,
+                                      const char *key,
+                                      enum vimg_info_type type);
+void vimg_info_add_string(int *err, struct vimg_info_entry *parent,
+                          const char *key, const char *value);
+void vimg_info_add_bool(int *err, struct vimg_info_entry *parent,
+                        const char *key, bool value);
+void vimg_info_add_int(int *err, struct vimg_info_entry *parent,
+                       const char *key, int64_t value);
+/* Free E, its children and the entries after it. */
+void vimg_info_entry_free(struct vimg_info_entry *e);
 
-/* Plan a new image made with OPTS (its format's measure op) of
- * VIRTUAL_SIZE bytes: -EINVAL for an unknown format, -ENOTSUP for one that
- * cannot be measured. */
-int vimg_image_plan(const struct vimg_create_opts *opts,
-                    uint64_t virtual_size, struct vimg_measure_plan *out);
-
+/* options.c: what drivers and ops read from an option list (O's values
+ * were checked against their types when set). */
+/* The value of a SIZE, NUMBER or BOOL option KEY, DEF when unset. */
+uint64_t vimg_opts_number(const struct vimg_opts *o, const char *key,
+                          uint64_t def);
+bool vimg_opts_bool(const struct vimg_opts *o, const char *key, bool def);
+/* Is some key starting with PREFIX set? */
+bool vimg_opts_has_prefix(const struct vimg_opts *o, const char *prefix);
+const struct vimg_format *vimg_opts_driver(const struct vimg_opts *o);
+unsigned vimg_opts_purpose(const struct vimg_opts *o);
 /* Copy caller OPTS (version 1 or 2) into OUT, a current-version struct
  * (fields a version 1 caller lacks are zero); -EINVAL for other versions. */
 int vimg_create_opts_copy(const struct vimg_create_opts *opts,
                           struct vimg_create_opts *out);
+
 
 #endif

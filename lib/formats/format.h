@@ -6,6 +6,8 @@
 #ifndef VIMG_FORMAT_H
 #define VIMG_FORMAT_H
 
+#include <stdio.h>
+
 #include "vimg-internal.h"
 
 /*
@@ -52,9 +54,9 @@ struct vimg_format {
     int (*snapshot_create)(struct vimg_image *img, const char *name);
     int (*snapshot_apply)(struct vimg_image *img, const char *id_or_name);
     int (*snapshot_delete)(struct vimg_image *img, const char *name);
-    /* Optional: change options in place (vimg_amend) */
-    int (*amend)(struct vimg_image *img, const struct vimg_create_opts *o,
-                 unsigned which);
+    /* Optional: change the options set in O (an amend list for this
+     * format) in place (vimg_amend_ext) */
+    int (*amend)(struct vimg_image *img, const struct vimg_opts *o);
     /* Fill the format-specific part of INFO. */
     int (*info)(struct vimg_image *img, struct vimg_info *info);
     /* Check (and with VIMG_CHECK_REPAIR_*, repair) the image with THREADS
@@ -62,13 +64,33 @@ struct vimg_format {
     int (*check)(struct vimg_image *img, unsigned flags, unsigned threads,
                  struct vimg_check_result *res, vimg_check_report_fn report,
                  void *opaque);
-    /* Make a new image at PATH; options already checked for NULLs. */
-    int (*create)(const char *path, const struct vimg_create_opts *opts);
-    /* Plan a new image made with OPTS (format and NULLs checked), of
-     * VIRTUAL_SIZE bytes; OPTS->size is only checked against the format's
-     * limits, as qemu-img measure checks the size it was given. */
-    int (*measure)(const struct vimg_create_opts *opts, uint64_t virtual_size,
+    /* Make a new image at PATH with the options of O (a create list for
+     * this format, each value checked against its type). */
+    int (*create)(const char *path, const struct vimg_opts *o);
+    /* Plan a new image made with O, of VIRTUAL_SIZE bytes; O's "size" is
+     * only checked against the format's limits, as qemu-img measure
+     * checks the size it was given. */
+    int (*measure)(const struct vimg_opts *o, uint64_t virtual_size,
                    struct vimg_measure_plan *out);
+    /* Optional: the bytes a new image made with O needs for the
+     * persistent bitmaps of SRC, all fully allocated (qemu-img measure's
+     * "bitmaps size"); called when the measure plan can_store_bitmaps. */
+    int (*measure_bitmaps)(const struct vimg_opts *o, vimg_image *src,
+                           uint64_t *out);
+    /* Optional: VIMG_CAN_* bits of IMG beyond those its ops table shows
+     * (VIMG_CAN_BITMAPS). */
+    unsigned (*capabilities)(const struct vimg_image *img);
+    /* The create/amend options (vimg_format_options()), ended by a NULL
+     * name; needed for create. */
+    const struct vimg_option *options;
+    /* Optional: check VALUE of the known option KEY beyond its type, as a
+     * list for PURPOSE (VIMG_OPTS_*) gets it (qemu-img's words); called
+     * before the type is checked. */
+    int (*check_option)(const char *key, const char *value,
+                        unsigned purpose);
+    /* Optional: print O's options as qemu-img create's "Formatting" line
+     * shows them (default: the values set, in table order). */
+    void (*describe_options)(const struct vimg_opts *o, FILE *out);
     /* Read-only IMG reads as the internal snapshot with ID and/or NAME
      * (NULL: not compared) from now on. */
     int (*snapshot_view)(struct vimg_image *img, const char *id,
@@ -108,6 +130,8 @@ extern const struct vimg_foreign_format vimg_foreign_formats[];
 
 /* registry.c */
 const struct vimg_format *vimg_format_find(const char *name);
+/* The driver at INDEX in probe order, NULL past the last one. */
+const struct vimg_format *vimg_format_at(size_t index);
 /* Is NAME a format vimg knows of but cannot open (vhdx, vmdk, ...)? */
 bool vimg_format_is_foreign(const char *name);
 /* The name of the format D looks like ("raw" if nothing else); when a

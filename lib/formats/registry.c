@@ -32,6 +32,12 @@ VIMG_FORMATS(DECLARE_FORMAT)
 #define FORMAT_ENTRY(name) &vimg_format_##name,
 static const struct vimg_format *const formats[] = {VIMG_FORMATS(FORMAT_ENTRY)};
 
+const struct vimg_format *vimg_format_at(size_t index)
+{
+    return index < sizeof(formats) / sizeof(formats[0]) ? formats[index]
+                                                         : NULL;
+}
+
 const struct vimg_format *vimg_format_find(const char *name)
 {
     for (size_t i = 0; i < sizeof(formats) / sizeof(formats[0]); i++) {

@@ -6,6 +6,8 @@
  * and zero ranges are never read nor written.
  */
 #include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -605,6 +607,25 @@ static int check_target_size(struct convert_job *job)
     return ret;
 }
 
+/* The options to create JOB's target of FORMAT with: the caller's list,
+ * or the deprecated fixed `create` (raw takes none of those: they are not
+ * looked at, as before). */
+static int target_options(const struct convert_job *job, const char *format,
+                          vimg_opts **out)
+{
+    const struct vimg_convert_opts *opts = job->opts;
+    struct vimg_create_opts co = VIMG_CREATE_OPTS_INIT;
+
+    if (opts->target_options) {
+        return vimg_opts_copy(out, opts->target_options);
+    }
+    if (opts->create && !job->is_raw) {
+        co = *opts->create;
+    }
+    co.format = format;
+    return vimg_opts_from_create_opts(&co, VIMG_OPTS_CREATE, 0, out);
+}
+
 /* Create (or, with -n, open) the target of JOB; fills job->out_img and
  * what the target reads before anything is written. */
 static int open_target(struct convert_job *job, const char *out_path)
@@ -614,21 +635,25 @@ static int open_target(struct convert_job *job, const char *out_path)
     const unsigned unsafe = opts->do_flush ? 0 : VIMG_OPEN_CACHE_UNSAFE;
     int ret;
 
-    job->has_target_backing =
-        !job->is_raw && opts->create && opts->create->backing_file;
+    vimg_opts *target = NULL;
+    ret = target_options(job, format, &target);
+    if (ret < 0) {
+        return ret;
+    }
+    job->has_target_backing = vimg_opts_get(target, "backing_file") != NULL;
     if (opts->is_existing_target) {
+        vimg_opts_free(target);
         ret = vimg_open(&job->out_img, out_path, format,
                         VIMG_OPEN_RDWR | unsafe);
         return ret == 0 ? check_target_size(job) : ret;
     }
-    /* raw takes no options (they are not looked at, as before) */
-    struct vimg_create_opts co = VIMG_CREATE_OPTS_INIT;
-    if (opts->create && !job->is_raw) {
-        co = *opts->create;
+    char size[32];
+    snprintf(size, sizeof(size), "%llu", (unsigned long long)job->total);
+    ret = vimg_opts_set(target, "size", size);
+    if (ret == 0) {
+        ret = vimg_create_ext(out_path, target);
     }
-    co.format = format;
-    co.size = job->total;
-    ret = vimg_create(out_path, &co);
+    vimg_opts_free(target);
     if (ret == 0) {
         /* with its backing file: partial clusters copy the rest from it */
         ret = vimg_open(&job->out_img, out_path, format,
@@ -649,14 +674,20 @@ static int open_target(struct convert_job *job, const char *out_path)
 }
 
 int vimg_convert(vimg_image *const *srcs, size_t nb_srcs,
-                 const char *out_path, const struct vimg_convert_opts *opts)
+                 const char *out_path,
+                 const struct vimg_convert_opts *caller_opts)
 {
-    const struct vimg_convert_opts defaults = VIMG_CONVERT_OPTS_INIT;
-    if (!opts) {
-        opts = &defaults;
+    struct vimg_convert_opts copy = VIMG_CONVERT_OPTS_INIT;
+    const struct vimg_convert_opts *opts = &copy;
+    if (caller_opts && caller_opts->version == 1) {
+        /* version 1 ends before target_options */
+        memcpy(&copy, caller_opts,
+               offsetof(struct vimg_convert_opts, target_options));
+    } else if (caller_opts) {
+        copy = *caller_opts;
     }
     if (!srcs || nb_srcs == 0 || !out_path ||
-        opts->version != VIMG_CONVERT_OPTS_VERSION) {
+        (opts->version != 1 && opts->version != VIMG_CONVERT_OPTS_VERSION)) {
         return vimg_error(-EINVAL, "vimg_convert: bad argument");
     }
     const bool is_raw = !opts->out_format ||
@@ -670,7 +701,8 @@ int vimg_convert(vimg_image *const *srcs, size_t nb_srcs,
     if (is_raw && opts->is_compressed) {
         return vimg_error(-EINVAL, "raw images cannot be compressed");
     }
-    if (is_raw && opts->create && opts->create->backing_file) {
+    if (is_raw && ((opts->create && opts->create->backing_file) ||
+                   vimg_opts_get(opts->target_options, "backing_file"))) {
         return vimg_error(-EINVAL, "Backing file not supported for file "
                                    "format 'raw'");
     }

@@ -2,16 +2,14 @@
 /*
  * measure.c: how large a new image would be (qemu-img measure).  The
  * target format plans the image (its metadata when fully allocated, its
- * allocation unit); what a copy of a source needs is found by walking the
- * source's block status, as converting it would.
+ * allocation unit, the room for a source's persistent bitmaps); what a
+ * copy of a source needs is found by walking the source's block status,
+ * as converting it would.
  */
 #include <string.h>
 
-#include "vimg-internal.h"
-
-/* Bitmap directory entry: fixed part (qcow2.txt, "Bitmap directory") */
-#define BITMAP_DIR_ENTRY_BYTES 24
-#define BITMAP_TABLE_ENTRY_BYTES 8
+#include "image-services.h"
+#include "util/vimg-util.h"
 
 static uint64_t round_up(uint64_t n, uint64_t unit)
 {
@@ -47,54 +45,24 @@ static int count_data(vimg_image *src, uint64_t unit, uint64_t *out)
     return 0;
 }
 
-/*
- * Room for SRC's persistent bitmaps in a target with UNIT-byte clusters,
- * assuming every bitmap is fully allocated: its data clusters, its bitmap
- * table, and its entry in the bitmap directory.  *has_out is false when SRC
- * cannot hold persistent bitmaps (qemu then leaves the field out).
- */
-static int bitmaps_bytes(vimg_image *src, uint64_t unit, bool *has_out,
-                         uint64_t *out)
+int vimg_measure_ext(vimg_image *src, const vimg_opts *target,
+                     struct vimg_measure_result *out)
 {
-    struct vimg_info *info = NULL;
-    int ret = vimg_get_info(src, &info);
+    uint64_t size = 0;
 
-    if (ret < 0) {
-        return ret;
-    }
-    *has_out = strcmp(info->format, "qcow2") == 0 && info->qcow2_version >= 3;
-    uint64_t bytes = 0, dir_bytes = 0;
-    for (size_t i = 0; *has_out && i < info->nb_bitmaps; i++) {
-        const struct vimg_bitmap_info *b = &info->bitmaps[i];
-        const uint64_t granularity = b->granularity ? b->granularity : 1;
-        const uint64_t bits = VIMG_DIV_ROUND_UP(vimg_size(src), granularity);
-        const uint64_t clusters =
-            VIMG_DIV_ROUND_UP(VIMG_DIV_ROUND_UP(bits, 8), unit);
-        bytes += clusters * unit +
-                 round_up(clusters * BITMAP_TABLE_ENTRY_BYTES, unit);
-        dir_bytes += round_up(BITMAP_DIR_ENTRY_BYTES + strlen(b->name), 8);
-    }
-    *out = bytes + round_up(dir_bytes, unit);
-    vimg_info_free(info);
-    return 0;
-}
-
-int vimg_measure(vimg_image *src, const struct vimg_create_opts *caller,
-                 struct vimg_measure_result *out)
-{
-    struct vimg_create_opts copy;
-    const struct vimg_create_opts *target = &copy;
-
-    if (vimg_create_opts_copy(caller, &copy) < 0 || !target->format ||
-        !out) {
+    if (!target || !out) {
         return vimg_error(-EINVAL, "vimg_measure: bad argument");
     }
     vimg_error_clear();
     memset(out, 0, sizeof(*out));
+    if (src) {
+        size = vimg_size(src);
+    } else if (vimg_opts_get(target, "size")) {
+        vimg_parse_size(vimg_opts_get(target, "size"), &size);
+    }
 
     struct vimg_measure_plan plan;
-    int ret = vimg_image_plan(target, src ? vimg_size(src) : target->size,
-                              &plan);
+    int ret = vimg_image_plan(target, size, &plan);
     if (ret < 0) {
         return ret;
     }
@@ -111,9 +79,28 @@ int vimg_measure(vimg_image *src, const struct vimg_create_opts *caller,
      * data is needed: an overestimate, as qemu-img makes it. */
     out->fully_allocated = plan.metadata_bytes + plan.virtual_size;
     out->required = plan.metadata_bytes + data;
-    if (src && plan.can_store_bitmaps) {
-        ret = bitmaps_bytes(src, plan.data_unit_bytes, &out->has_bitmaps,
-                            &out->bitmaps);
+    /* the room for SRC's persistent bitmaps, when both can have some */
+    if (src && plan.can_store_bitmaps &&
+        (vimg_capabilities(src) & VIMG_CAN_BITMAPS)) {
+        out->has_bitmaps = true;
+        ret = vimg_image_plan_bitmaps(target, src, &out->bitmaps);
     }
+    return ret;
+}
+
+int vimg_measure(vimg_image *src, const struct vimg_create_opts *caller,
+                 struct vimg_measure_result *out)
+{
+    vimg_opts *target = NULL;
+
+    if (!out) {
+        return vimg_error(-EINVAL, "vimg_measure: bad argument");
+    }
+    int ret = vimg_opts_from_create_opts(caller, VIMG_OPTS_CREATE, 0,
+                                         &target);
+    if (ret == 0) {
+        ret = vimg_measure_ext(src, target, out);
+    }
+    vimg_opts_free(target);
     return ret;
 }

@@ -72,9 +72,6 @@ ALLOWED = [
      'redundant: qcow2.h includes format.h'),
     ('lib/formats/qcow2/qcow2-snapshot-write.c', 'lib/vimg-internal.h',
      'redundant: qcow2.h includes format.h'),
-    # measure.c still takes vimg_image_plan() from vimg-internal.h
-    # (issue 10, item 1: the "api" change).
-    ('lib/ops/measure.c', 'lib/vimg-internal.h', 'ops over the API'),
     # The fault-injection hook, compiled only into the test CLI vimg-faulty
     # (#ifdef VIMG_FAULT_HOOK), which links the internal static library;
     # the installed vimg sees include/ alone and links the shared libvimg.

@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * test-options.c: the format-neutral option API: open and check options
- * structs, and the capability query front ends use to advertise features.
+ * test-options.c: the format-neutral option API: option lists checked
+ * against a format's table (qemu-img's words, ",," escaping), `-o help`,
+ * open and check options structs, and the capability query front ends
+ * use to advertise features.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,12 +38,14 @@ static void test_capabilities_raw(void **state)
     temp_name(path, sizeof(path), "caps.raw");
     create(path, "raw", 1 << 20);
     assert_int_equal(vimg_open(&img, path, "raw", 0), 0);
-    assert_int_equal(vimg_capabilities(img), VIMG_CAN_EXTENTS);
+    assert_int_equal(vimg_capabilities(img),
+                     VIMG_CAN_EXTENTS | VIMG_CAN_CREATE);
     vimg_close(img);
 
     assert_int_equal(vimg_open(&img, path, "raw", VIMG_OPEN_RDWR), 0);
     const unsigned caps = vimg_capabilities(img);
-    assert_int_equal(caps, VIMG_CAN_WRITE | VIMG_CAN_ZERO | VIMG_CAN_EXTENTS |
+    assert_int_equal(caps, VIMG_CAN_CREATE | VIMG_CAN_WRITE | VIMG_CAN_ZERO |
+                               VIMG_CAN_EXTENTS |
                                VIMG_CAN_RESIZE | VIMG_CAN_FLUSH);
     vimg_close(img);
     unlink(path);
@@ -55,7 +59,8 @@ static void test_capabilities_qcow2(void **state)
     vimg_image *img = NULL;
     const unsigned always = VIMG_CAN_EXTENTS | VIMG_CAN_SNAPSHOT |
                             VIMG_CAN_BACKING | VIMG_CAN_AMEND |
-                            VIMG_CAN_CHECK;
+                            VIMG_CAN_CHECK | VIMG_CAN_CREATE |
+                            VIMG_CAN_BITMAPS; /* version 3 */
 
     temp_name(path, sizeof(path), "caps.qcow2");
     create(path, "qcow2", 1 << 20);
@@ -153,9 +158,149 @@ static void test_check_opts(void **state)
     unlink(path);
 }
 
+static void test_parse_size(void **state)
+{
+    (void)state;
+    uint64_t n = 0;
+
+    assert_int_equal(vimg_parse_size("64k", &n), 0);
+    assert_int_equal(n, 65536);
+    assert_int_equal(vimg_parse_size("0x1000", &n), 0);
+    assert_int_equal(n, 4096);
+    assert_int_equal(vimg_parse_size("1.5M", &n), 0);
+    assert_int_equal(n, 1536 * 1024);
+    assert_int_equal(vimg_parse_size("abc", &n), -EINVAL);
+    assert_int_equal(vimg_parse_size("1.5", &n), -EINVAL);
+    assert_int_equal(vimg_parse_size("16E", &n), -ERANGE);
+}
+
+static void test_opts_parse(void **state)
+{
+    (void)state;
+    vimg_opts *o = NULL;
+
+    assert_int_equal(vimg_opts_new(&o, "qcow2", VIMG_OPTS_CREATE), 0);
+    assert_string_equal(vimg_opts_format(o), "qcow2");
+    /* ",," is a comma inside a value; empty items are skipped */
+    assert_int_equal(vimg_opts_parse(o, "backing_file=a,,b,,,backing_fmt="
+                                        "raw,cluster_size=4k,"),
+                     0);
+    assert_string_equal(vimg_opts_get(o, "backing_file"), "a,b,");
+    assert_string_equal(vimg_opts_get(o, "backing_fmt"), "raw");
+    assert_string_equal(vimg_opts_get(o, "cluster_size"), "4k");
+    assert_null(vimg_opts_get(o, "compat"));
+    /* a later value replaces the earlier one */
+    assert_int_equal(vimg_opts_parse(o, "cluster_size=512"), 0);
+    assert_string_equal(vimg_opts_get(o, "cluster_size"), "512");
+
+    vimg_error_clear();
+    assert_error(vimg_opts_parse(o, "frobnicate=on"), -ENOENT,
+                 "Invalid parameter 'frobnicate'");
+    assert_error(vimg_opts_parse(o, "lazy_refcounts=maybe"), -EINVAL,
+                 "Parameter 'lazy_refcounts' expects a boolean");
+    assert_error(vimg_opts_parse(o, "cluster_size=abc"), -EINVAL,
+                 "Parameter 'cluster_size' expects a size");
+    assert_error(vimg_opts_parse(o, "refcount_bits=3x"), -EINVAL,
+                 "Refcount width");
+    assert_error(vimg_opts_parse(o, "compat=0.11"), -EINVAL,
+                 "Invalid compatibility level: '0.11'");
+    assert_error(vimg_opts_parse(o, "lazy_refcounts"), -EINVAL,
+                 "expected key=value");
+    assert_error(vimg_opts_parse(o, "encrypt.format=luks"), -ENOTSUP,
+                 "not supported");
+    /* file options are for measure only */
+    assert_error(vimg_opts_set(o, "nocow", "on"), -ENOENT, "nocow");
+    /* nothing of the refused items was kept */
+    assert_null(vimg_opts_get(o, "lazy_refcounts"));
+    vimg_opts_free(o);
+
+    assert_int_equal(vimg_opts_new(&o, "raw", VIMG_OPTS_CREATE), 0);
+    assert_error(vimg_opts_set(o, "cluster_size", "4k"), -ENOENT,
+                 "Invalid parameter 'cluster_size'");
+    vimg_opts_free(o);
+
+    assert_int_equal(vimg_opts_new(&o, "raw", VIMG_OPTS_MEASURE), 0);
+    assert_int_equal(vimg_opts_parse(o, "nocow=on,extent_size_hint=1M"), 0);
+    assert_error(vimg_opts_set(o, "nocow", "maybe"), -EINVAL,
+                 "expects 'on' or 'off'");
+    vimg_opts_free(o);
+
+    assert_error(vimg_opts_new(&o, "bogus", VIMG_OPTS_CREATE), -EINVAL,
+                 "Unknown file format 'bogus'");
+    assert_error(vimg_opts_new(&o, "raw", VIMG_OPTS_AMEND), -ENOTSUP,
+                 "amendment");
+}
+
+static void test_opts_amend(void **state)
+{
+    (void)state;
+    vimg_opts *o = NULL, *copy = NULL;
+
+    assert_int_equal(vimg_opts_new(&o, "qcow2", VIMG_OPTS_AMEND), 0);
+    assert_int_equal(vimg_opts_parse(o, "compat=v2,lazy_refcounts=off"), 0);
+    assert_error(vimg_opts_parse(o, "cluster_size=4k"), -EINVAL,
+                 "only supported for image creation");
+    assert_error(vimg_opts_parse(o, "compat=1.2"), -EINVAL,
+                 "Unknown compatibility level 1.2");
+    assert_int_equal(vimg_opts_copy(&copy, o), 0);
+    assert_string_equal(vimg_opts_get(copy, "compat"), "v2");
+    vimg_opts_free(o);
+    vimg_opts_free(copy);
+}
+
+/* What F printed; free() it */
+static char *printed(FILE *f, char **buf)
+{
+    fclose(f);
+    return *buf;
+}
+
+static void test_opts_help_and_describe(void **state)
+{
+    (void)state;
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+
+    assert_int_equal(vimg_format_print_options("raw", VIMG_OPTS_CREATE, f),
+                     0);
+    assert_string_equal(printed(f, &buf),
+                        "Supported options:\n"
+                        "  size=<size>            Virtual disk size\n"
+                        "  preallocation=<str>    off, falloc, full\n");
+    free(buf);
+    vimg_error_clear();
+    assert_error(vimg_format_print_options("bogus", 0, stdout), -EINVAL,
+                 "bogus");
+
+    const struct vimg_option *t = vimg_format_options("qcow2");
+    assert_non_null(t);
+    bool has_compat = false;
+    for (; t->name; t++) {
+        if (!strcmp(t->name, "compat")) {
+            has_compat = true;
+            assert_string_equal(t->default_value, "1.1");
+            assert_true(t->flags & VIMG_OPTION_AMENDABLE);
+        }
+    }
+    assert_true(has_compat);
+
+    vimg_opts *o = NULL;
+    assert_int_equal(vimg_opts_new(&o, "raw", VIMG_OPTS_CREATE), 0);
+    assert_int_equal(vimg_opts_parse(o, "size=1M"), 0);
+    char *d = vimg_opts_describe(o);
+    assert_string_equal(d, "size=1048576");
+    free(d);
+    vimg_opts_free(o);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parse_size),
+        cmocka_unit_test(test_opts_parse),
+        cmocka_unit_test(test_opts_amend),
+        cmocka_unit_test(test_opts_help_and_describe),
         cmocka_unit_test(test_capabilities_raw),
         cmocka_unit_test(test_capabilities_qcow2),
         cmocka_unit_test(test_open_opts),

@@ -2,7 +2,6 @@
 /*
  * cli.c: helpers shared by the subcommands.
  */
-#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -38,128 +37,9 @@ int cli_usage(const char *command)
     return 1;
 }
 
-/* The full 128-bit product of A and B, as *HI:*LO. */
-static void mul_64x64(uint64_t a, uint64_t b, uint64_t *hi, uint64_t *lo)
-{
-    const uint64_t a_lo = a & 0xffffffffu, a_hi = a >> 32;
-    const uint64_t b_lo = b & 0xffffffffu, b_hi = b >> 32;
-    const uint64_t ll = a_lo * b_lo, lh = a_lo * b_hi;
-    const uint64_t hl = a_hi * b_lo, hh = a_hi * b_hi;
-    const uint64_t mid = (ll >> 32) + (lh & 0xffffffffu) + (hl & 0xffffffffu);
-
-    *lo = (mid << 32) | (ll & 0xffffffffu);
-    *hi = hh + (lh >> 32) + (hl >> 32) + (mid >> 32);
-}
-
-/* The multiplier of suffix C, or 0 if C is not one. */
-static uint64_t size_suffix(char c)
-{
-    static const char suffixes[] = "kmgtpe";
-    const char *p = strchr(suffixes, c | 0x20);
-
-    if (c == 'b' || c == 'B') {
-        return 1;
-    }
-    if (!c || !p) {
-        return 0;
-    }
-    return 1ull << (10 * (unsigned)(p - suffixes + 1));
-}
-
-/* Parse the integral part: decimal, or hex after "0x".  Returns 0, -EINVAL
- * or -ERANGE; *end is past what was read. */
-static int parse_size_integer(const char *s, const char **end,
-                              uint64_t *out, bool *is_hex)
-{
-    const char *p = s;
-    char *e;
-
-    while (isspace((unsigned char)*p)) {
-        p++;
-    }
-    if (*p == '+') {
-        p++;
-    }
-    *end = s;
-    if (!isdigit((unsigned char)*p)) {
-        return -EINVAL;
-    }
-    errno = 0;
-    uint64_t v = strtoull(p, &e, 10);
-    *is_hex = false;
-    if (errno == 0 && v == 0 && (*e == 'x' || *e == 'X') &&
-        isxdigit((unsigned char)e[1])) {
-        errno = 0;
-        v = strtoull(p, &e, 16);
-        *is_hex = true;
-    }
-    *end = e;
-    *out = v;
-    return errno == ERANGE ? -ERANGE : 0;
-}
-
-/*
- * qemu's size syntax: an integer (decimal, or hex after 0x), an optional
- * decimal fraction (no exponent), an optional suffix b or k/M/G/T/P/E
- * (powers of 1024, either case).  A fraction needs a suffix other than b;
- * the result is rounded to the nearest byte, halves up.
- */
 int cli_strtosz(const char *s, uint64_t *out)
 {
-    const char *end;
-    uint64_t val = 0, frac = 0;
-    bool is_hex;
-    int ret = parse_size_integer(s, &end, &val, &is_hex);
-
-    if (ret == 0 && *end == '.' && is_hex) {
-        ret = -EINVAL;
-        end = s;
-    } else if (ret == 0 && *end == '.') {
-        char *e;
-        errno = 0;
-        const double f = strtod(end, &e);
-        if (e == end) {
-            end++; /* "1." and "1.k" have no digits after the point */
-        } else if (memchr(end, 'e', (size_t)(e - end)) ||
-                   memchr(end, 'E', (size_t)(e - end))) {
-            ret = -EINVAL;
-            end = s;
-        } else {
-            /* as 64-bit fixed point; a fraction that rounds to 1.0 counts
-             * as none, as in qemu-img */
-            frac = f < 1.0 ? (uint64_t)ldexp(f, 64) : 0;
-            end = e;
-        }
-    }
-    if (ret == 0) {
-        uint64_t mul = size_suffix(*end);
-        if (mul) {
-            end++;
-        } else {
-            mul = 1;
-        }
-        if (mul == 1 && frac) {
-            ret = -EINVAL;
-            end = s;
-        } else if (mul > 1) {
-            uint64_t hi, lo, frac_hi, frac_lo;
-            mul_64x64(val, mul, &hi, &lo);
-            mul_64x64(frac, mul, &frac_hi, &frac_lo);
-            /* add the whole bytes of the fraction, then round */
-            const uint64_t add = frac_hi + (frac_lo >> 63);
-            val = lo + add;
-            if (hi || val < lo) {
-                ret = -ERANGE;
-            }
-        }
-    }
-    if (*end) {
-        return -EINVAL;
-    }
-    if (ret == 0) {
-        *out = val;
-    }
-    return ret;
+    return vimg_parse_size(s, out);
 }
 
 bool cli_parse_size(const char *s, uint64_t *out)
@@ -395,101 +275,27 @@ void cli_progress_done(struct cli_progress *p)
     }
 }
 
-static bool parse_bool(const char *v, bool *out)
+bool cli_is_options_help(const char *arg)
 {
-    if (!strcmp(v, "on") || !strcmp(v, "yes") || !strcmp(v, "true")) {
-        *out = true;
-    } else if (!strcmp(v, "off") || !strcmp(v, "no") || !strcmp(v, "false")) {
-        *out = false;
-    } else {
-        return false;
-    }
-    return true;
+    return !strcmp(arg, "help") || !strcmp(arg, "?");
 }
 
-/* Apply one "key=value" of -o to O.  Strings point into the argument. */
-int cli_apply_create_option(struct vimg_create_opts *o, char *kv,
-                            bool *has_size)
+int cli_parse_options(vimg_opts *opts, const char *list)
 {
-    char *eq = strchr(kv, '=');
-    if (!eq) {
-        cli_error("Invalid option '%s': expected key=value", kv);
-        return -1;
-    }
-    *eq = '\0';
-    const char *key = kv, *val = eq + 1;
-    uint64_t n;
-    bool b;
-
-    if (!strcmp(key, "size")) {
-        if (!cli_parse_size(val, &o->size)) {
-            goto bad;
-        }
-        *has_size = true;
-    } else if (!strcmp(key, "compat")) {
-        if (!strcmp(val, "0.10") || !strcmp(val, "v2")) {
-            o->qcow2_version = 2;
-        } else if (!strcmp(val, "1.1") || !strcmp(val, "v3")) {
-            o->qcow2_version = 3;
-        } else {
-            cli_error("Invalid compatibility level: '%s'", val);
-            return -1;
-        }
-    } else if (!strcmp(key, "cluster_size")) {
-        if (!cli_parse_size(val, &n) || n > UINT32_MAX) {
-            goto bad;
-        }
-        o->cluster_size = (uint32_t)n;
-    } else if (!strcmp(key, "refcount_bits")) {
-        char *end;
-        unsigned long v = strtoul(val, &end, 10);
-        if (*end || v == 0 || v > 64) {
-            cli_error("Refcount width must be a power of two and may not "
-                      "exceed 64 bits");
-            return -1;
-        }
-        o->refcount_bits = (unsigned)v;
-    } else if (!strcmp(key, "lazy_refcounts") ||
-               !strcmp(key, "extended_l2") ||
-               !strcmp(key, "data_file_raw") ||
-               !strcmp(key, "data_file_keep")) {
-        if (!parse_bool(val, &b)) {
-            goto bad;
-        }
-        if (key[0] == 'l') {
-            o->lazy_refcounts = b;
-        } else if (key[0] == 'e') {
-            o->extended_l2 = b;
-        } else if (!strcmp(key, "data_file_keep")) {
-            o->data_file_keep = b;
-        } else {
-            o->data_file_raw = b;
-        }
-    } else if (!strcmp(key, "data_file")) {
-        o->data_file = val;
-    } else if (!strcmp(key, "compression_type")) {
-        o->compression_type = val;
-    } else if (!strcmp(key, "preallocation")) {
-        o->preallocation = val;
-    } else if (!strcmp(key, "backing_file")) {
-        o->backing_file = val;
-    } else if (!strcmp(key, "backing_fmt")) {
-        o->backing_format = val;
-    } else if (!strcmp(key, "encryption") || !strncmp(key, "encrypt", 7)) {
-        cli_error("encrypted images are not supported yet");
-        return -1;
-    } else {
-        cli_error("Invalid parameter '%s'", key);
+    if (vimg_opts_parse(opts, list) < 0) {
+        cli_error("%s", vimg_last_error());
         return -1;
     }
     return 0;
-bad:
-    cli_error("Parameter '%s' expects a %s, not '%s'", key,
-              !strcmp(key, "size") || !strcmp(key, "cluster_size")
-                  ? "size (with an optional k, M, G, T suffix)"
-                  : "boolean (on or off)",
-              val);
-    return -1;
+}
+
+int cli_new_options(vimg_opts **out, const char *format, unsigned purpose)
+{
+    if (vimg_opts_new(out, format, purpose) < 0) {
+        cli_error("%s", vimg_last_error());
+        return -1;
+    }
+    return 0;
 }
 
 void cli_print_snapshots(const struct vimg_info *info)

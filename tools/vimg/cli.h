@@ -53,10 +53,13 @@ int64_t cli_actual_size(const char *path);
 /* Print OBJ as qemu prints JSON: 4-space indent, keys in insert order. */
 void cli_print_json(FILE *f, struct json_object *obj);
 
-/* Apply one "key=value" of a -o list to O (strings point into KV, which
- * is modified); *has_size is set by "size=".  Prints the error; -1. */
-int cli_apply_create_option(struct vimg_create_opts *o, char *kv,
-                            bool *has_size);
+/* Is the -o argument ARG a request for the list of options ("help",
+ * "?")? */
+bool cli_is_options_help(const char *arg);
+/* A new option list (vimg_opts_new()); prints the error, -1. */
+int cli_new_options(vimg_opts **out, const char *format, unsigned purpose);
+/* Add a -o LIST to OPTS (vimg_opts_parse()); prints the error, -1. */
+int cli_parse_options(vimg_opts *opts, const char *list);
 
 /* A progress bar on stderr, drawn when enabled. */
 struct cli_progress {

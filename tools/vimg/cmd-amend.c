@@ -11,61 +11,50 @@
 
 int cmd_amend(int argc, char **argv);
 
-/* The options amend can change, and the flag each one sets */
-static const struct {
-    const char *key;
-    unsigned which;
-} amendable[] = {
-    {"size", VIMG_AMEND_SIZE},
-    {"compat", VIMG_AMEND_COMPAT},
-    {"lazy_refcounts", VIMG_AMEND_LAZY_REFCOUNTS},
-    {"refcount_bits", VIMG_AMEND_REFCOUNT_BITS},
-    {"data_file", VIMG_AMEND_DATA_FILE},
-    {"data_file_raw", VIMG_AMEND_DATA_FILE_RAW},
-    {"backing_file", VIMG_AMEND_BACKING_FILE},
-    {"backing_fmt", VIMG_AMEND_BACKING_FMT},
-};
-
-static const char *const creation_only[] = {
-    "cluster_size", "extended_l2", "compression_type", "preallocation",
-    "encryption",
-};
-
-/* Apply one "key=value" of -o to O and WHICH; prints the error, -1. */
-static int apply_option(struct vimg_create_opts *o, char *kv, unsigned *which)
+/* -o help: the amendable options of the format of -f, else of FILE */
+static int print_options_help(const char *format, const char *file)
 {
-    const size_t n = strcspn(kv, "=");
-    bool has_size = false;
+    vimg_image *img = NULL;
 
-    for (size_t i = 0; i < sizeof(amendable) / sizeof(amendable[0]); i++) {
-        if (strlen(amendable[i].key) == n &&
-            strncmp(kv, amendable[i].key, n) == 0) {
-            *which |= amendable[i].which;
-            const char *val = kv[n] ? kv + n + 1 : "";
-            if (amendable[i].which == VIMG_AMEND_COMPAT &&
-                strcmp(val, "0.10") && strcmp(val, "1.1") &&
-                strcmp(val, "v2") && strcmp(val, "v3")) {
-                cli_error("Unknown compatibility level %s", val); /* qemu's */
-                return -1;
-            }
-            return cli_apply_create_option(o, kv, &has_size);
-        }
+    if (!format && !file) {
+        cli_error("Expecting one image file name");
+        return cli_usage("amend");
     }
-    for (size_t i = 0; i < sizeof(creation_only) / sizeof(*creation_only);
-         i++) {
-        if ((strlen(creation_only[i]) == n &&
-             strncmp(kv, creation_only[i], n) == 0) ||
-            strncmp(kv, "encrypt.", 8) == 0) {
-            kv[n] = '\0';
-            cli_error("Invalid parameter '%s'\nThis option is only supported "
-                      "for image creation",
-                      kv);
-            return -1;
+    if (!format) {
+        if (cli_open(&img, file, NULL, VIMG_OPEN_INFO_ONLY |
+                                           VIMG_OPEN_NO_BACKING) < 0) {
+            return 1;
         }
+        format = vimg_format(img);
     }
-    kv[n] = '\0';
-    cli_error("Invalid parameter '%s'", kv);
-    return -1;
+    int rc = 0;
+    if (vimg_format_print_options(format, VIMG_OPTS_AMEND, stdout) < 0) {
+        cli_error("%s", vimg_last_error());
+        rc = 1;
+    }
+    vimg_close(img);
+    return rc;
+}
+
+/* Parse the -o lists into a new amend list for FORMAT, or, without one,
+ * for the format FILE probes as (before FILE is opened for writing, so
+ * that a bad option changes nothing).  Prints the error, -1. */
+static int parse_options(vimg_opts **out, const char *format,
+                         const char *file, char **lists, int nb_lists)
+{
+    vimg_image *probe = NULL;
+
+    if (!format && cli_open(&probe, file, NULL,
+                            VIMG_OPEN_INFO_ONLY | VIMG_OPEN_NO_BACKING) < 0) {
+        return -1;
+    }
+    int ret = cli_new_options(out, format ? format : vimg_format(probe),
+                              VIMG_OPTS_AMEND);
+    for (int i = 0; ret == 0 && i < nb_lists; i++) {
+        ret = cli_parse_options(*out, lists[i]);
+    }
+    vimg_close(probe);
+    return ret;
 }
 
 int cmd_amend(int argc, char **argv)
@@ -75,10 +64,10 @@ int cmd_amend(int argc, char **argv)
         {"force", no_argument, NULL, 'F'},
         {NULL, 0, NULL, 0},
     };
-    struct vimg_create_opts opts = VIMG_CREATE_OPTS_INIT;
     const char *format = NULL;
-    unsigned which = 0;
-    bool has_options = false;
+    char *lists[64];
+    int nb_lists = 0;
+    bool has_help = false;
     struct cli_progress progress = {.last_permille = -1};
     int c;
 
@@ -87,12 +76,12 @@ int cmd_amend(int argc, char **argv)
            -1) {
         switch (c) {
         case 'o':
-            has_options = true;
-            for (char *kv = strtok(optarg, ","); kv; kv = strtok(NULL, ",")) {
-                if (apply_option(&opts, kv, &which) < 0) {
-                    return 1;
-                }
+            if (nb_lists == 64) {
+                cli_error("too many -o options");
+                return 1;
             }
+            has_help |= cli_is_options_help(optarg);
+            lists[nb_lists++] = optarg;
             break;
         case 'f':
             format = optarg;
@@ -114,7 +103,11 @@ int cmd_amend(int argc, char **argv)
             return cli_usage("amend");
         }
     }
-    if (!has_options) {
+    if (has_help) {
+        return print_options_help(format,
+                                  optind < argc ? argv[optind] : NULL);
+    }
+    if (!nb_lists) {
         cli_error("Must specify options (-o)");
         return cli_usage("amend");
     }
@@ -123,12 +116,18 @@ int cmd_amend(int argc, char **argv)
         return cli_usage("amend");
     }
     const char *file = argv[optind];
+    vimg_opts *opts = NULL;
+    if (parse_options(&opts, format, file, lists, nb_lists) < 0) {
+        vimg_opts_free(opts);
+        return 1;
+    }
     vimg_image *img = NULL;
     if (cli_open(&img, file, format, VIMG_OPEN_RDWR | VIMG_OPEN_NO_BACKING) <
         0) {
+        vimg_opts_free(opts);
         return 1;
     }
-    int ret = vimg_amend(img, &opts, which);
+    int ret = vimg_amend_ext(img, opts);
     if (ret == 0) {
         ret = vimg_flush(img); /* vimg_close() cannot report a failure */
     }
@@ -138,6 +137,7 @@ int cmd_amend(int argc, char **argv)
         cli_progress_update(&progress, 1, 1);
         cli_progress_done(&progress);
     }
+    vimg_opts_free(opts);
     vimg_close(img);
     return ret < 0 ? 1 : 0;
 }

@@ -12,28 +12,84 @@
 
 int cmd_create(int argc, char **argv);
 
-static void print_options_help(const char *format)
+/* The backing file named in OPTS must open (relative names are relative
+ * to FILE's directory); it gives the default size.  Prints the error. */
+static int check_backing(vimg_opts *opts, const char *file)
 {
-    printf("Supported options:\n");
-    printf("  size=<size>            Virtual disk size\n");
-    printf("  preallocation=<str>    off, %sfalloc, full\n",
-           strcmp(format, "qcow2") == 0 ? "metadata, " : "");
-    if (strcmp(format, "qcow2") != 0) {
-        return;
+    const char *backing = vimg_opts_get(opts, "backing_file");
+    vimg_image *b = NULL;
+    char path[4096];
+    const char *slash = strrchr(file, '/');
+
+    if (backing[0] != '/' && slash) {
+        snprintf(path, sizeof(path), "%.*s/%s", (int)(slash - file), file,
+                 backing);
+    } else {
+        snprintf(path, sizeof(path), "%s", backing);
     }
-    printf("  backing_file=<str>     File name of a base image\n"
-           "  backing_fmt=<str>      Image format of the base image\n"
-           "  cluster_size=<size>    qcow2 cluster size (512 to 2M)\n"
-           "  compat=<str>           0.10 (v2) or 1.1 (v3)\n"
-           "  compression_type=<str> zlib or zstd\n"
-           "  data_file=<str>        File name of an external data file\n"
-           "  data_file_raw=<bool>   The external data file is a raw image\n"
-           "  data_file_keep=<bool>  vimg only: keep the bytes of an existing\n"
-           "                         data file (qemu-img empties it; use with\n"
-           "                         data_file_raw=on to wrap a raw disk)\n"
-           "  extended_l2=<bool>     Extended L2 tables (subclusters)\n"
-           "  lazy_refcounts=<bool>  Postpone refcount updates\n"
-           "  refcount_bits=<num>    Width of a reference count (1..64)\n");
+    if (vimg_open(&b, path, vimg_opts_get(opts, "backing_fmt"), 0) < 0) {
+        cli_error("%s: Could not open backing image: %s", file,
+                  vimg_last_error());
+        return -1;
+    }
+    int ret = 0;
+    if (!vimg_opts_get(opts, "size")) {
+        char size[32];
+        snprintf(size, sizeof(size), "%" PRIu64, vimg_size(b));
+        ret = vimg_opts_set(opts, "size", size);
+    }
+    vimg_close(b);
+    if (ret < 0) {
+        cli_error("%s", vimg_last_error());
+    }
+    return ret;
+}
+
+/* Set SIZE (the size argument) in OPTS; prints qemu-img's error. */
+static int set_size_argument(vimg_opts *opts, const char *arg)
+{
+    uint64_t size;
+    const int err = cli_strtosz(arg, &size);
+
+    if (err == -EINVAL) {
+        cli_error("Invalid image size specified. You may use k, M, G, "
+                  "T, P or E suffixes for kilobytes, megabytes, "
+                  "gigabytes, terabytes, petabytes and exabytes.");
+        return -1;
+    }
+    if (err < 0 || size > INT64_MAX) {
+        cli_error("Invalid image size specified. Must be between 0 and "
+                  "%" PRId64 ".", INT64_MAX);
+        return -1;
+    }
+    char text[32];
+    snprintf(text, sizeof(text), "%" PRIu64, size);
+    if (vimg_opts_set(opts, "size", text) < 0) {
+        cli_error("%s", vimg_last_error());
+        return -1;
+    }
+    return 0;
+}
+
+/* -b and -F into OPTS, unless -o named them (the -o value wins) */
+static int set_backing(vimg_opts *opts, const char *file, const char *format,
+                       const char *backing, const char *backing_fmt)
+{
+    int ret = 0;
+
+    if (backing && !vimg_opts_get(opts, "backing_file")) {
+        ret = vimg_opts_set(opts, "backing_file", backing);
+    }
+    if (ret == 0 && backing_fmt && !vimg_opts_get(opts, "backing_fmt")) {
+        ret = vimg_opts_set(opts, "backing_fmt", backing_fmt);
+    }
+    if (ret == -ENOENT) {
+        cli_error("%s: Backing file not supported for file format '%s'", file,
+                  format);
+    } else if (ret < 0) {
+        cli_error("%s", vimg_last_error());
+    }
+    return ret;
 }
 
 int cmd_create(int argc, char **argv)
@@ -42,11 +98,10 @@ int cmd_create(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    struct vimg_create_opts o = VIMG_CREATE_OPTS_INIT;
-    const char *format = "raw";
+    const char *format = "raw", *backing = NULL, *backing_fmt = NULL;
     char *optstrings[64];
     int nb_optstrings = 0;
-    bool is_quiet = false, is_unsafe = false, has_size = false;
+    bool is_quiet = false, is_unsafe = false;
     int c;
 
     optind = 1;
@@ -57,10 +112,10 @@ int cmd_create(int argc, char **argv)
             format = optarg;
             break;
         case 'b':
-            o.backing_file = optarg;
+            backing = optarg;
             break;
         case 'F':
-            o.backing_format = optarg;
+            backing_fmt = optarg;
             break;
         case 'u':
             is_unsafe = true;
@@ -83,118 +138,69 @@ int cmd_create(int argc, char **argv)
             return cli_usage("create");
         }
     }
-    if (strcmp(format, "raw") && strcmp(format, "qcow2")) {
-        cli_error("Unknown file format '%s' (vimg creates raw and qcow2)",
-                  format);
+    vimg_opts *opts = NULL;
+    int rc = 1;
+    if (cli_new_options(&opts, format, VIMG_OPTS_CREATE) < 0) {
         return 1;
     }
-    o.format = format;
     for (int i = 0; i < nb_optstrings; i++) {
-        if (!strcmp(optstrings[i], "help") || !strcmp(optstrings[i], "?")) {
-            print_options_help(format);
-            return 0;
+        if (cli_is_options_help(optstrings[i])) {
+            vimg_format_print_options(format, VIMG_OPTS_CREATE, stdout);
+            rc = 0;
+            goto out;
         }
-        for (char *kv = strtok(optstrings[i], ","); kv;
-             kv = strtok(NULL, ",")) {
-            if (cli_apply_create_option(&o, kv, &has_size) < 0) {
-                return 1;
-            }
+    }
+    for (int i = 0; i < nb_optstrings; i++) {
+        if (cli_parse_options(opts, optstrings[i]) < 0) {
+            goto out;
         }
     }
     if (optind >= argc) {
         cli_error("Expecting image file name");
-        return cli_usage("create");
+        rc = cli_usage("create");
+        goto out;
     }
     const char *file = argv[optind++];
-    if (optind < argc) {
-        const int err = cli_strtosz(argv[optind], &o.size);
-        if (err == -EINVAL) {
-            cli_error("Invalid image size specified. You may use k, M, G, "
-                      "T, P or E suffixes for kilobytes, megabytes, "
-                      "gigabytes, terabytes, petabytes and exabytes.");
-            return 1;
-        }
-        if (err < 0 || o.size > INT64_MAX) {
-            cli_error("Invalid image size specified. Must be between 0 and "
-                      "%" PRId64 ".", INT64_MAX);
-            return 1;
-        }
-        has_size = true;
-        optind++;
+    if (set_backing(opts, file, format, backing, backing_fmt) < 0) {
+        goto out;
+    }
+    if (optind < argc && set_size_argument(opts, argv[optind++]) < 0) {
+        goto out;
     }
     if (optind != argc) {
         cli_error("Unexpected argument '%s'", argv[optind]);
-        return cli_usage("create");
+        rc = cli_usage("create");
+        goto out;
     }
-    if (o.backing_format && !o.backing_file) {
+    backing = vimg_opts_get(opts, "backing_file");
+    backing_fmt = vimg_opts_get(opts, "backing_fmt");
+    if (backing_fmt && !backing) {
         cli_error("%s: backing format given without a backing file", file);
-        return 1;
+        goto out;
     }
-    if (o.backing_file && !o.backing_format) {
+    if (backing && !backing_fmt) {
         cli_error("%s: Backing file specified without backing format", file);
-        return 1;
+        goto out;
     }
-    if (o.backing_file && !is_unsafe) {
-        /* The backing file must open; it also gives the default size.
-         * Relative names are relative to the new image's directory. */
-        vimg_image *b = NULL;
-        char path[4096];
-        const char *slash = strrchr(file, '/');
-        if (o.backing_file[0] != '/' && slash) {
-            snprintf(path, sizeof(path), "%.*s/%s", (int)(slash - file), file,
-                     o.backing_file);
-        } else {
-            snprintf(path, sizeof(path), "%s", o.backing_file);
-        }
-        if (vimg_open(&b, path, o.backing_format, 0) < 0) {
-            cli_error("%s: Could not open backing image: %s", file,
-                      vimg_last_error());
-            return 1;
-        }
-        if (!has_size) {
-            o.size = vimg_size(b);
-            has_size = true;
-        }
-        vimg_close(b);
+    if (backing && !is_unsafe && check_backing(opts, file) < 0) {
+        goto out;
     }
-    if (!has_size) {
+    if (!vimg_opts_get(opts, "size")) {
         cli_error("%s: Image creation needs a size parameter", file);
-        return 1;
+        goto out;
     }
     if (!is_quiet) {
-        printf("Formatting '%s', fmt=%s", file, format);
-        if (!strcmp(format, "qcow2")) {
-            printf(" cluster_size=%u extended_l2=%s",
-                   o.cluster_size ? o.cluster_size : 65536,
-                   o.extended_l2 ? "on" : "off");
-        }
-        if (o.preallocation) {
-            printf(" preallocation=%s", o.preallocation);
-        }
-        if (!strcmp(format, "qcow2")) {
-            printf(" compression_type=%s",
-                   o.compression_type ? o.compression_type : "zlib");
-        }
-        printf(" size=%" PRIu64, o.size);
-        if (o.backing_file) {
-            printf(" backing_file=%s backing_fmt=%s", o.backing_file,
-                   o.backing_format);
-        }
-        if (o.data_file) {
-            printf(" data_file=%s data_file_raw=%s", o.data_file,
-                   o.data_file_raw ? "on" : "off");
-        }
-        if (!strcmp(format, "qcow2")) {
-            printf(" compat=%s lazy_refcounts=%s refcount_bits=%u",
-                   o.qcow2_version == 2 ? "0.10" : "1.1",
-                   o.lazy_refcounts ? "on" : "off",
-                   o.refcount_bits ? o.refcount_bits : 16);
-        }
-        printf("\n");
+        char *desc = vimg_opts_describe(opts);
+        printf("Formatting '%s', fmt=%s%s%s\n", file, format,
+               desc && *desc ? " " : "", desc ? desc : "");
+        free(desc);
     }
-    if (vimg_create(file, &o) < 0) {
+    if (vimg_create_ext(file, opts) < 0) {
         cli_error("%s", vimg_last_error());
-        return 1;
+        goto out;
     }
-    return 0;
+    rc = 0;
+out:
+    vimg_opts_free(opts);
+    return rc;
 }

@@ -37,109 +37,31 @@ static struct json_object *snapshot_json(const struct vimg_snapshot_info *s)
     return o;
 }
 
-/* The "format-specific" data of a qcow2 image. */
-static void add_string(struct json_object *o, const char *key,
-                       const char *value)
+/* A format-specific information entry as JSON */
+static struct json_object *entry_json(const struct vimg_info_entry *e)
 {
-    json_object_object_add(o, key, json_object_new_string(value));
-}
+    struct json_object *o;
 
-/* qemu-img info's "encrypt" block (its key order, for the text form). */
-static struct json_object *encrypt_json(const struct vimg_info *info)
-{
-    struct json_object *e = json_object_new_object();
-    const struct vimg_luks_info *l = info->luks;
-
-    if (!l) {
-        add_string(e, "format", info->encrypt_format);
-        return e;
-    }
-    if (*l->ivgen_alg) {
-        add_string(e, "ivgen-alg", l->ivgen_alg);
-    }
-    add_string(e, "hash-alg", l->hash_alg);
-    add_string(e, "cipher-alg", l->cipher_alg);
-    add_string(e, "uuid", l->uuid);
-    if (*l->ivgen_hash_alg) {
-        add_string(e, "ivgen-hash-alg", l->ivgen_hash_alg);
-    }
-    add_string(e, "format", "luks");
-    add_string(e, "cipher-mode", l->cipher_mode);
-    struct json_object *slots = json_object_new_array();
-    for (unsigned i = 0; i < VIMG_LUKS_SLOTS; i++) {
-        const struct vimg_luks_slot *k = &l->slots[i];
-        struct json_object *o = json_object_new_object();
-        json_object_object_add(o, "active", json_object_new_boolean(k->active));
-        if (k->active) {
-            json_object_object_add(o, "iters", json_object_new_int64(k->iters));
+    switch (e->type) {
+    case VIMG_INFO_STRING:
+        return json_object_new_string(e->string);
+    case VIMG_INFO_BOOL:
+        return json_object_new_boolean(e->boolean);
+    case VIMG_INFO_INT:
+        return json_object_new_int64(e->integer);
+    case VIMG_INFO_LIST:
+        o = json_object_new_array();
+        for (const struct vimg_info_entry *c = e->children; c; c = c->next) {
+            json_object_array_add(o, entry_json(c));
         }
-        json_object_object_add(o, "key-offset",
-                               json_object_new_int64((int64_t)k->key_offset));
-        if (k->active) {
-            json_object_object_add(o, "stripes",
-                                   json_object_new_int64(k->stripes));
+        return o;
+    default:
+        o = json_object_new_object();
+        for (const struct vimg_info_entry *c = e->children; c; c = c->next) {
+            json_object_object_add(o, c->key, entry_json(c));
         }
-        json_object_array_add(slots, o);
+        return o;
     }
-    json_object_object_add(e, "slots", slots);
-    json_object_object_add(e, "payload-offset",
-                           json_object_new_int64((int64_t)l->payload_offset));
-    json_object_object_add(e, "master-key-iters",
-                           json_object_new_int64(l->master_key_iters));
-    return e;
-}
-
-static struct json_object *qcow2_json(const struct vimg_info *info)
-{
-    struct json_object *d = json_object_new_object();
-    const bool is_v3 = info->qcow2_version >= 3;
-
-    json_object_object_add(d, "compat",
-                           json_object_new_string(is_v3 ? "1.1" : "0.10"));
-    json_object_object_add(d, "compression-type",
-                           json_object_new_string(info->compression_type));
-    if (is_v3) {
-        json_object_object_add(d, "lazy-refcounts",
-                               json_object_new_boolean(info->lazy_refcounts));
-    }
-    if (info->nb_bitmaps) {
-        struct json_object *list = json_object_new_array();
-        for (size_t i = 0; i < info->nb_bitmaps; i++) {
-            const struct vimg_bitmap_info *b = &info->bitmaps[i];
-            struct json_object *o = json_object_new_object();
-            struct json_object *flags = json_object_new_array();
-            if (b->in_use) {
-                json_object_array_add(flags, json_object_new_string("in-use"));
-            }
-            if (b->auto_) {
-                json_object_array_add(flags, json_object_new_string("auto"));
-            }
-            json_object_object_add(o, "flags", flags);
-            json_object_object_add(o, "name", json_object_new_string(b->name));
-            json_object_object_add(o, "granularity",
-                                   json_object_new_int64(b->granularity));
-            json_object_array_add(list, o);
-        }
-        json_object_object_add(d, "bitmaps", list);
-    }
-    json_object_object_add(d, "refcount-bits",
-                           json_object_new_int64(info->refcount_bits));
-    if (info->encrypt_format) {
-        json_object_object_add(d, "encrypt", encrypt_json(info));
-    }
-    if (info->data_file) {
-        json_object_object_add(d, "data-file",
-                               json_object_new_string(info->data_file));
-        json_object_object_add(d, "data-file-raw",
-                               json_object_new_boolean(info->data_file_raw));
-    }
-    if (is_v3) {
-        json_object_object_add(d, "corrupt",
-                               json_object_new_boolean(info->corrupt));
-        json_object_object_add(d, "extended-l2",
-                               json_object_new_boolean(info->extended_l2));
-    }
-    return d;
 }
 
 static struct json_object *image_json(vimg_image *img,
@@ -175,10 +97,11 @@ static struct json_object *image_json(vimg_image *img,
     if (info->encrypted) {
         json_object_object_add(o, "encrypted", json_object_new_boolean(true));
     }
-    if (strcmp(info->format, "qcow2") == 0) {
+    if (info->format_specific) {
         struct json_object *fs = json_object_new_object();
-        json_object_object_add(fs, "type", json_object_new_string("qcow2"));
-        json_object_object_add(fs, "data", qcow2_json(info));
+        json_object_object_add(fs, "type", json_object_new_string(
+                                               info->format_specific->key));
+        json_object_object_add(fs, "data", entry_json(info->format_specific));
         json_object_object_add(o, "format-specific", fs);
     }
     if (info->backing_file) {

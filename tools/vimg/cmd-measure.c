@@ -20,91 +20,35 @@ int cmd_measure(int argc, char **argv);
 
 enum { OPT_OUTPUT = 256, OPT_SIZE, OPT_OBJECT, OPT_IMAGE_OPTS };
 
-/* Options qemu-img takes for each target format (its create options and
- * those of the file it would be created on). */
-static const char *const raw_keys[] = {"size", "preallocation", "nocow",
-                                       "extent_size_hint", NULL};
-static const char *const qcow2_keys[] = {
-    "size", "compat", "backing_file", "backing_fmt", "encryption",
-    "cluster_size", "preallocation", "lazy_refcounts", "refcount_bits",
-    "data_file", "data_file_raw", "compression_type", "extended_l2",
-    "nocow", "extent_size_hint", NULL};
-
-static bool is_known_key(const char *format, const char *key)
+/* The target's options: FORMAT's own and those of the file it would be
+ * created on, as qemu-img measure takes them; --size wins over -o size.
+ * Prints qemu-img's error, -1. */
+static int make_target_options(vimg_opts **out, const char *format,
+                               char **lists, int nb_lists, bool has_size,
+                               uint64_t size)
 {
-    const char *const *keys = strcmp(format, "raw") == 0 ? raw_keys
-                                                          : qcow2_keys;
-    if (strcmp(format, "qcow2") == 0 && strncmp(key, "encrypt.", 8) == 0) {
-        return true; /* known, refused later */
-    }
-    for (; *keys; keys++) {
-        if (strcmp(*keys, key) == 0) {
-            return true;
-        }
-    }
-    return false;
-}
+    int ret = vimg_opts_new(out, format, VIMG_OPTS_MEASURE);
 
-static bool is_bool_value(const char *v)
-{
-    static const char *const words[] = {"on", "off", "yes", "no", "true",
-                                        "false"};
-    for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++) {
-        if (strcmp(v, words[i]) == 0) {
-            return true;
-        }
-    }
-    return false;
-}
-
-/* Apply one "key=value" of -o for a FORMAT target.  Prints qemu-img's
- * error and returns -1 on a bad one. */
-static int apply_option(struct vimg_create_opts *o, const char *format,
-                        char *kv, bool *has_size)
-{
-    char *eq = strchr(kv, '=');
-    const size_t key_len = eq ? (size_t)(eq - kv) : strlen(kv);
-    char key[64];
-
-    snprintf(key, sizeof(key), "%.*s", (int)key_len, kv);
-    if (!is_known_key(format, key)) {
-        cli_error("Invalid parameter '%s'", key);
-        cli_error("Invalid options for file format '%s'", format);
+    if (ret < 0) {
+        cli_error("%s", vimg_last_error());
         return -1;
     }
-    if (!strcmp(key, "nocow") || !strcmp(key, "extent_size_hint") ||
-        (!strcmp(key, "preallocation") && !strcmp(format, "raw"))) {
-        /* file options: no bearing on the size, only checked */
-        uint64_t n;
-        if (!eq) {
-            return 0;
-        }
-        if (!strcmp(key, "nocow") && !is_bool_value(eq + 1)) {
-            cli_error("Parameter 'nocow' expects 'on' or 'off'");
-            cli_error("Invalid options for file format '%s'", format);
-            return -1;
-        }
-        if (!strcmp(key, "extent_size_hint") &&
-            !cli_parse_size(eq + 1, &n)) {
-            cli_error("Parameter 'extent_size_hint' expects a non-negative "
-                      "number below 2^64");
-            cli_error("Invalid options for file format '%s'", format);
-            return -1;
-        }
-        return 0;
+    for (int i = 0; ret == 0 && i < nb_lists; i++) {
+        ret = vimg_opts_parse(*out, lists[i]);
     }
-    if (!strcmp(key, "size") && !strcmp(format, "raw")) {
-        /* raw's size is a plain size; qcow2's is checked against limits */
-        uint64_t n;
-        if (!eq || !cli_parse_size(eq + 1, &n)) {
-            cli_error("Parameter 'size' expects a non-negative number "
-                      "below 2^64");
-            cli_error("Invalid options for file format '%s'", format);
-            return -1;
-        }
-        return 0;
+    if (ret == 0 && has_size) {
+        char text[32];
+        snprintf(text, sizeof(text), "%" PRIu64, size);
+        ret = vimg_opts_set(*out, "size", text);
     }
-    return cli_apply_create_option(o, kv, has_size);
+    if (ret < 0) {
+        cli_error("%s", vimg_last_error());
+        if (ret != -ENOTSUP) {
+            cli_error("Invalid options for file format '%s'", format);
+        }
+        return -1;
+    }
+    return 0;
 }
 
 static void print_result(const struct vimg_measure_result *r, bool is_json)
@@ -142,12 +86,11 @@ int cmd_measure(int argc, char **argv)
         {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
         {NULL, 0, NULL, 0},
     };
-    struct vimg_create_opts o = VIMG_CREATE_OPTS_INIT;
     const char *in_format = NULL, *out_format = "raw";
     char *snapshot = NULL;
     char *optstrings[64];
     int nb_optstrings = 0;
-    bool is_json = false, has_size = false, has_opt_size = false;
+    bool is_json = false, has_size = false;
     uint64_t size = 0;
     int c;
 
@@ -231,6 +174,7 @@ int cmd_measure(int argc, char **argv)
     }
 
     vimg_image *src = NULL;
+    vimg_opts *target = NULL;
     int rc = 1;
     if (file) {
         if (cli_open(&src, file, in_format, 0) < 0) {
@@ -240,31 +184,20 @@ int cmd_measure(int argc, char **argv)
             goto out;
         }
     }
-    if (strcmp(out_format, "raw") != 0 && strcmp(out_format, "qcow2") != 0) {
-        cli_error("Unknown file format '%s'", out_format);
+    if (make_target_options(&target, out_format, optstrings, nb_optstrings,
+                            has_size, size) < 0) {
         goto out;
-    }
-    o.format = out_format;
-    for (int i = 0; i < nb_optstrings; i++) {
-        for (char *kv = strtok(optstrings[i], ","); kv;
-             kv = strtok(NULL, ",")) {
-            if (apply_option(&o, out_format, kv, &has_opt_size) < 0) {
-                goto out;
-            }
-        }
-    }
-    if (has_size) {
-        o.size = size; /* --size wins over -o size= */
     }
 
     struct vimg_measure_result r;
-    if (vimg_measure(src, &o, &r) < 0) {
+    if (vimg_measure_ext(src, target, &r) < 0) {
         cli_error("%s", vimg_last_error());
         goto out;
     }
     print_result(&r, is_json);
     rc = 0;
 out:
+    vimg_opts_free(target);
     vimg_close(src);
     return rc;
 }

@@ -32,7 +32,7 @@ const struct cli_command cli_commands[] = {
      "[--max-length=N] FILE",
      "show where each range of the virtual disk comes from"},
     {"convert", cmd_convert,
-     "convert [-f FMT] [-O raw|qcow2] [-o OPTIONS] [-c] [-p] [-q] [-n] [-S SIZE] "
+     "convert [-f FMT] [-O FMT] [-o OPTIONS] [-c] [-p] [-q] [-n] [-S SIZE] "
      "[-m THREADS] [-t CACHE] [-W] [-B BACKING -F FMT] [-l SNAPSHOT] "
      "IN... OUT",
      "copy images into a new image (sparse; several inputs concatenate)"},
@@ -41,7 +41,7 @@ const struct cli_command cli_commands[] = {
      "check whether two images have the same guest content"},
     {"create", cmd_create,
      "create -f FMT [-b BACKING [-F FMT]] [-u] [-o OPTIONS] [-q] FILE [SIZE]",
-     "create a new raw or qcow2 image ('-o help' lists the options)"},
+     "create a new image ('-f FMT -o help' lists the format's options)"},
     {"resize", cmd_resize,
      "resize [-f FMT] [--shrink] [--preallocation=MODE] [-q] FILE [+|-]SIZE",
      "change the virtual size of an image"},
@@ -83,8 +83,11 @@ static void print_help(FILE *f)
     for (const struct cli_command *c = cli_commands; c->name; c++) {
         fprintf(f, "  %-10s %s\n", c->name, c->summary);
     }
-    fprintf(f, "\nSupported formats: raw qcow2\n"
-               "Run 'vimg help COMMAND' for a command's options.\n");
+    fprintf(f, "\nSupported formats:");
+    for (size_t i = 0; vimg_format_name(i); i++) {
+        fprintf(f, " %s", vimg_format_name(i));
+    }
+    fprintf(f, "\nRun 'vimg help COMMAND' for a command's options.\n");
 }
 
 static int cmd_help(int argc, char **argv)

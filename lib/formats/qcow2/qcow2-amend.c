@@ -394,7 +394,7 @@ static int check_shrink(struct vimg_image *img, uint64_t new_size)
 
 /* ------------------------------------------------------------- amend */
 
-static int amend_locked(struct vimg_image *img, const struct vimg_create_opts *o,
+static int amend_locked(struct vimg_image *img, const struct qcow2_create_params *o,
                         unsigned which, bool *resize_to)
 {
     struct qcow2_state *s = img->priv;
@@ -565,7 +565,7 @@ static int amend_locked(struct vimg_image *img, const struct vimg_create_opts *o
     return ret;
 }
 
-int qcow2_amend(struct vimg_image *img, const struct vimg_create_opts *o,
+int qcow2_amend(struct vimg_image *img, const struct qcow2_create_params *o,
                 unsigned which)
 {
     struct qcow2_state *s = img->priv;

@@ -36,7 +36,7 @@ static int refuse(const char *path, const char *why)
 }
 
 /* Check the option combination as qemu-img does, with its reasons. */
-static int check_opts(const char *path, const struct vimg_create_opts *o,
+static int check_opts(const char *path, const struct qcow2_create_params *o,
                       enum prealloc *prealloc_out)
 {
     const unsigned version = o->qcow2_version ? o->qcow2_version : 3;
@@ -136,7 +136,7 @@ struct layout {
 };
 
 static int plan(struct layout *L, const char *path,
-                const struct vimg_create_opts *o, enum prealloc prealloc,
+                const struct qcow2_create_params *o, enum prealloc prealloc,
                 uint64_t size)
 {
     const unsigned rb_bits = o->refcount_bits ? o->refcount_bits : 16;
@@ -220,7 +220,7 @@ static int preallocate(struct vimg_io *io, enum prealloc prealloc,
 }
 
 static int write_metadata(struct vimg_io *io, const struct layout *L,
-                          const struct vimg_create_opts *o,
+                          const struct qcow2_create_params *o,
                           enum prealloc prealloc)
 {
     const unsigned order =
@@ -314,7 +314,7 @@ out:
 }
 
 static int write_header(struct vimg_io *io, const struct layout *L,
-                        const struct vimg_create_opts *o, uint64_t size)
+                        const struct qcow2_create_params *o, uint64_t size)
 {
     const unsigned version = o->qcow2_version ? o->qcow2_version : 3;
     const bool is_zstd =
@@ -387,7 +387,7 @@ out:
     return ret;
 }
 
-int qcow2_create(const char *path, const struct vimg_create_opts *o)
+int qcow2_create(const char *path, const struct qcow2_create_params *o)
 {
     enum prealloc prealloc = PREALLOC_OFF;
     struct layout L = {0};

@@ -13,6 +13,9 @@
 
 #define REFTABLE_ENTRY_BYTES 8
 #define L1_ENTRY_BYTES 8
+/* Bitmap directory entry: fixed part (qcow2.txt, "Bitmap directory") */
+#define BITMAP_DIR_ENTRY_BYTES 24
+#define BITMAP_TABLE_ENTRY_BYTES 8
 
 static uint64_t round_up(uint64_t n, uint64_t unit)
 {
@@ -69,9 +72,17 @@ uint64_t qcow2_prealloc_metadata_bytes(uint64_t virtual_size,
     return meta;
 }
 
-int qcow2_measure(const struct vimg_create_opts *o, uint64_t virtual_size,
+int qcow2_measure(const struct vimg_opts *opts, uint64_t virtual_size,
                   struct vimg_measure_plan *out)
 {
+    struct qcow2_create_params params;
+    const struct qcow2_create_params *o = &params;
+    unsigned which;
+    int ret = qcow2_params_from_opts(opts, &params, &which);
+
+    if (ret < 0) {
+        return ret;
+    }
     const uint64_t cs = o->cluster_size ? o->cluster_size : 65536;
     const unsigned version = o->qcow2_version ? o->qcow2_version : 3;
     const unsigned rb = o->refcount_bits ? o->refcount_bits : 16;
@@ -127,5 +138,33 @@ int qcow2_measure(const struct vimg_create_opts *o, uint64_t virtual_size,
     out->data_unit_bytes = cs;
     out->is_preallocated = is_full;
     out->can_store_bitmaps = version >= 3;
+    return 0;
+}
+
+/* Room for SRC's persistent bitmaps, each fully allocated: its data
+ * clusters, its bitmap table, and its entry in the bitmap directory. */
+int qcow2_measure_bitmaps(const struct vimg_opts *opts, vimg_image *src,
+                          uint64_t *out)
+{
+    const uint64_t unit = vimg_opts_number(opts, "cluster_size", 65536);
+    struct vimg_info *info = NULL;
+    int ret = vimg_get_info(src, &info);
+
+    if (ret < 0) {
+        return ret;
+    }
+    uint64_t bytes = 0, dir_bytes = 0;
+    for (size_t i = 0; i < info->nb_bitmaps; i++) {
+        const struct vimg_bitmap_info *b = &info->bitmaps[i];
+        const uint64_t granularity = b->granularity ? b->granularity : 1;
+        const uint64_t bits = VIMG_DIV_ROUND_UP(vimg_size(src), granularity);
+        const uint64_t clusters =
+            VIMG_DIV_ROUND_UP(VIMG_DIV_ROUND_UP(bits, 8), unit);
+        bytes += clusters * unit +
+                 round_up(clusters * BITMAP_TABLE_ENTRY_BYTES, unit);
+        dir_bytes += round_up(BITMAP_DIR_ENTRY_BYTES + strlen(b->name), 8);
+    }
+    *out = bytes + round_up(dir_bytes, unit);
+    vimg_info_free(info);
     return 0;
 }

@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "crypto/luks.h"
 #include "formats/qcow2/qcow2.h"
 #include "vimg-endian.h"
 
@@ -609,122 +608,6 @@ static int qcow2_block_status(struct vimg_image *img, uint64_t offset,
     return 0;
 }
 
-/* The encryption qemu-img info shows: the format, and for LUKS the
- * header the crypto header extension points at (no key needed). */
-static int encrypt_info(struct vimg_image *img, struct vimg_info *info)
-{
-    struct qcow2_state *s = img->priv;
-
-    if (s->h.crypt_method == QCOW2_CRYPT_AES) {
-        info->encrypt_format = "aes";
-        return 0;
-    }
-    info->encrypt_format = "luks";
-    if (!s->ext.has_crypto) {
-        return vimg_error(-EINVAL, "%s: LUKS encryption without a crypto "
-                                   "header extension",
-                          img->filename);
-    }
-    uint8_t buf[VIMG_LUKS_HEADER_LEN];
-    if (s->ext.crypto_length < sizeof(buf) ||
-        s->ext.crypto_offset > s->file_size ||
-        s->file_size - s->ext.crypto_offset < sizeof(buf)) {
-        return vimg_error(-EINVAL, "%s: the LUKS header at 0x%llx (%llu "
-                                   "bytes) is not in the file",
-                          img->filename,
-                          (unsigned long long)s->ext.crypto_offset,
-                          (unsigned long long)s->ext.crypto_length);
-    }
-    int ret = vimg_io_pread(img->io, buf, sizeof(buf), s->ext.crypto_offset);
-    if (ret < 0) {
-        return ret;
-    }
-    info->luks = calloc(1, sizeof(*info->luks));
-    if (!info->luks) {
-        return vimg_error(-ENOMEM, "out of memory");
-    }
-    ret = vimg_luks_parse(buf, sizeof(buf), info->luks);
-    if (ret < 0) {
-        vimg_error_prefix("%s", img->filename);
-    }
-    return ret;
-}
-
-static int qcow2_info(struct vimg_image *img, struct vimg_info *info)
-{
-    struct qcow2_state *s = img->priv;
-    const struct qcow2_header *h = &s->h;
-
-    info->cluster_size = (uint32_t)s->cluster_size;
-    info->qcow2_version = h->version;
-    info->dirty = h->incompatible_features & QCOW2_INCOMPAT_DIRTY;
-    info->corrupt = h->incompatible_features & QCOW2_INCOMPAT_CORRUPT;
-    info->lazy_refcounts = h->compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS;
-    info->refcount_bits = 1u << h->refcount_order;
-    info->extended_l2 = s->has_subclusters;
-    info->encrypted = h->crypt_method != QCOW2_CRYPT_NONE;
-    if (info->encrypted) {
-        int ret = encrypt_info(img, info);
-        if (ret < 0) {
-            return ret;
-        }
-    }
-    info->compression_type =
-        h->compression_type == QCOW2_COMPRESSION_ZSTD ? "zstd" : "zlib";
-    if (s->has_data_file) {
-        info->data_file = strdup(s->ext.data_file);
-        if (!info->data_file) {
-            return vimg_error(-ENOMEM, "out of memory");
-        }
-        info->data_file_raw = s->is_data_file_raw;
-    }
-    if (s->nb_snapshots) {
-        info->snapshots = calloc(s->nb_snapshots, sizeof(*info->snapshots));
-        if (!info->snapshots) {
-            return vimg_error(-ENOMEM, "out of memory");
-        }
-        for (size_t i = 0; i < s->nb_snapshots; i++) {
-            const struct qcow2_snapshot *sn = &s->snapshots[i];
-            struct vimg_snapshot_info *o = &info->snapshots[i];
-            info->nb_snapshots = i + 1;
-            o->id = strdup(sn->id);
-            o->name = strdup(sn->name);
-            if (!o->id || !o->name) {
-                return vimg_error(-ENOMEM, "out of memory");
-            }
-            o->vm_state_size = sn->vm_state_size;
-            o->disk_size = sn->disk_size;
-            o->has_disk_size = sn->has_disk_size;
-            o->date_sec = sn->date_sec;
-            o->date_nsec = sn->date_nsec;
-            o->vm_clock_nsec = sn->vm_clock_nsec;
-            o->icount = sn->icount;
-            o->has_icount = sn->has_icount;
-        }
-    }
-    if (s->nb_bitmaps) {
-        info->bitmaps = calloc(s->nb_bitmaps, sizeof(*info->bitmaps));
-        if (!info->bitmaps) {
-            return vimg_error(-ENOMEM, "out of memory");
-        }
-        for (size_t i = 0; i < s->nb_bitmaps; i++) {
-            const struct qcow2_bitmap *b = &s->bitmaps[i];
-            struct vimg_bitmap_info *o = &info->bitmaps[i];
-            info->nb_bitmaps = i + 1;
-            o->name = strdup(b->name);
-            if (!o->name) {
-                return vimg_error(-ENOMEM, "out of memory");
-            }
-            o->granularity = b->granularity_bits < 32
-                                 ? 1u << b->granularity_bits
-                                 : 0;
-            o->in_use = b->flags & QCOW2_BITMAP_IN_USE;
-            o->auto_ = b->flags & QCOW2_BITMAP_AUTO;
-        }
-    }
-    return 0;
-}
-
 const struct vimg_format vimg_format_qcow2 = {
     .name = "qcow2",
     .probe = qcow2_probe,
@@ -743,11 +626,16 @@ const struct vimg_format vimg_format_qcow2 = {
     .snapshot_create = qcow2_snapshot_create,
     .snapshot_apply = qcow2_snapshot_apply,
     .snapshot_delete = qcow2_snapshot_delete,
-    .amend = qcow2_amend,
+    .amend = qcow2_amend_from_opts,
     .info = qcow2_info,
     .check = qcow2_check,
-    .create = qcow2_create,
+    .create = qcow2_create_from_opts,
     .measure = qcow2_measure,
+    .measure_bitmaps = qcow2_measure_bitmaps,
+    .capabilities = qcow2_capabilities,
+    .options = qcow2_options,
+    .check_option = qcow2_check_option,
+    .describe_options = qcow2_describe_options,
     .snapshot_view = qcow2_snapshot_view,
     .make_empty = qcow2_make_empty,
     .change_backing = qcow2_change_backing,

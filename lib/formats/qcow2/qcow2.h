@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "formats/format.h"
+#include "formats/qcow2/qcow2-options.h"
 
 #define QCOW2_MAGIC 0x514649fbu /* "QFI\xfb" */
 
@@ -345,7 +346,7 @@ int qcow2_check(struct vimg_image *img, unsigned flags, unsigned threads,
                 void *opaque);
 
 /* qcow2-create.c */
-int qcow2_create(const char *path, const struct vimg_create_opts *opts);
+int qcow2_create(const char *path, const struct qcow2_create_params *opts);
 
 /* qcow2-measure.c */
 /* Bytes of refcount table and blocks that count CLUSTERS clusters and
@@ -360,7 +361,7 @@ uint64_t qcow2_prealloc_metadata_bytes(uint64_t virtual_size,
                                        unsigned refcount_order,
                                        bool has_extended_l2);
 /* The format's measure op (qemu-img measure -O qcow2). */
-int qcow2_measure(const struct vimg_create_opts *opts, uint64_t virtual_size,
+int qcow2_measure(const struct vimg_opts *opts, uint64_t virtual_size,
                   struct vimg_measure_plan *out);
 
 /* qcow2-flush.c: read-write state, metadata writes, the ordered flush.
@@ -528,7 +529,7 @@ int qcow2_read_snapshot_l1(struct vimg_image *img,
                            const struct qcow2_snapshot *sn, uint64_t **out);
 
 /* qcow2-amend.c */
-int qcow2_amend(struct vimg_image *img, const struct vimg_create_opts *o,
+int qcow2_amend(struct vimg_image *img, const struct qcow2_create_params *o,
                 unsigned which);
 
 /* qcow2-refcount.c */

@@ -78,8 +78,8 @@ static int raw_block_status(struct vimg_image *img, uint64_t offset,
 /* qemu-img measure -O raw: the file is the disk, holes or not; a raw
  * image takes no options that change that (preallocation is not even
  * checked, as qemu-img does not check it either). */
-static int raw_measure(const struct vimg_create_opts *opts,
-                       uint64_t virtual_size, struct vimg_measure_plan *out)
+static int raw_measure(const struct vimg_opts *opts, uint64_t virtual_size,
+                       struct vimg_measure_plan *out)
 {
     (void)opts;
     if (virtual_size > UINT64_MAX - 511) {
@@ -138,25 +138,20 @@ static int raw_resize(struct vimg_image *img, uint64_t new_size,
     return ret;
 }
 
-static int raw_create(const char *path, const struct vimg_create_opts *o)
+static int raw_create(const char *path, const struct vimg_opts *o)
 {
-    const char *prealloc = o->preallocation ? o->preallocation : "off";
-    const bool is_off = strcmp(prealloc, "off") == 0;
-    const bool is_falloc = strcmp(prealloc, "falloc") == 0;
-    const bool is_full = strcmp(prealloc, "full") == 0;
+    const char *prealloc = vimg_opts_get(o, "preallocation");
+    const bool is_off = !prealloc || strcmp(prealloc, "off") == 0;
+    const bool is_falloc = prealloc && strcmp(prealloc, "falloc") == 0;
+    const bool is_full = prealloc && strcmp(prealloc, "full") == 0;
 
     if (!is_off && !is_falloc && !is_full) {
         return vimg_error(-EINVAL, "%s: Unsupported preallocation mode: %s",
                           path, prealloc);
     }
-    if (o->backing_file || o->data_file || o->extended_l2 ||
-        o->lazy_refcounts || o->cluster_size || o->refcount_bits ||
-        o->compression_type || o->qcow2_version) {
-        return vimg_error(-EINVAL, "%s: raw images take no options but "
-                                   "size and preallocation",
-                          path);
-    }
-    const uint64_t size = (o->size + 511) & ~(uint64_t)511;
+    prealloc = prealloc ? prealloc : "off";
+    const uint64_t size =
+        (vimg_opts_number(o, "size", 0) + 511) & ~(uint64_t)511;
     struct vimg_io *io = NULL;
     int ret = vimg_io_file_open(&io, path, true, true);
     if (ret < 0) {
@@ -192,6 +187,26 @@ static int raw_create(const char *path, const struct vimg_create_opts *o)
     return ret;
 }
 
+/* qemu-img create -f raw's options (the file's own, nocow and
+ * extent_size_hint, are not taken) */
+static const struct vimg_option raw_options[] = {
+    {"size", VIMG_OPTION_SIZE, NULL, "Virtual disk size", 0},
+    {"preallocation", VIMG_OPTION_STRING, "off", "off, falloc, full", 0},
+    {NULL, 0, NULL, NULL, 0},
+};
+
+/* "preallocation=MODE size=N": the preallocation only when it was set */
+static void raw_describe_options(const struct vimg_opts *o, FILE *out)
+{
+    const char *prealloc = vimg_opts_get(o, "preallocation");
+
+    if (prealloc) {
+        fprintf(out, "preallocation=%s ", prealloc);
+    }
+    fprintf(out, "size=%llu",
+            (unsigned long long)vimg_opts_number(o, "size", 0));
+}
+
 const struct vimg_format vimg_format_raw = {
     .name = "raw",
     .probe = raw_probe,
@@ -205,4 +220,6 @@ const struct vimg_format vimg_format_raw = {
     .create = raw_create,
     .resize = raw_resize,
     .measure = raw_measure,
+    .options = raw_options,
+    .describe_options = raw_describe_options,
 };
