@@ -596,7 +596,8 @@ struct vimg_measure_result {
 
 /*
  * Deprecated (see vimg_measure_ext()): how large a new image made with
- * TARGET (format "raw" or "qcow2", and the options of vimg_create) would be, as `qemu-img measure` computes it.
+ * TARGET (format "raw" or "qcow2", and the options of vimg_create) would
+ * be, as `qemu-img measure` computes it.
  * With SRC, the image is a copy of SRC's guest content (its whole backing
  * chain, as vimg_convert copies it): only target clusters holding data
  * that is not known to be zeroes count as required, and a qcow2 v3 target
@@ -613,8 +614,9 @@ VIMG_API int vimg_measure(vimg_image *src,
 
 /*
  * vimg_measure() for a target of the format and options in TARGET (made
- * with VIMG_OPTS_CREATE or VIMG_OPTS_MEASURE); its "size" is the virtual size of an empty
- * image (without SRC), and is checked against the format's limits.
+ * with VIMG_OPTS_CREATE or VIMG_OPTS_MEASURE); its "size" is the virtual
+ * size of an empty image (without SRC), and is checked against the
+ * format's limits.
  */
 VIMG_API int vimg_measure_ext(vimg_image *src, const vimg_opts *target,
                               struct vimg_measure_result *out);

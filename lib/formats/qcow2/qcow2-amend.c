@@ -394,8 +394,9 @@ static int check_shrink(struct vimg_image *img, uint64_t new_size)
 
 /* ------------------------------------------------------------- amend */
 
-static int amend_locked(struct vimg_image *img, const struct qcow2_create_params *o,
-                        unsigned which, bool *resize_to)
+static int amend_locked(struct vimg_image *img,
+                        const struct qcow2_create_params *o, unsigned which,
+                        bool *resize_to)
 {
     struct qcow2_state *s = img->priv;
     const unsigned version = which & VIMG_AMEND_COMPAT ? o->qcow2_version

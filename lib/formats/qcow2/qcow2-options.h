@@ -26,7 +26,8 @@ struct qcow2_create_params {
     const char *data_file;       /* data_file, or NULL */
     bool data_file_raw;          /* data_file_raw */
     const char *compression_type; /* "zlib" (NULL) or "zstd" */
-    const char *preallocation;   /* "off" (NULL), "metadata", "falloc", "full" */
+    const char *preallocation;   /* "off" (NULL), "metadata", "falloc",
+                                    "full" */
     const char *backing_file;    /* backing_file, or NULL */
     const char *backing_format;  /* backing_fmt, or NULL */
     bool data_file_keep;         /* vimg only: an existing data file keeps
