@@ -571,9 +571,8 @@ int vimg_resize(vimg_image *img, uint64_t new_size,
                                    "(data beyond the new end is lost)",
                           img->filename);
     }
-    if (preallocation && strcmp(preallocation, "off") &&
-        strcmp(preallocation, "falloc") && strcmp(preallocation, "full") &&
-        strcmp(preallocation, "metadata")) {
+    enum vimg_prealloc mode;
+    if (vimg_prealloc_parse(preallocation, &mode) < 0) {
         return vimg_error(-EINVAL, "unknown preallocation mode '%s'",
                           preallocation);
     }

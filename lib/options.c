@@ -160,6 +160,19 @@ int vimg_parse_size(const char *s, uint64_t *out)
     return ret;
 }
 
+int vimg_prealloc_parse(const char *mode, enum vimg_prealloc *out)
+{
+    static const char *const names[] = {"off", "metadata", "falloc", "full"};
+
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (!mode || strcmp(mode, names[i]) == 0) {
+            *out = (enum vimg_prealloc)(mode ? i : 0);
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
 /* ----------------------------------------------------- option tables */
 
 static const struct vimg_option *find_in(const struct vimg_option *table,

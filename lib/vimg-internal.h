@@ -72,6 +72,17 @@ void vimg_info_add_int(int *err, struct vimg_info_entry *parent,
 /* Free E, its children and the entries after it. */
 void vimg_info_entry_free(struct vimg_info_entry *e);
 
+/* Preallocation modes (qemu's preallocation=) */
+enum vimg_prealloc {
+    VIMG_PREALLOC_OFF,
+    VIMG_PREALLOC_METADATA,
+    VIMG_PREALLOC_FALLOC,
+    VIMG_PREALLOC_FULL,
+};
+/* options.c: MODE (NULL: "off") as an enum in *OUT; -EINVAL (no message:
+ * each caller has qemu's words for it) for another word. */
+int vimg_prealloc_parse(const char *mode, enum vimg_prealloc *out);
+
 /* options.c: what drivers and ops read from an option list (O's values
  * were checked against their types when set). */
 /* The value of a SIZE, NUMBER or BOOL option KEY, DEF when unset. */

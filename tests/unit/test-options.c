@@ -174,6 +174,22 @@ static void test_parse_size(void **state)
     assert_int_equal(vimg_parse_size("16E", &n), -ERANGE);
 }
 
+static void test_prealloc_parse(void **state)
+{
+    (void)state;
+    enum vimg_prealloc m = VIMG_PREALLOC_FULL;
+
+    assert_int_equal(vimg_prealloc_parse(NULL, &m), 0);
+    assert_int_equal(m, VIMG_PREALLOC_OFF);
+    assert_int_equal(vimg_prealloc_parse("metadata", &m), 0);
+    assert_int_equal(m, VIMG_PREALLOC_METADATA);
+    assert_int_equal(vimg_prealloc_parse("falloc", &m), 0);
+    assert_int_equal(m, VIMG_PREALLOC_FALLOC);
+    assert_int_equal(vimg_prealloc_parse("full", &m), 0);
+    assert_int_equal(m, VIMG_PREALLOC_FULL);
+    assert_int_equal(vimg_prealloc_parse("sometimes", &m), -EINVAL);
+}
+
 static void test_opts_parse(void **state)
 {
     (void)state;
@@ -298,6 +314,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_size),
+        cmocka_unit_test(test_prealloc_parse),
         cmocka_unit_test(test_opts_parse),
         cmocka_unit_test(test_opts_amend),
         cmocka_unit_test(test_opts_help_and_describe),

@@ -86,7 +86,6 @@ int qcow2_measure(const struct vimg_opts *opts, uint64_t virtual_size,
     const uint64_t cs = o->cluster_size ? o->cluster_size : 65536;
     const unsigned version = o->qcow2_version ? o->qcow2_version : 3;
     const unsigned rb = o->refcount_bits ? o->refcount_bits : 16;
-    const char *prealloc = o->preallocation ? o->preallocation : "off";
 
     /* qemu-img's checks, in its order and words */
     if (cs < 512 || cs > 2 * 1024 * 1024 || (cs & (cs - 1))) {
@@ -111,12 +110,13 @@ int qcow2_measure(const struct vimg_opts *opts, uint64_t virtual_size,
                                    "require compatibility level 1.1 or above "
                                    "(use compat=1.1 or greater)");
     }
-    const bool is_full =
-        strcmp(prealloc, "full") == 0 || strcmp(prealloc, "falloc") == 0;
-    if (!is_full && strcmp(prealloc, "off") != 0 &&
-        strcmp(prealloc, "metadata") != 0) {
-        return vimg_error(-EINVAL, "invalid parameter value: %s", prealloc);
+    enum vimg_prealloc mode;
+    if (vimg_prealloc_parse(o->preallocation, &mode) < 0) {
+        return vimg_error(-EINVAL, "invalid parameter value: %s",
+                          o->preallocation);
     }
+    const bool is_full =
+        mode == VIMG_PREALLOC_FULL || mode == VIMG_PREALLOC_FALLOC;
     /* The L1 table must stay within qemu's limit for the size asked for
      * (not for a source image's size, which qemu does not check). */
     const uint64_t l2_entry_bytes = o->extended_l2 ? 16 : 8;

@@ -96,10 +96,12 @@ static int raw_measure(const struct vimg_opts *opts, uint64_t virtual_size,
 static int raw_resize(struct vimg_image *img, uint64_t new_size,
                       const char *preallocation, unsigned flags)
 {
-    const char *mode = preallocation ? preallocation : "off";
+    enum vimg_prealloc mode = VIMG_PREALLOC_OFF;
     const uint64_t old = img->size;
 
-    if (strcmp(mode, "metadata") == 0) {
+    /* the image layer refused other words */
+    vimg_prealloc_parse(preallocation, &mode);
+    if (mode == VIMG_PREALLOC_METADATA) {
         return vimg_error(-EINVAL, "%s: Unsupported preallocation mode: "
                                    "metadata",
                           img->filename);
@@ -114,10 +116,10 @@ static int raw_resize(struct vimg_image *img, uint64_t new_size,
         return ret;
     }
     ret = vimg_io_truncate(img->io, new_size);
-    if (ret == 0 && new_size > old && strcmp(mode, "falloc") == 0) {
+    if (ret == 0 && new_size > old && mode == VIMG_PREALLOC_FALLOC) {
         ret = vimg_io_fallocate(img->io, old, new_size - old);
     }
-    if (ret == 0 && new_size > old && strcmp(mode, "full") == 0) {
+    if (ret == 0 && new_size > old && mode == VIMG_PREALLOC_FULL) {
         static const uint8_t zero[64 * 1024];
         for (uint64_t off = old; off < new_size && ret == 0;) {
             const size_t n = (size_t)VIMG_MIN(new_size - off, sizeof(zero));
@@ -141,15 +143,17 @@ static int raw_resize(struct vimg_image *img, uint64_t new_size,
 static int raw_create(const char *path, const struct vimg_opts *o)
 {
     const char *prealloc = vimg_opts_get(o, "preallocation");
-    const bool is_off = !prealloc || strcmp(prealloc, "off") == 0;
-    const bool is_falloc = prealloc && strcmp(prealloc, "falloc") == 0;
-    const bool is_full = prealloc && strcmp(prealloc, "full") == 0;
+    enum vimg_prealloc mode;
 
-    if (!is_off && !is_falloc && !is_full) {
+    if (vimg_prealloc_parse(prealloc, &mode) < 0 ||
+        mode == VIMG_PREALLOC_METADATA) {
         return vimg_error(-EINVAL, "%s: Unsupported preallocation mode: %s",
                           path, prealloc);
     }
     prealloc = prealloc ? prealloc : "off";
+    const bool is_off = mode == VIMG_PREALLOC_OFF;
+    const bool is_falloc = mode == VIMG_PREALLOC_FALLOC;
+    const bool is_full = mode == VIMG_PREALLOC_FULL;
     const uint64_t size =
         (vimg_opts_number(o, "size", 0) + 511) & ~(uint64_t)511;
     struct vimg_io *io = NULL;
