@@ -28,7 +28,13 @@ static int print_options_help(const char *format, const char *file)
         format = vimg_format(img);
     }
     int rc = 0;
-    if (vimg_format_print_options(format, VIMG_OPTS_AMEND, stdout) < 0) {
+    if (vimg_format_options(format) &&
+        !(vimg_format_capabilities(format) & VIMG_CAN_AMEND)) {
+        cli_error("Format driver '%s' does not support option amendment",
+                  format);
+        rc = 1;
+    } else if (vimg_format_print_options(format, VIMG_OPTS_AMEND, stdout) <
+               0) {
         cli_error("%s", vimg_last_error());
         rc = 1;
     }
