@@ -3,7 +3,9 @@
  * test-qcow2-refcount.c: refcount block entries of every width (orders
  * 0..6): the exact bit layout qcow2.txt gives ("Host cluster management":
  * sub-byte entries start at the least significant bits, wider ones are
- * big-endian), and that setting one entry leaves its neighbours alone.
+ * big-endian), and that setting one entry leaves its neighbours alone;
+ * and qcow2_refcount_layout, the size of a refcount structure that counts
+ * itself.
  */
 #include "unit.h"
 
@@ -187,6 +189,76 @@ static void test_oversized_value(void **state)
     assert_int_equal(b[2], 0);
 }
 
+/* Do BLOCKS refcount blocks and TABLE table clusters count CLUSTERS
+ * clusters and themselves? */
+static bool covers(uint64_t clusters, uint64_t cs, unsigned order,
+                   uint64_t blocks, uint64_t table)
+{
+    const uint64_t per_block = cs * 8 >> order;
+
+    return blocks * per_block >= clusters + blocks + table &&
+           table * (cs / 8) >= blocks;
+}
+
+static void test_refcount_layout_known(void **state)
+{
+    (void)state;
+    uint64_t b, t;
+
+    qcow2_refcount_layout(0, 65536, 4, &b, &t);
+    assert_int_equal(b, 0);
+    assert_int_equal(t, 0);
+    /* one cluster: one block and one table cluster count it and
+     * themselves */
+    qcow2_refcount_layout(1, 65536, 4, &b, &t);
+    assert_int_equal(b, 1);
+    assert_int_equal(t, 1);
+    /* 32768 16-bit refcounts per block: 32766 + 1 + 1 fit, 32767 not */
+    qcow2_refcount_layout(32766, 65536, 4, &b, &t);
+    assert_int_equal(b, 1);
+    assert_int_equal(t, 1);
+    qcow2_refcount_layout(32767, 65536, 4, &b, &t);
+    assert_int_equal(b, 2);
+    assert_int_equal(t, 1);
+    /* 512-byte clusters, 64-bit refcounts: 64 per block, 64 blocks per
+     * table cluster */
+    qcow2_refcount_layout(62, 512, 6, &b, &t);
+    assert_int_equal(b, 1);
+    assert_int_equal(t, 1);
+    qcow2_refcount_layout(4096, 512, 6, &b, &t);
+    assert_int_equal(b, 66);
+    assert_int_equal(t, 2);
+}
+
+/* Every answer counts itself, and one block fewer (with the table it
+ * needs) would not: the smallest structure. */
+static void test_refcount_layout_least(void **state)
+{
+    (void)state;
+    static const uint64_t clusters[] = {1,    2,     63,       64,
+                                        255,  256,   4093,     4094,
+                                        4095, 65536, 1000000, 1ull << 33};
+    static const uint64_t sizes[] = {512, 4096, 65536, 2u << 20};
+
+    for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+        for (unsigned order = 0; order <= 6; order++) {
+            for (size_t i = 0; i < sizeof(clusters) / sizeof(clusters[0]);
+                 i++) {
+                const uint64_t cs = sizes[k];
+                uint64_t b, t;
+                qcow2_refcount_layout(clusters[i], cs, order, &b, &t);
+                assert_true(covers(clusters[i], cs, order, b, t));
+                assert_true(b >= 1 && t >= 1);
+                const uint64_t fewer = b - 1;
+                const uint64_t fewer_table = (fewer + cs / 8 - 1) / (cs / 8);
+                assert_false(
+                    covers(clusters[i], cs, order, fewer, fewer_table));
+                assert_int_equal(t, (b + cs / 8 - 1) / (cs / 8));
+            }
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -194,6 +266,8 @@ int main(void)
         cmocka_unit_test(test_neighbours),
         cmocka_unit_test(test_get_matches_bits),
         cmocka_unit_test(test_oversized_value),
+        cmocka_unit_test(test_refcount_layout_known),
+        cmocka_unit_test(test_refcount_layout_least),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

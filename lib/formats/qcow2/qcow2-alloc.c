@@ -75,6 +75,28 @@ int qcow2_set_refcount(struct vimg_image *img, uint64_t cluster,
     return ret;
 }
 
+int qcow2_reftable_copy(struct vimg_image *img, uint64_t entries,
+                        uint64_t **out)
+{
+    struct qcow2_state *s = img->priv;
+
+    *out = NULL;
+    if (entries / (s->cluster_size / 8) * s->cluster_size >
+        QCOW2_MAX_REFTABLE_BYTES) {
+        return vimg_error(-EFBIG, "%s: the refcount table would exceed "
+                                  "8 MiB",
+                          img->filename);
+    }
+    uint64_t *table = calloc(entries, sizeof(uint64_t));
+    if (!table) {
+        return vimg_error(-ENOMEM, "out of memory");
+    }
+    memcpy(table, s->reftable,
+           (size_t)VIMG_MIN(entries, s->reftable_entries) * 8);
+    *out = table;
+    return 0;
+}
+
 /*
  * Give every refcount block that [START, *END) needs an entry in TABLE
  * (ENTRIES long), placing new blocks at *END and moving it past them:
@@ -104,6 +126,17 @@ static int place_new_refblocks(struct vimg_image *img, uint64_t *table,
     return 0;
 }
 
+int qcow2_write_reftable_pointer(struct vimg_image *img)
+{
+    struct qcow2_state *s = img->priv;
+    uint8_t hdr[12];
+
+    store_be64(hdr, s->h.refcount_table_offset);
+    store_be32(hdr + 8, s->h.refcount_table_clusters);
+    return qcow2_write_meta(img, QCOW2_HDR_REFTABLE_OFFSET, hdr,
+                            sizeof(hdr));
+}
+
 /*
  * s->reftable and s->h name the new refcount table, whose blocks count
  * it: make them durable, then point the header at the table, then free
@@ -112,15 +145,10 @@ static int place_new_refblocks(struct vimg_image *img, uint64_t *table,
 static int switch_reftable(struct vimg_image *img, uint64_t old_offset,
                            uint64_t old_clusters)
 {
-    struct qcow2_state *s = img->priv;
     int ret = qcow2_sync_refcounts(img);
 
     if (ret == 0) {
-        uint8_t hdr[12];
-        store_be64(hdr, s->h.refcount_table_offset);
-        store_be32(hdr + 8, s->h.refcount_table_clusters);
-        ret = qcow2_write_meta(img, QCOW2_HDR_REFTABLE_OFFSET, hdr,
-                               sizeof(hdr));
+        ret = qcow2_write_reftable_pointer(img);
     }
     if (ret == 0) {
         ret = qcow2_sync_files(img);
@@ -143,21 +171,16 @@ static int grow_reftable(struct vimg_image *img, uint64_t need_entries)
     uint64_t entries = VIMG_MAX(need_entries, s->reftable_entries * 2);
     entries = VIMG_DIV_ROUND_UP(entries, per_cluster) * per_cluster;
     const uint64_t table_clusters = entries / per_cluster;
-    if (table_clusters * s->cluster_size > QCOW2_MAX_REFTABLE_BYTES) {
-        return vimg_error(-EFBIG, "%s: the refcount table would exceed "
-                                  "8 MiB",
-                          img->filename);
+    uint64_t *table;
+    int ret = qcow2_reftable_copy(img, entries, &table);
+    if (ret < 0) {
+        return ret;
     }
-    uint64_t *table = calloc(entries, sizeof(uint64_t));
-    if (!table) {
-        return vimg_error(-ENOMEM, "out of memory");
-    }
-    memcpy(table, s->reftable, s->reftable_entries * sizeof(uint64_t));
 
     /* [start, end): the new table, then any new refcount blocks */
     const uint64_t start = s->end_cluster;
     uint64_t end = start + table_clusters;
-    int ret = place_new_refblocks(img, table, entries, start, &end);
+    ret = place_new_refblocks(img, table, entries, start, &end);
     /* new blocks start as zeroes in the cache */
     for (uint64_t c = start + table_clusters; c < end && ret == 0; c++) {
         ret = qcow2_new_refblock(img, c);
@@ -356,21 +379,6 @@ int qcow2_free_clusters_later(struct vimg_image *img, uint64_t offset,
     return 0;
 }
 
-/* Drop one reference from every host cluster a compressed cluster uses. */
-static int free_compressed_later(struct vimg_image *img, uint64_t entry)
-{
-    struct qcow2_state *s = img->priv;
-    const uint64_t coff = entry & s->csize_mask;
-    const uint64_t nb_sectors =
-        ((entry >> s->csize_shift) & ((1ull << (s->cluster_bits - 8)) - 1)) +
-        1;
-    const uint64_t last = coff + nb_sectors * 512 - (coff & 511) - 1;
-
-    return qcow2_free_clusters_later(
-        img, coff & ~(s->cluster_size - 1),
-        cluster_of(s, last) - cluster_of(s, coff) + 1);
-}
-
 int qcow2_apply_pending_frees(struct vimg_image *img)
 {
     struct qcow2_state *s = img->priv;
@@ -424,15 +432,11 @@ int qcow2_new_refblock(struct vimg_image *img, uint64_t cluster)
 int qcow2_release_entry(struct vimg_image *img, uint64_t entry)
 {
     struct qcow2_state *s = img->priv;
+    uint64_t first, n;
 
-    if (entry & QCOW2_OFLAG_COMPRESSED) {
-        return free_compressed_later(img, entry);
-    }
-    if ((entry & QCOW2_L2E_OFFSET_MASK) && !s->has_data_file) {
-        return qcow2_free_clusters_later(img, entry & QCOW2_L2E_OFFSET_MASK,
-                                         1);
-    }
-    return 0;
+    qcow2_l2_entry_clusters(s, entry, &first, &n);
+    return n ? qcow2_free_clusters_later(img, first << s->cluster_bits, n)
+             : 0;
 }
 
 /*

@@ -58,20 +58,11 @@ static int rewrite_refcounts(struct vimg_image *img, unsigned order)
     const uint64_t cs = s->cluster_size;
     const uint64_t per_block = (cs * 8) >> order;
     const uint64_t start = s->end_cluster;
-    uint64_t nb_blocks = 0, table_clusters = 0;
+    uint64_t nb_blocks, table_clusters;
     int ret = 0;
 
     /* blocks and table at START..: enough to describe themselves too */
-    for (;;) {
-        const uint64_t covered = start + nb_blocks + table_clusters;
-        const uint64_t b = VIMG_DIV_ROUND_UP(covered, per_block);
-        const uint64_t t = VIMG_DIV_ROUND_UP(b * 8, cs);
-        if (b == nb_blocks && t == table_clusters) {
-            break;
-        }
-        nb_blocks = b;
-        table_clusters = t;
-    }
+    qcow2_refcount_layout(start, cs, order, &nb_blocks, &table_clusters);
     if (table_clusters * cs > QCOW2_MAX_REFTABLE_BYTES ||
         nb_blocks > SIZE_MAX / cs) {
         return vimg_error(-EFBIG, "%s: the new refcount table would be too "
@@ -166,22 +157,6 @@ out:
 
 /* ------------------------------------------- downgrade to compat 0.10 */
 
-/* Set qemu's corrupt bit on disk (the header is still version 3 here)
- * and refuse every further write, as qemu does on a corrupt entry. */
-static void mark_corrupt(struct vimg_image *img)
-{
-    struct qcow2_state *s = img->priv;
-    uint8_t b[8];
-
-    s->is_broken = true;
-    s->h.incompatible_features |= QCOW2_INCOMPAT_CORRUPT;
-    store_be64(b, s->h.incompatible_features);
-    if (s->h.version >= 3 &&
-        vimg_io_pwrite(img->io, b, sizeof(b), QCOW2_HDR_INCOMPAT) == 0) {
-        vimg_io_flush(img->io);
-    }
-}
-
 /*
  * The host cluster that zero entry E of a table reached from TABLE_RC L1
  * tables becomes in version 2: an allocated cluster the caller fills
@@ -200,7 +175,7 @@ static int zero_entry_target(struct vimg_image *img, uint64_t l2, size_t j,
     int ret;
 
     if (host & (s->cluster_size - 1)) {
-        mark_corrupt(img);
+        qcow2_header_mark_corrupt(img);
         return qcow2_corrupt(img, "Cluster allocation offset 0x%llx "
                                   "unaligned (L2 offset: 0x%llx, L2 index: "
                                   "0x%zx); the image is marked corrupt "
@@ -394,24 +369,54 @@ static int check_shrink(struct vimg_image *img, uint64_t new_size)
 
 /* ------------------------------------------------------------- amend */
 
-static int amend_locked(struct vimg_image *img,
-                        const struct qcow2_create_params *o, unsigned which,
-                        bool *resize_to)
+/* What the amended image will be. */
+struct amend_plan {
+    unsigned version;
+    unsigned order; /* refcount_order */
+    bool want_lazy;
+};
+
+/* The refcount width asked for, as an order; refused as qemu-img does. */
+static int plan_refcount_order(struct vimg_image *img, unsigned bits,
+                               unsigned version, unsigned *order_out)
 {
     struct qcow2_state *s = img->priv;
-    const unsigned version = which & VIMG_AMEND_COMPAT ? o->qcow2_version
-                                                       : s->h.version;
+    unsigned order = 0;
+
+    while ((1u << order) < bits) {
+        order++;
+    }
+    if (bits == 0 || (1u << order) != bits || bits > 64) {
+        return vimg_error(-EINVAL, "Refcount width must be a power of "
+                                   "two and may not exceed 64 bits");
+    }
+    if (version < 3 && bits != 16) {
+        return vimg_error(-EINVAL, "Different refcount widths than 16 "
+                                   "bits require compatibility level 1.1 "
+                                   "or above (use compat=1.1 or "
+                                   "greater)");
+    }
+    *order_out = order;
+    return order < s->h.refcount_order ? check_refcount_width(img, bits)
+                                       : 0;
+}
+
+/* 1. Everything that can refuse, before any write. */
+static int plan_amend(struct vimg_image *img,
+                      const struct qcow2_create_params *o, unsigned which,
+                      struct amend_plan *p)
+{
+    struct qcow2_state *s = img->priv;
     const bool is_lazy_now =
         s->h.version >= 3 &&
         (s->h.compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS);
-    const bool want_lazy =
-        which & VIMG_AMEND_LAZY_REFCOUNTS ? o->lazy_refcounts
-        : version < 3                     ? false
-                                          : is_lazy_now;
-    unsigned order = s->h.refcount_order;
     int ret = 0;
 
-    /* 1. everything that can refuse, before any write */
+    p->version = which & VIMG_AMEND_COMPAT ? o->qcow2_version : s->h.version;
+    p->want_lazy = which & VIMG_AMEND_LAZY_REFCOUNTS ? o->lazy_refcounts
+                   : p->version < 3                  ? false
+                                                     : is_lazy_now;
+    p->order = s->h.refcount_order;
     if (which & VIMG_AMEND_DATA_FILE_RAW) {
         return vimg_error(-EINVAL, "data-file-raw cannot be set on existing "
                                    "images");
@@ -424,28 +429,12 @@ static int amend_locked(struct vimg_image *img,
         return vimg_error(-EINVAL, "data-file cannot be empty");
     }
     if (which & VIMG_AMEND_REFCOUNT_BITS) {
-        unsigned bits = o->refcount_bits;
-        order = 0;
-        while ((1u << order) < bits) {
-            order++;
-        }
-        if (bits == 0 || (1u << order) != bits || bits > 64) {
-            return vimg_error(-EINVAL, "Refcount width must be a power of "
-                                       "two and may not exceed 64 bits");
-        }
-        if (version < 3 && bits != 16) {
-            return vimg_error(-EINVAL, "Different refcount widths than 16 "
-                                       "bits require compatibility level 1.1 "
-                                       "or above (use compat=1.1 or "
-                                       "greater)");
-        }
-        if (order < s->h.refcount_order) {
-            ret = check_refcount_width(img, bits);
-        }
+        ret = plan_refcount_order(img, o->refcount_bits, p->version,
+                                  &p->order);
     }
-    if (ret == 0 && version < 3 && s->h.version >= 3) {
-        ret = check_downgrade(img, want_lazy);
-    } else if (ret == 0 && version < 3 && want_lazy) {
+    if (ret == 0 && p->version < 3 && s->h.version >= 3) {
+        ret = check_downgrade(img, p->want_lazy);
+    } else if (ret == 0 && p->version < 3 && p->want_lazy) {
         ret = check_downgrade(img, true);
     }
     if (ret == 0 && (which & VIMG_AMEND_SIZE) && s->h.version < 3 &&
@@ -453,9 +442,140 @@ static int amend_locked(struct vimg_image *img,
         ret = vimg_error(-ENOTSUP, "Can't resize a v2 image which has "
                                    "snapshots");
     }
-    /* the new first cluster must fit before anything else changes */
+    return ret;
+}
+
+/* The header fields and extensions of version P->version. */
+static void plan_header(const struct qcow2_state *s,
+                        const struct amend_plan *p,
+                        struct qcow2_first_cluster *fc)
+{
+    fc->h.refcount_order = p->order;
+    if (p->version >= 3) {
+        fc->h.version = 3;
+        if (fc->h.header_length < QCOW2_HDR_V3_LEN) {
+            fc->h.header_length = QCOW2_HDR_V3_COMPRESSION_LEN;
+        }
+        fc->h.compatible_features =
+            p->want_lazy
+                ? fc->h.compatible_features | QCOW2_COMPAT_LAZY_REFCOUNTS
+                : fc->h.compatible_features & ~QCOW2_COMPAT_LAZY_REFCOUNTS;
+        if (!fc->ext.nb_features && s->cluster_size >= 8192) {
+            fc->ext.features = malloc(sizeof(qcow2_feature_table));
+            if (fc->ext.features) {
+                memcpy(fc->ext.features, qcow2_feature_table,
+                       sizeof(qcow2_feature_table));
+                fc->ext.nb_features = QCOW2_NB_FEATURES;
+            }
+        }
+    } else {
+        fc->h.version = 2;
+        fc->h.header_length = QCOW2_HDR_V2_LEN;
+        fc->h.incompatible_features = 0;
+        fc->h.compatible_features = 0;
+        fc->h.autoclear_features = 0;
+        fc->h.compression_type = 0;
+        free(fc->ext.features);
+        fc->ext.features = NULL;
+        fc->ext.nb_features = 0;
+        fc->ext.has_bitmaps = false;
+    }
+}
+
+/* The new first cluster, encoded into *BUF_OUT (one cluster, free it):
+ * it must fit before anything else changes. */
+static int plan_first_cluster(struct vimg_image *img,
+                              const struct qcow2_create_params *o,
+                              unsigned which, const struct amend_plan *p,
+                              struct qcow2_first_cluster *fc,
+                              uint8_t **buf_out)
+{
+    struct qcow2_state *s = img->priv;
+
+    if (which & VIMG_AMEND_DATA_FILE) {
+        free(fc->ext.data_file);
+        fc->ext.data_file = strdup(o->data_file);
+    }
+    if (which & VIMG_AMEND_BACKING_FILE) {
+        free(fc->backing);
+        fc->backing = *o->backing_file ? strdup(o->backing_file) : NULL;
+        if (!fc->backing) {
+            free(fc->ext.backing_format);
+            fc->ext.backing_format = NULL;
+        }
+    }
+    if (which & VIMG_AMEND_BACKING_FMT) {
+        free(fc->ext.backing_format);
+        fc->ext.backing_format =
+            *o->backing_format ? strdup(o->backing_format) : NULL;
+    }
+    plan_header(s, p, fc);
+    uint8_t *buf = malloc((size_t)s->cluster_size);
+    *buf_out = buf;
+    int ret = buf ? qcow2_first_cluster_encode(img, fc, buf)
+                  : vimg_error(-ENOMEM, "out of memory");
+    if ((which & VIMG_AMEND_DATA_FILE && !fc->ext.data_file) ||
+        (which & VIMG_AMEND_BACKING_FILE && *o->backing_file &&
+         !fc->backing)) {
+        ret = vimg_error(-ENOMEM, "out of memory");
+    }
+    return ret;
+}
+
+/* 2. The changes: refcount width, zero clusters (down to version 2),
+ * snapshot extra data (up to version 3), then the first cluster, which
+ * is re-encoded wherever a step moved something it names. */
+static int apply_amend(struct vimg_image *img, const struct amend_plan *p,
+                       struct qcow2_first_cluster *fc, uint8_t *buf)
+{
+    struct qcow2_state *s = img->priv;
+    int ret = qcow2_begin_change(img);
+
+    if (ret == 0 && p->order != s->h.refcount_order) {
+        ret = rewrite_refcounts(img, p->order);
+        if (ret == 0) {
+            /* the header on disk changed under FC */
+            fc->h.refcount_table_offset = s->h.refcount_table_offset;
+            fc->h.refcount_table_clusters = s->h.refcount_table_clusters;
+            ret = qcow2_first_cluster_encode(img, fc, buf);
+        }
+    }
+    if (ret == 0 && p->version < 3 && s->h.version >= 3) {
+        ret = expand_zero_clusters(img);
+    }
+    if (ret == 0 && p->version >= 3 && s->h.version < 3) {
+        ret = qcow2_snapshots_complete_extra(img);
+        if (ret == 0) {
+            /* the header on disk changed under FC */
+            fc->h.snapshots_offset = s->h.snapshots_offset;
+            ret = qcow2_first_cluster_encode(img, fc, buf);
+        }
+    }
+    if (ret == 0) {
+        /* leaving lazy refcounts: the refcounts are right once flushed,
+         * and the dirty bit goes with the feature */
+        if (s->h.version >= 3 && !p->want_lazy) {
+            fc->h.incompatible_features &= ~QCOW2_INCOMPAT_DIRTY;
+            if (p->version >= 3) {
+                ret = qcow2_first_cluster_encode(img, fc, buf);
+            }
+        }
+        if (ret == 0) {
+            ret = qcow2_first_cluster_write(img, fc, buf);
+        }
+    }
+    return ret;
+}
+
+static int amend_locked(struct vimg_image *img,
+                        const struct qcow2_create_params *o, unsigned which,
+                        bool *resize_to)
+{
+    struct amend_plan p;
     struct qcow2_first_cluster fc;
     uint8_t *buf = NULL;
+    int ret = plan_amend(img, o, which, &p);
+
     if (ret < 0) {
         return ret;
     }
@@ -463,100 +583,9 @@ static int amend_locked(struct vimg_image *img,
     if (ret < 0) {
         return ret;
     }
-    {
-        if (which & VIMG_AMEND_DATA_FILE) {
-            free(fc.ext.data_file);
-            fc.ext.data_file = strdup(o->data_file);
-        }
-        if (which & VIMG_AMEND_BACKING_FILE) {
-            free(fc.backing);
-            fc.backing = *o->backing_file ? strdup(o->backing_file) : NULL;
-            if (!fc.backing) {
-                free(fc.ext.backing_format);
-                fc.ext.backing_format = NULL;
-            }
-        }
-        if (which & VIMG_AMEND_BACKING_FMT) {
-            free(fc.ext.backing_format);
-            fc.ext.backing_format =
-                *o->backing_format ? strdup(o->backing_format) : NULL;
-        }
-        fc.h.refcount_order = order;
-        if (version >= 3) {
-            fc.h.version = 3;
-            if (fc.h.header_length < QCOW2_HDR_V3_LEN) {
-                fc.h.header_length = QCOW2_HDR_V3_COMPRESSION_LEN;
-            }
-            fc.h.compatible_features =
-                want_lazy ? fc.h.compatible_features |
-                                QCOW2_COMPAT_LAZY_REFCOUNTS
-                          : fc.h.compatible_features &
-                                ~QCOW2_COMPAT_LAZY_REFCOUNTS;
-            if (!fc.ext.nb_features && s->cluster_size >= 8192) {
-                fc.ext.features = malloc(sizeof(qcow2_feature_table));
-                if (fc.ext.features) {
-                    memcpy(fc.ext.features, qcow2_feature_table,
-                           sizeof(qcow2_feature_table));
-                    fc.ext.nb_features = QCOW2_NB_FEATURES;
-                }
-            }
-        } else {
-            fc.h.version = 2;
-            fc.h.header_length = QCOW2_HDR_V2_LEN;
-            fc.h.incompatible_features = 0;
-            fc.h.compatible_features = 0;
-            fc.h.autoclear_features = 0;
-            fc.h.compression_type = 0;
-            free(fc.ext.features);
-            fc.ext.features = NULL;
-            fc.ext.nb_features = 0;
-            fc.ext.has_bitmaps = false;
-        }
-        buf = malloc((size_t)s->cluster_size);
-        ret = buf ? qcow2_first_cluster_encode(img, &fc, buf)
-                  : vimg_error(-ENOMEM, "out of memory");
-        if ((which & VIMG_AMEND_DATA_FILE && !fc.ext.data_file) ||
-            (which & VIMG_AMEND_BACKING_FILE && *o->backing_file &&
-             !fc.backing)) {
-            ret = vimg_error(-ENOMEM, "out of memory");
-        }
-    }
-    /* 2. the changes */
+    ret = plan_first_cluster(img, o, which, &p, &fc, &buf);
     if (ret == 0) {
-        ret = qcow2_begin_change(img);
-    }
-    if (ret == 0 && order != s->h.refcount_order) {
-        ret = rewrite_refcounts(img, order);
-        if (ret == 0) {
-            /* the header on disk changed under FC */
-            fc.h.refcount_table_offset = s->h.refcount_table_offset;
-            fc.h.refcount_table_clusters = s->h.refcount_table_clusters;
-            ret = qcow2_first_cluster_encode(img, &fc, buf);
-        }
-    }
-    if (ret == 0 && version < 3 && s->h.version >= 3) {
-        ret = expand_zero_clusters(img);
-    }
-    if (ret == 0 && version >= 3 && s->h.version < 3) {
-        ret = qcow2_snapshots_complete_extra(img);
-        if (ret == 0) {
-            /* the header on disk changed under FC */
-            fc.h.snapshots_offset = s->h.snapshots_offset;
-            ret = qcow2_first_cluster_encode(img, &fc, buf);
-        }
-    }
-    if (ret == 0) {
-        /* leaving lazy refcounts: the refcounts are right once flushed,
-         * and the dirty bit goes with the feature */
-        if (s->h.version >= 3 && !want_lazy) {
-            fc.h.incompatible_features &= ~QCOW2_INCOMPAT_DIRTY;
-            if (version >= 3) {
-                ret = qcow2_first_cluster_encode(img, &fc, buf);
-            }
-        }
-        if (ret == 0) {
-            ret = qcow2_first_cluster_write(img, &fc, buf);
-        }
+        ret = apply_amend(img, &p, &fc, buf);
     }
     if (ret == 0) {
         *resize_to = (which & VIMG_AMEND_SIZE) && o->size != img->size;

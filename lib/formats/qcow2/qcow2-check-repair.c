@@ -145,22 +145,11 @@ static uint64_t layout_end(const struct refcount_layout *l)
 static void plan_layout(const struct check_state *ck,
                         struct refcount_layout *l)
 {
-    const uint64_t per_table_cluster = ck->cluster_size / 8;
-
     l->start = VIMG_MAX(qcow2_check_compare_end(ck),
                         VIMG_DIV_ROUND_UP(ck->s->file_size, ck->cluster_size));
-    l->nb_blocks = VIMG_DIV_ROUND_UP(l->start, ck->refblock_entries);
-    l->table_clusters = VIMG_DIV_ROUND_UP(l->nb_blocks, per_table_cluster);
-    for (;;) {
-        const uint64_t b =
-            VIMG_DIV_ROUND_UP(layout_end(l), ck->refblock_entries);
-        const uint64_t t = VIMG_DIV_ROUND_UP(b, per_table_cluster);
-        if (b == l->nb_blocks && t == l->table_clusters) {
-            return;
-        }
-        l->nb_blocks = b;
-        l->table_clusters = t;
-    }
+    qcow2_refcount_layout(l->start, ck->cluster_size,
+                          ck->s->h.refcount_order, &l->nb_blocks,
+                          &l->table_clusters);
 }
 
 /* The refcount blocks of layout L, from the counts, contiguous: written

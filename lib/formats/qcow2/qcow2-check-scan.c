@@ -101,21 +101,16 @@ static bool count_range(struct check_state *ck, struct check_part *p,
 enum check_entry_type qcow2_check_entry_type(const struct check_state *ck,
                                              uint64_t e)
 {
-    if (e & QCOW2_OFLAG_COMPRESSED) {
+    struct qcow2_l2_desc d;
+
+    qcow2_l2_decode(ck->s, e, &d);
+    if (d.is_compressed) {
         return ENTRY_COMPRESSED;
     }
-    if ((e & QCOW2_OFLAG_ZERO) && !ck->s->has_subclusters) {
-        return (e & QCOW2_L2E_OFFSET_MASK) ? ENTRY_ZERO_ALLOC
-                                           : ENTRY_ZERO_PLAIN;
+    if (d.is_zero) {
+        return d.host ? ENTRY_ZERO_ALLOC : ENTRY_ZERO_PLAIN;
     }
-    if (!(e & QCOW2_L2E_OFFSET_MASK)) {
-        /* offset 0 is a real cluster of an external data file when the
-         * COPIED flag says so (qcow2.txt) */
-        return ck->s->has_data_file && (e & QCOW2_OFLAG_COPIED)
-                   ? ENTRY_NORMAL
-                   : ENTRY_UNALLOCATED;
-    }
-    return ENTRY_NORMAL;
+    return d.has_host ? ENTRY_NORMAL : ENTRY_UNALLOCATED;
 }
 
 /* Where an L2 entry is, and what the scan of its table has seen so far. */
@@ -174,12 +169,11 @@ void qcow2_check_compressed_extent(const struct check_state *ck,
                                    uint64_t entry, uint64_t *offset,
                                    uint64_t *bytes)
 {
-    const struct qcow2_state *s = ck->s;
-    const uint64_t sector_mask = (1ull << (ck->cluster_bits - 8)) - 1;
-    const uint64_t sectors = ((entry >> s->csize_shift) & sector_mask) + 1;
+    struct qcow2_l2_desc d;
 
-    *offset = entry & s->csize_mask;
-    *bytes = sectors * 512 - (*offset & 511);
+    qcow2_l2_decode(ck->s, entry | QCOW2_OFLAG_COMPRESSED, &d);
+    *offset = d.comp_offset;
+    *bytes = d.comp_sectors * 512 - (*offset & 511);
 }
 
 static void check_compressed_entry(struct check_state *ck,

@@ -154,30 +154,6 @@ static unsigned thread_count(unsigned threads)
     return VIMG_MIN(n, (unsigned)CHECK_MAX_THREADS);
 }
 
-/* Clear the dirty and corrupt bits (v3 header). */
-static int mark_clean(struct check_state *ck)
-{
-    struct qcow2_state *s = ck->s;
-    const uint64_t bits = QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT;
-
-    if (s->h.version < 3 || !(s->h.incompatible_features & bits)) {
-        return 0;
-    }
-    uint8_t b[8];
-    store_be64(b, s->h.incompatible_features & ~bits);
-    int ret = qcow2_check_sync(ck);
-    if (ret == 0) {
-        ret = qcow2_check_write(ck, b, sizeof(b), QCOW2_HDR_INCOMPAT);
-    }
-    if (ret == 0) {
-        ret = qcow2_check_sync(ck);
-    }
-    if (ret == 0) {
-        s->h.incompatible_features &= ~bits;
-    }
-    return ret;
-}
-
 /* ------------------------------------------------- naming the users */
 
 static struct check_suspect *find_suspect(struct check_state *ck, uint64_t c)
@@ -635,7 +611,7 @@ static int check_locked(struct check_state *ck, struct check_part *p)
     const uint64_t nb_incomplete = report_incomplete_snapshots(ck, p);
     /* check -r opens the image for writing, as qemu-img check -r does */
     if (flags) {
-        ret = qcow2_clear_unknown_autoclear(ck->img);
+        ret = qcow2_header_clear_unknown_autoclear(ck->img);
         if (ret < 0) {
             p->result.check_errors++;
             return ret;
@@ -659,7 +635,7 @@ static int check_locked(struct check_state *ck, struct check_part *p)
     p->result.image_end_offset = (ck->last_used_cluster + 1)
                                  << ck->cluster_bits;
     if (flags && p->result.check_errors == 0 && p->result.corruptions == 0) {
-        ret = mark_clean(ck);
+        ret = qcow2_header_mark_clean(ck->img);
         if (ret < 0) {
             p->result.check_errors++;
         }

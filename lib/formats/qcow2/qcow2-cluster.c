@@ -14,8 +14,6 @@
 #include "formats/qcow2/qcow2.h"
 #include "vimg-endian.h"
 
-/* With an external data file, offset 0 is a valid host cluster when the
- * COPIED bit marks the entry as allocated (qcow2.txt, L2 table entry). */
 int qcow2_corrupt(struct vimg_image *img, const char *fmt, ...)
 {
     char what[512];
@@ -28,22 +26,58 @@ int qcow2_corrupt(struct vimg_image *img, const char *fmt, ...)
                       what);
 }
 
-static bool has_host_cluster(const struct qcow2_state *s, uint64_t entry)
+void qcow2_l2_decode(const struct qcow2_state *s, uint64_t entry,
+                     struct qcow2_l2_desc *out)
 {
-    return (entry & QCOW2_L2E_OFFSET_MASK) != 0 ||
-           (s->has_data_file && (entry & QCOW2_OFLAG_COPIED));
+    memset(out, 0, sizeof(*out));
+    out->is_copied = (entry & QCOW2_OFLAG_COPIED) != 0;
+    if (entry & QCOW2_OFLAG_COMPRESSED) {
+        out->is_compressed = true;
+        out->comp_offset = entry & s->csize_mask;
+        out->comp_sectors = ((entry >> s->csize_shift) &
+                             ((1ull << (s->cluster_bits - 8)) - 1)) +
+                            1;
+        return;
+    }
+    out->host = entry & QCOW2_L2E_OFFSET_MASK;
+    out->is_zero = !s->has_subclusters && (entry & QCOW2_OFLAG_ZERO);
+    /* With an external data file, offset 0 is a valid host cluster when
+     * the COPIED bit marks the entry as allocated (qcow2.txt, L2 table
+     * entry). */
+    out->has_host = out->host != 0 || (s->has_data_file && out->is_copied);
+}
+
+void qcow2_l2_entry_clusters(const struct qcow2_state *s, uint64_t entry,
+                             uint64_t *first, uint64_t *n)
+{
+    struct qcow2_l2_desc d;
+
+    qcow2_l2_decode(s, entry, &d);
+    *n = 0;
+    if (d.is_compressed) {
+        const uint64_t last =
+            d.comp_offset + d.comp_sectors * 512 - (d.comp_offset & 511) - 1;
+        *first = d.comp_offset >> s->cluster_bits;
+        *n = (last >> s->cluster_bits) - *first + 1;
+    } else if (d.host && !s->has_data_file) {
+        *first = d.host >> s->cluster_bits;
+        *n = 1;
+    }
 }
 
 enum qcow2_subcluster_type qcow2_l2_entry_type(const struct qcow2_state *s,
                                                uint64_t entry,
                                                uint64_t bitmap, unsigned sc)
 {
-    if (entry & QCOW2_OFLAG_COMPRESSED) {
+    struct qcow2_l2_desc d;
+
+    qcow2_l2_decode(s, entry, &d);
+    if (d.is_compressed) {
         return QCOW2_SC_COMPRESSED;
     }
-    const bool has_host = has_host_cluster(s, entry);
+    const bool has_host = d.has_host;
     if (!s->has_subclusters) {
-        if (entry & QCOW2_OFLAG_ZERO) {
+        if (d.is_zero) {
             return has_host ? QCOW2_SC_ZERO_ALLOC : QCOW2_SC_ZERO_PLAIN;
         }
         return has_host ? QCOW2_SC_NORMAL : QCOW2_SC_UNALLOCATED;
@@ -176,10 +210,10 @@ int qcow2_get_mapping_locked(struct vimg_image *img, uint64_t offset,
             goto out;
         }
         if (t == QCOW2_SC_COMPRESSED) {
-            const uint64_t coff = entry & s->csize_mask;
-            const uint64_t nb_sectors =
-                ((entry >> s->csize_shift) &
-                 ((1ull << (s->cluster_bits - 8)) - 1)) + 1;
+            struct qcow2_l2_desc d;
+            qcow2_l2_decode(s, entry, &d);
+            const uint64_t coff = d.comp_offset;
+            const uint64_t nb_sectors = d.comp_sectors;
             if (coff >= s->file_size) {
                 ret = qcow2_corrupt(img,
                                     "compressed cluster at 0x%llx (guest "

@@ -156,22 +156,12 @@ static int plan(struct layout *L, const char *path,
                     ? L->guest_clusters
                     : 0;
     L->l1_clusters = VIMG_MAX(1, VIMG_DIV_ROUND_UP(L->l1_size * 8, L->cs));
-    const uint64_t per_block = L->cs * 8 / rb_bits;
-    L->rt_clusters = 1;
-    L->rb_clusters = 1;
-    /* Refcount blocks count themselves and the table: grow to a fixed
-     * point (it converges within a few rounds). */
-    for (int round = 0; round < 64; round++) {
-        L->total_clusters = 1 + L->rt_clusters + L->rb_clusters +
-                            L->l1_clusters + L->n_l2 + L->n_data;
-        const uint64_t rb = VIMG_DIV_ROUND_UP(L->total_clusters, per_block);
-        const uint64_t rt = VIMG_DIV_ROUND_UP(rb * 8, L->cs);
-        if (rb == L->rb_clusters && rt == L->rt_clusters) {
-            break;
-        }
-        L->rb_clusters = rb;
-        L->rt_clusters = rt;
-    }
+    /* the header, the tables and the data, and the refcount blocks and
+     * table that count them and themselves */
+    const uint64_t counted = 1 + L->l1_clusters + L->n_l2 + L->n_data;
+    qcow2_refcount_layout(counted, L->cs, (unsigned)__builtin_ctz(rb_bits),
+                          &L->rb_clusters, &L->rt_clusters);
+    L->total_clusters = counted + L->rt_clusters + L->rb_clusters;
     if (L->rt_clusters * L->cs > QCOW2_MAX_REFTABLE_BYTES) {
         return refuse(path, "image too large: its refcount table would "
                             "exceed 8 MiB");

@@ -28,7 +28,7 @@ struct cluster_write {
     uint64_t l2_off;         /* the L2 table, ready to be changed */
     size_t index;            /* the entry in it */
     uint64_t entry, bitmap;  /* the entry before the write */
-    bool is_compressed, has_host, is_copied;
+    bool is_compressed, has_host, is_copied, is_zero;
     uint64_t old_host;
     uint64_t w_start, w_end; /* the bytes of the cluster written */
     uint64_t host;           /* where the cluster's data goes */
@@ -58,12 +58,13 @@ static int cw_lookup(struct vimg_image *img, uint64_t offset, size_t n,
     if (ret < 0) {
         return ret;
     }
-    w->is_compressed = w->entry & QCOW2_OFLAG_COMPRESSED;
-    w->has_host = !w->is_compressed &&
-                  ((w->entry & QCOW2_L2E_OFFSET_MASK) ||
-                   (s->has_data_file && (w->entry & QCOW2_OFLAG_COPIED)));
-    w->is_copied = (w->entry & QCOW2_OFLAG_COPIED) != 0;
-    w->old_host = w->entry & QCOW2_L2E_OFFSET_MASK;
+    struct qcow2_l2_desc d;
+    qcow2_l2_decode(s, w->entry, &d);
+    w->is_compressed = d.is_compressed;
+    w->has_host = d.has_host;
+    w->is_copied = d.is_copied;
+    w->is_zero = d.is_zero;
+    w->old_host = d.host;
     return 0;
 }
 
@@ -78,8 +79,7 @@ static void cw_span(const struct qcow2_state *s, struct cluster_write *w)
         const uint64_t sc = cs / QCOW2_SUBCLUSTERS;
         w->w_start = w->in / sc * sc;
         w->w_end = VIMG_DIV_ROUND_UP(w->in + w->n, sc) * sc;
-    } else if (w->has_host && w->is_copied &&
-               !(w->entry & QCOW2_OFLAG_ZERO && !s->has_subclusters)) {
+    } else if (w->has_host && w->is_copied && !w->is_zero) {
         w->w_start = w->in;
         w->w_end = w->in + w->n;
     } else if (s->has_data_file && w->has_host) {
@@ -90,8 +90,7 @@ static void cw_span(const struct qcow2_state *s, struct cluster_write *w)
         w->w_end = cs;
     }
     /* a ZERO_ALLOC host cluster we own: rewrite it whole (zeroes + data) */
-    if (!s->has_subclusters && w->has_host &&
-        (w->entry & QCOW2_OFLAG_ZERO)) {
+    if (w->has_host && w->is_zero) {
         w->w_start = 0;
         w->w_end = cs;
     }
@@ -271,7 +270,7 @@ int qcow2_pwrite(struct vimg_image *img, const void *buf, size_t count,
                 pthread_cond_broadcast(&s->inflight_done);
             }
         } else if (ret >= 0) {
-            ret = qcow2_mark_dirty(img);
+            ret = qcow2_lazy_mark_dirty(img);
             if (ret == 0) {
                 ret = write_in_cluster(img, p, n, offset);
             }
@@ -287,6 +286,71 @@ int qcow2_pwrite(struct vimg_image *img, const void *buf, size_t count,
     return ret;
 }
 
+/* How a range is zeroed: the caller's flags and whether a backing file
+ * could show through an unallocated cluster. */
+struct zero_req {
+    bool is_unmap, is_discard, has_backing;
+};
+
+/* The new entry of an extended L2 cluster W whose subclusters [in, in+n)
+ * become zero (or unallocated).  False: write zero data instead. */
+static bool zero_subclusters(const struct qcow2_state *s,
+                             const struct cluster_write *w,
+                             const struct zero_req *z, uint64_t *new_entry,
+                             uint64_t *new_bitmap, bool *is_released)
+{
+    const uint64_t unit = s->cluster_size / QCOW2_SUBCLUSTERS;
+
+    if (w->is_compressed && w->n != s->cluster_size) {
+        return false;
+    }
+    uint32_t mask = 0;
+    for (uint64_t k = w->in / unit; k < (w->in + w->n) / unit; k++) {
+        mask |= 1u << k;
+    }
+    const uint32_t alloc =
+        w->is_compressed ? 0 : (uint32_t)w->bitmap & ~mask;
+    uint32_t zero = w->is_compressed ? 0 : (uint32_t)(w->bitmap >> 32);
+    if (z->is_discard && !z->has_backing) {
+        zero &= ~mask; /* unallocated reads as zeroes */
+    } else {
+        zero |= mask;
+    }
+    *new_entry = w->is_compressed ? 0 : w->entry;
+    *is_released = w->is_compressed;
+    if (alloc == 0 && w->has_host && (z->is_unmap || z->is_discard) &&
+        !s->has_data_file) {
+        /* no allocated subcluster left: give the host cluster back */
+        *new_entry = 0;
+        *is_released = true;
+    }
+    *new_bitmap = (uint64_t)zero << 32 | alloc;
+    return true;
+}
+
+/* The new entry of a plain L2 cluster W that becomes zero (or
+ * unallocated) as a whole.  False: write zero data instead. */
+static bool zero_cluster(const struct qcow2_state *s,
+                         const struct cluster_write *w,
+                         const struct zero_req *z, uint64_t *new_entry,
+                         bool *is_released)
+{
+    *is_released = true;
+    if (w->n != s->cluster_size) {
+        return false;
+    } else if (z->is_discard && !z->has_backing) {
+        *new_entry = 0;
+    } else if (s->h.version < 3) {
+        *new_entry = 0; /* v2 without backing: unallocated reads zeroes */
+    } else if (w->has_host && w->is_copied && !z->is_unmap) {
+        *new_entry = w->entry | QCOW2_OFLAG_ZERO; /* keep preallocation */
+        *is_released = false;
+    } else {
+        *new_entry = QCOW2_OFLAG_ZERO;
+    }
+    return true;
+}
+
 /* Zero (or, IS_DISCARD, drop) whole cluster or whole subclusters of
  * [OFFSET, OFFSET+N) in one guest cluster, writing zero data where the
  * format cannot record zeroes. */
@@ -296,18 +360,16 @@ int qcow2_zero_in_cluster(struct vimg_image *img, size_t n, uint64_t offset,
     struct qcow2_state *s = img->priv;
     const uint64_t cs = s->cluster_size;
     const uint64_t in = offset & (cs - 1);
-    const bool has_backing = img->backing_name != NULL;
+    const struct zero_req z = {is_unmap, is_discard,
+                               img->backing_name != NULL};
     const uint64_t unit = s->has_subclusters ? cs / QCOW2_SUBCLUSTERS : cs;
 
     /* partial units, raw data files and v2 images with a backing file
      * take zero data */
     if ((in % unit) || (n % unit) || s->is_data_file_raw ||
-        (s->h.version < 3 && has_backing)) {
+        (s->h.version < 3 && z.has_backing)) {
         return write_in_cluster(img, NULL, n, offset);
     }
-    const uint64_t cluster_index = offset >> s->cluster_bits;
-    const uint64_t l1_index = cluster_index >> s->l2_bits;
-    const size_t i = (size_t)(cluster_index & ((1ull << s->l2_bits) - 1));
     /* nothing to do where it already reads as zeroes by itself */
     struct qcow2_mapping m;
     int ret = qcow2_get_mapping_locked(img, offset, n, &m);
@@ -318,67 +380,29 @@ int qcow2_zero_in_cluster(struct vimg_image *img, size_t n, uint64_t offset,
      * but writing zeroes records them, as qemu does: a backing file given
      * later, by rebase, must not show through) */
     if (m.length == n && (m.type == QCOW2_SC_ZERO_PLAIN ||
-                          (m.type == QCOW2_SC_UNALLOCATED && !has_backing &&
+                          (m.type == QCOW2_SC_UNALLOCATED && !z.has_backing &&
                            is_discard))) {
         return 0;
     }
-    uint64_t l2_off, entry, bitmap;
-    ret = qcow2_l2_for_write(img, l1_index, &l2_off);
-    if (ret == 0) {
-        ret = qcow2_l2_entry(img, l2_off, i, &entry, &bitmap, false);
-    }
+    struct cluster_write w;
+    ret = cw_lookup(img, offset, n, &w);
     if (ret < 0) {
         return ret;
     }
-    const bool is_compressed = entry & QCOW2_OFLAG_COMPRESSED;
-    const bool is_copied = entry & QCOW2_OFLAG_COPIED;
-    const bool has_host = !is_compressed &&
-                          ((entry & QCOW2_L2E_OFFSET_MASK) ||
-                           (s->has_data_file && is_copied));
-    uint64_t new_entry, new_bitmap = 0;
+    uint64_t new_entry = 0, new_bitmap = 0;
     bool is_released = false;
-
-    if (s->has_subclusters) {
-        if (is_compressed && n != cs) {
-            return write_in_cluster(img, NULL, n, offset);
-        }
-        uint32_t mask = 0;
-        for (uint64_t k = in / unit; k < (in + n) / unit; k++) {
-            mask |= 1u << k;
-        }
-        uint32_t alloc = is_compressed ? 0 : (uint32_t)bitmap & ~mask;
-        uint32_t zero = is_compressed ? 0 : (uint32_t)(bitmap >> 32);
-        if (is_discard && !has_backing) {
-            zero &= ~mask; /* unallocated reads as zeroes */
-        } else {
-            zero |= mask;
-        }
-        new_entry = is_compressed ? 0 : entry;
-        is_released = is_compressed;
-        if (alloc == 0 && has_host && (is_unmap || is_discard) &&
-            !s->has_data_file) {
-            /* no allocated subcluster left: give the host cluster back */
-            new_entry = 0;
-            is_released = true;
-        }
-        new_bitmap = (uint64_t)zero << 32 | alloc;
-    } else if (n != cs) {
+    const bool is_recorded =
+        s->has_subclusters
+            ? zero_subclusters(s, &w, &z, &new_entry, &new_bitmap,
+                               &is_released)
+            : zero_cluster(s, &w, &z, &new_entry, &is_released);
+    if (!is_recorded) {
         return write_in_cluster(img, NULL, n, offset);
-    } else if (is_discard && !has_backing) {
-        new_entry = 0;
-        is_released = true;
-    } else if (s->h.version < 3) {
-        new_entry = 0; /* v2 without backing: unallocated reads zeroes */
-        is_released = true;
-    } else if (has_host && is_copied && !is_unmap) {
-        new_entry = entry | QCOW2_OFLAG_ZERO; /* keep the preallocation */
-    } else {
-        new_entry = QCOW2_OFLAG_ZERO;
-        is_released = true;
     }
-    ret = qcow2_l2_entry(img, l2_off, i, &new_entry, &new_bitmap, true);
+    ret = qcow2_l2_entry(img, w.l2_off, w.index, &new_entry, &new_bitmap,
+                         true);
     if (ret == 0 && is_released && !s->has_data_file) {
-        ret = qcow2_release_entry(img, entry);
+        ret = qcow2_release_entry(img, w.entry);
     }
     return ret;
 }

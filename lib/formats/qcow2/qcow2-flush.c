@@ -50,6 +50,24 @@ int qcow2_sync_files(struct vimg_image *img)
     return ret;
 }
 
+/* Write table T of N entries (big-endian) at OFF. */
+static int write_table(struct vimg_image *img, uint64_t off,
+                       const uint64_t *t, uint64_t n)
+{
+    const size_t bytes = (size_t)n * 8;
+    uint8_t *buf = malloc(bytes ? bytes : 1);
+
+    if (!buf) {
+        return vimg_error(-ENOMEM, "out of memory");
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        store_be64(buf + i * 8, t[i]);
+    }
+    int ret = qcow2_write_meta(img, off, buf, bytes);
+    free(buf);
+    return ret;
+}
+
 /* Write the refcount blocks and table, then sync: after this, everything
  * written so far (data included) is durable. */
 int qcow2_sync_refcounts(struct vimg_image *img)
@@ -58,16 +76,8 @@ int qcow2_sync_refcounts(struct vimg_image *img)
     int ret = qcow2_cache_flush(s->rb_cache);
 
     if (ret == 0 && s->is_reftable_dirty) {
-        const size_t bytes = (size_t)s->reftable_entries * 8;
-        uint8_t *buf = malloc(bytes);
-        if (!buf) {
-            return vimg_error(-ENOMEM, "out of memory");
-        }
-        for (uint64_t i = 0; i < s->reftable_entries; i++) {
-            store_be64(buf + i * 8, s->reftable[i]);
-        }
-        ret = qcow2_write_meta(img, s->h.refcount_table_offset, buf, bytes);
-        free(buf);
+        ret = write_table(img, s->h.refcount_table_offset, s->reftable,
+                          s->reftable_entries);
         if (ret == 0) {
             s->is_reftable_dirty = false;
         }
@@ -107,19 +117,12 @@ int qcow2_zero_table(void *opaque, uint64_t off, uint8_t *buf, size_t len)
     return 0;
 }
 
-/* Mark the image dirty before the first change (lazy refcounts). */
-int qcow2_mark_dirty(struct vimg_image *img)
+/* Set the dirty bit before the first change of a lazy-refcount image. */
+int qcow2_lazy_mark_dirty(struct vimg_image *img)
 {
     struct qcow2_state *s = img->priv;
 
-    if (!s->is_lazy || (s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
-        return 0;
-    }
-    s->h.incompatible_features |= QCOW2_INCOMPAT_DIRTY;
-    uint8_t b[8];
-    store_be64(b, s->h.incompatible_features);
-    int ret = qcow2_write_meta(img, QCOW2_HDR_INCOMPAT, b, sizeof(b));
-    return ret == 0 ? qcow2_sync_files(img) : ret;
+    return s->is_lazy ? qcow2_header_mark_dirty(img) : 0;
 }
 
 /* Refuse writes to an image found corrupt. */
@@ -138,7 +141,7 @@ int qcow2_begin_change(struct vimg_image *img)
 {
     int ret = qcow2_check_writable(img);
 
-    return ret < 0 ? ret : qcow2_mark_dirty(img);
+    return ret < 0 ? ret : qcow2_lazy_mark_dirty(img);
 }
 
 int qcow2_flush_locked(struct vimg_image *img)
@@ -160,18 +163,10 @@ int qcow2_flush_locked(struct vimg_image *img)
     }
     if (ret == 0 && s->is_l1_dirty) {
         ret = qcow2_sync_files(img);
-        const size_t bytes = (size_t)s->h.l1_size * 8;
-        uint8_t *buf = ret == 0 ? malloc(bytes ? bytes : 1) : NULL;
-        if (ret == 0 && !buf) {
-            ret = vimg_error(-ENOMEM, "out of memory");
-        }
         if (ret == 0) {
-            for (uint32_t k = 0; k < s->h.l1_size; k++) {
-                store_be64(buf + k * 8, s->l1[k]);
-            }
-            ret = qcow2_write_meta(img, s->h.l1_table_offset, buf, bytes);
+            ret = write_table(img, s->h.l1_table_offset, s->l1,
+                              s->h.l1_size);
         }
-        free(buf);
         if (ret == 0) {
             s->is_l1_dirty = false;
         }
@@ -243,32 +238,8 @@ int qcow2_open_write(struct vimg_image *img)
     qcow2_cache_set_writeback(s->l2_cache, l2_writeback, img);
     s->end_cluster = VIMG_DIV_ROUND_UP(s->file_size, s->cluster_size);
     s->free_cluster_index = 1;
-    ret = qcow2_clear_unknown_autoclear(img);
+    ret = qcow2_header_clear_unknown_autoclear(img);
     return ret < 0 ? ret : qcow2_dirty_open(img);
-}
-
-int qcow2_clear_unknown_autoclear(struct vimg_image *img)
-{
-    struct qcow2_state *s = img->priv;
-    const uint64_t known =
-        QCOW2_AUTOCLEAR_BITMAPS | QCOW2_AUTOCLEAR_DATA_FILE_RAW;
-    uint8_t b[8];
-
-    if (s->h.version < 3 || !(s->h.autoclear_features & ~known)) {
-        return 0;
-    }
-    store_be64(b, s->h.autoclear_features & known);
-    int ret = vimg_io_pwrite(img->io, b, sizeof(b), QCOW2_HDR_AUTOCLEAR);
-    if (ret == 0) {
-        ret = vimg_io_flush(img->io);
-    }
-    if (ret < 0) {
-        return vimg_error(ret, "%s: cannot clear the unknown autoclear "
-                               "feature bits: %s",
-                          img->filename, vimg_last_error());
-    }
-    s->h.autoclear_features &= known;
-    return 0;
 }
 
 void qcow2_close_write(struct vimg_image *img)
@@ -287,16 +258,9 @@ void qcow2_close_write(struct vimg_image *img)
     if (ret == 0) {
         ret = qcow2_flush_locked(img);
     }
-    if (ret == 0 && s->is_lazy &&
-        (s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+    if (ret == 0 && s->is_lazy) {
         /* clean close: the refcounts are right again */
-        s->h.incompatible_features &= ~QCOW2_INCOMPAT_DIRTY;
-        uint8_t b[8];
-        store_be64(b, s->h.incompatible_features);
-        ret = qcow2_write_meta(img, QCOW2_HDR_INCOMPAT, b, sizeof(b));
-        if (ret == 0) {
-            qcow2_sync_files(img);
-        }
+        qcow2_header_clear_dirty(img);
     }
     pthread_mutex_unlock(&s->lock);
     qcow2_cache_free(s->rb_cache);

@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * qcow2-header.c: decode and encode the QCOW2 header and its header
- * extensions (qcow2.txt, "Header" and "Header extensions").  No I/O here:
- * everything works on the bytes of the first cluster.
+ * extensions (qcow2.txt, "Header" and "Header extensions"), working on
+ * the bytes of the first cluster; and the one place that changes the
+ * feature bits of an open image (dirty, corrupt, autoclear), each change
+ * with its flush order.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -450,4 +452,100 @@ const char *qcow2_feature_name(const struct qcow2_extensions *ext,
         }
     }
     return NULL;
+}
+
+/* ------------------------------------------------ feature bits on disk */
+
+/* Write BITS as the incompatible features (one 8-byte write, then a sync
+ * of the files); the state follows once they are durable. */
+static int write_incompat(struct vimg_image *img, uint64_t bits)
+{
+    struct qcow2_state *s = img->priv;
+    uint8_t b[8];
+
+    store_be64(b, bits);
+    int ret = qcow2_write_meta(img, QCOW2_HDR_INCOMPAT, b, sizeof(b));
+    if (ret == 0) {
+        ret = qcow2_sync_files(img);
+    }
+    if (ret == 0) {
+        s->h.incompatible_features = bits;
+    }
+    return ret;
+}
+
+int qcow2_header_mark_dirty(struct vimg_image *img)
+{
+    struct qcow2_state *s = img->priv;
+
+    if (s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY) {
+        return 0;
+    }
+    return write_incompat(img, s->h.incompatible_features |
+                                   QCOW2_INCOMPAT_DIRTY);
+}
+
+int qcow2_header_clear_dirty(struct vimg_image *img)
+{
+    struct qcow2_state *s = img->priv;
+
+    if (!(s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+        return 0;
+    }
+    int ret = qcow2_flush_locked(img);
+    return ret < 0 ? ret
+                   : write_incompat(img, s->h.incompatible_features &
+                                             ~QCOW2_INCOMPAT_DIRTY);
+}
+
+void qcow2_header_mark_corrupt(struct vimg_image *img)
+{
+    struct qcow2_state *s = img->priv;
+
+    s->is_broken = true;
+    s->h.incompatible_features |= QCOW2_INCOMPAT_CORRUPT;
+    if (s->h.version >= 3) {
+        uint8_t b[8];
+        store_be64(b, s->h.incompatible_features);
+        if (vimg_io_pwrite(img->io, b, sizeof(b), QCOW2_HDR_INCOMPAT) == 0) {
+            vimg_io_flush(img->io);
+        }
+    }
+}
+
+int qcow2_header_mark_clean(struct vimg_image *img)
+{
+    struct qcow2_state *s = img->priv;
+    const uint64_t bits = QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT;
+
+    if (s->h.version < 3 || !(s->h.incompatible_features & bits)) {
+        return 0;
+    }
+    int ret = qcow2_sync_files(img);
+    return ret < 0 ? ret
+                   : write_incompat(img, s->h.incompatible_features & ~bits);
+}
+
+int qcow2_header_clear_unknown_autoclear(struct vimg_image *img)
+{
+    struct qcow2_state *s = img->priv;
+    const uint64_t known =
+        QCOW2_AUTOCLEAR_BITMAPS | QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    uint8_t b[8];
+
+    if (s->h.version < 3 || !(s->h.autoclear_features & ~known)) {
+        return 0;
+    }
+    store_be64(b, s->h.autoclear_features & known);
+    int ret = vimg_io_pwrite(img->io, b, sizeof(b), QCOW2_HDR_AUTOCLEAR);
+    if (ret == 0) {
+        ret = vimg_io_flush(img->io);
+    }
+    if (ret < 0) {
+        return vimg_error(ret, "%s: cannot clear the unknown autoclear "
+                               "feature bits: %s",
+                          img->filename, vimg_last_error());
+    }
+    s->h.autoclear_features &= known;
+    return 0;
 }

@@ -11,7 +11,6 @@
 
 #include "formats/qcow2/qcow2.h"
 
-#define REFTABLE_ENTRY_BYTES 8
 #define L1_ENTRY_BYTES 8
 /* Bitmap directory entry: fixed part (qcow2.txt, "Bitmap directory") */
 #define BITMAP_DIR_ENTRY_BYTES 24
@@ -26,25 +25,10 @@ uint64_t qcow2_refcount_metadata_bytes(uint64_t clusters,
                                        uint64_t cluster_size,
                                        unsigned refcount_order)
 {
-    const uint64_t blocks_per_table_cluster =
-        cluster_size / REFTABLE_ENTRY_BYTES;
-    const uint64_t refcounts_per_block = cluster_size * 8 >> refcount_order;
-    uint64_t table = 0, blocks = 0, n = 0, last;
+    uint64_t blocks, table;
 
-    /*
-     * Refcount blocks count every cluster, their own and the refcount
-     * table's too, so adding them may call for more.  No closed formula
-     * gives the same answer as qemu in every case: grow both until they
-     * cover clusters + blocks + table, a fixed point reached in a few
-     * rounds (each round adds a tiny fraction of the previous one).
-     */
-    do {
-        last = n;
-        blocks = VIMG_DIV_ROUND_UP(clusters + table + blocks,
-                                   refcounts_per_block);
-        table = VIMG_DIV_ROUND_UP(blocks, blocks_per_table_cluster);
-        n = clusters + blocks + table;
-    } while (n != last);
+    qcow2_refcount_layout(clusters, cluster_size, refcount_order, &blocks,
+                          &table);
     return (blocks + table) * cluster_size;
 }
 

@@ -204,15 +204,7 @@ static int overlap_found(struct vimg_image *img, uint64_t c)
 {
     struct qcow2_state *s = img->priv;
 
-    s->is_broken = true;
-    s->h.incompatible_features |= QCOW2_INCOMPAT_CORRUPT;
-    if (s->h.version >= 3) {
-        uint8_t b[8];
-        store_be64(b, s->h.incompatible_features);
-        if (vimg_io_pwrite(img->io, b, sizeof(b), QCOW2_HDR_INCOMPAT) == 0) {
-            vimg_io_flush(img->io);
-        }
-    }
+    qcow2_header_mark_corrupt(img);
     return vimg_error(-EIO,
                       "%s: corrupt qcow2 image: cluster 0x%llx has refcount "
                       "0 but holds metadata; the image is marked corrupt "

@@ -113,13 +113,10 @@ static int add_run(struct plan *p, const struct run *r)
  * data cluster that is ours alone (qemu's "copied" case). */
 static bool is_kept(const struct qcow2_state *s, uint64_t entry)
 {
-    if (entry & QCOW2_OFLAG_COMPRESSED || !(entry & QCOW2_OFLAG_COPIED)) {
-        return false;
-    }
-    if (!s->has_subclusters && (entry & QCOW2_OFLAG_ZERO)) {
-        return false;
-    }
-    return (entry & QCOW2_L2E_OFFSET_MASK) || s->has_data_file;
+    struct qcow2_l2_desc d;
+
+    qcow2_l2_decode(s, entry, &d);
+    return d.has_host && d.is_copied && !d.is_zero;
 }
 
 /* qcow2_alloc_clusters(), then the next search starts after the run, as
@@ -442,14 +439,10 @@ static int refcount_area(struct vimg_image *img, uint64_t start,
     const uint64_t per_tc = cs / 8;
     const uint64_t rb = s->rb_entries;
 
-    /* fixed point: blocks and table counted in what they describe */
-    uint64_t blocks = 0, table = 0, n = 0, last;
-    do {
-        last = n;
-        blocks = VIMG_DIV_ROUND_UP(start + add + table + blocks, rb);
-        table = VIMG_DIV_ROUND_UP(blocks, per_tc);
-        n = start + add + blocks + table;
-    } while (n != last);
+    /* blocks and table counted in what they describe */
+    uint64_t blocks, table;
+    qcow2_refcount_layout(start + add, cs, s->h.refcount_order, &blocks,
+                          &table);
 
     uint64_t entries = VIMG_DIV_ROUND_UP(blocks, per_tc) * per_tc;
     /* never drop a block still referenced (qemu assumes none) */
@@ -461,17 +454,11 @@ static int refcount_area(struct vimg_image *img, uint64_t start,
         entries = VIMG_DIV_ROUND_UP(used, per_tc) * per_tc;
     }
     const uint64_t table_clusters = entries / per_tc;
-    if (table_clusters * cs > QCOW2_MAX_REFTABLE_BYTES) {
-        return vimg_error(-EFBIG, "%s: the refcount table would exceed "
-                                  "8 MiB",
-                          img->filename);
+    uint64_t *t;
+    int ret = qcow2_reftable_copy(img, entries, &t);
+    if (ret < 0) {
+        return ret;
     }
-    uint64_t *t = calloc(entries, sizeof(uint64_t));
-    if (!t) {
-        return vimg_error(-ENOMEM, "out of memory");
-    }
-    memcpy(t, s->reftable,
-           (size_t)VIMG_MIN(entries, s->reftable_entries) * 8);
     uint64_t next = start;
     for (uint64_t i = start / rb; i < blocks; i++) {
         if (!(t[i] & QCOW2_REFT_OFFSET_MASK)) {
@@ -490,7 +477,6 @@ static int refcount_area(struct vimg_image *img, uint64_t start,
     s->reftable_entries = entries;
     s->is_reftable_dirty = true;
     s->end_cluster = VIMG_MAX(s->end_cluster, end);
-    int ret = 0;
     for (uint64_t c = start; c < table_start && ret == 0; c++) {
         ret = qcow2_new_refblock(img, c);
     }
@@ -505,11 +491,7 @@ static int refcount_area(struct vimg_image *img, uint64_t start,
     }
     bool is_switched = false;
     if (ret == 0) {
-        uint8_t hdr[12];
-        store_be64(hdr, s->h.refcount_table_offset);
-        store_be32(hdr + 8, s->h.refcount_table_clusters);
-        ret = qcow2_write_meta(img, QCOW2_HDR_REFTABLE_OFFSET, hdr,
-                               sizeof(hdr));
+        ret = qcow2_write_reftable_pointer(img);
         is_switched = ret == 0;
     }
     if (ret == 0) {

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * qcow2-refcount.c: refcount block entries of every width (qcow2.txt,
- * "Host cluster management"), and the metadata-preallocation heuristic
- * that block status uses.
+ * "Host cluster management"), the size of a refcount structure that
+ * counts itself, and the metadata-preallocation heuristic that block
+ * status uses.
  */
 #include <stdlib.h>
 
@@ -61,6 +62,35 @@ void qcow2_refcount_set(uint8_t *block, uint64_t index, unsigned order,
         store_be64(block + index * 8, value);
         break;
     }
+}
+
+void qcow2_refcount_layout(uint64_t clusters, uint64_t cluster_size,
+                           unsigned refcount_order, uint64_t *blocks_out,
+                           uint64_t *table_out)
+{
+    const uint64_t per_block = cluster_size * 8 >> refcount_order;
+    const uint64_t per_table_cluster = cluster_size / 8;
+    uint64_t blocks = 0, table = 0;
+
+    /*
+     * Refcount blocks count every cluster, their own and the refcount
+     * table's too, so adding them may call for more.  No closed formula
+     * gives the same answer as qemu in every case: grow both from zero
+     * until they cover clusters + blocks + table, the least fixed point,
+     * reached in a few rounds (each adds a tiny fraction of the last).
+     */
+    for (;;) {
+        const uint64_t b =
+            VIMG_DIV_ROUND_UP(clusters + blocks + table, per_block);
+        const uint64_t t = VIMG_DIV_ROUND_UP(b, per_table_cluster);
+        if (b == blocks && t == table) {
+            break;
+        }
+        blocks = b;
+        table = t;
+    }
+    *blocks_out = blocks;
+    *table_out = table;
 }
 
 /*

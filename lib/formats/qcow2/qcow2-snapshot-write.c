@@ -114,25 +114,6 @@ static int walk_one(struct vimg_image *img, uint64_t cluster, uint64_t n,
     return 0;
 }
 
-/* The host clusters an L2 entry holds: *first and *n (0 if none). */
-static void entry_clusters(const struct qcow2_state *s, uint64_t entry,
-                           uint64_t *first, uint64_t *n)
-{
-    *n = 0;
-    if (entry & QCOW2_OFLAG_COMPRESSED) {
-        const uint64_t coff = entry & s->csize_mask;
-        const uint64_t sectors =
-            ((entry >> s->csize_shift) &
-             ((1ull << (s->cluster_bits - 8)) - 1)) + 1;
-        const uint64_t last = coff + sectors * 512 - (coff & 511) - 1;
-        *first = coff >> s->cluster_bits;
-        *n = (last >> s->cluster_bits) - *first + 1;
-    } else if ((entry & QCOW2_L2E_OFFSET_MASK) && !s->has_data_file) {
-        *first = (entry & QCOW2_L2E_OFFSET_MASK) >> s->cluster_bits;
-        *n = 1;
-    }
-}
-
 static int check_table_offset(struct vimg_image *img, uint64_t off,
                               const char *what, uint64_t index)
 {
@@ -179,7 +160,7 @@ static int walk_l1(struct vimg_image *img, const uint64_t *l1, uint64_t n,
         }
         for (size_t j = 0; j < per_table && ret == 0; j++) {
             uint64_t first, count;
-            entry_clusters(s, entries[j], &first, &count);
+            qcow2_l2_entry_clusters(s, entries[j], &first, &count);
             if (count) {
                 ret = walk_one(img, first, count, w);
             }
@@ -403,30 +384,17 @@ static int switch_snapshot_table(struct vimg_image *img,
 static int set_dirty(struct vimg_image *img, bool is_dirty)
 {
     struct qcow2_state *s = img->priv;
-    uint64_t bits = s->h.incompatible_features;
+    const bool was_dirty = s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY;
 
-    if (s->h.version < 3 || s->is_lazy) {
+    if (s->h.version < 3 || s->is_lazy || was_dirty == is_dirty) {
         return 0;
     }
-    bits = is_dirty ? bits | QCOW2_INCOMPAT_DIRTY
-                    : bits & ~QCOW2_INCOMPAT_DIRTY;
-    if (bits == s->h.incompatible_features) {
-        return 0;
+    if (!is_dirty) {
+        return qcow2_header_clear_dirty(img);
     }
     /* everything before the change is durable first */
     int ret = qcow2_flush_locked(img);
-    if (ret == 0) {
-        uint8_t b[8];
-        store_be64(b, bits);
-        ret = qcow2_write_meta(img, QCOW2_HDR_INCOMPAT, b, sizeof(b));
-    }
-    if (ret == 0) {
-        ret = qcow2_sync_files(img);
-    }
-    if (ret == 0) {
-        s->h.incompatible_features = bits;
-    }
-    return ret;
+    return ret < 0 ? ret : qcow2_header_mark_dirty(img);
 }
 
 static int check_snapshots_allowed(struct vimg_image *img)

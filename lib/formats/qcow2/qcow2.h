@@ -286,6 +286,30 @@ void qcow2_extensions_free(struct qcow2_extensions *ext);
 /* Name of a feature bit from the table, or NULL. */
 const char *qcow2_feature_name(const struct qcow2_extensions *ext,
                                uint8_t type, unsigned bit);
+/*
+ * The feature bits of an open image: the only writers of the
+ * incompatible and autoclear fields outside whole-header rewrites.  Each
+ * change is one 8-byte write of its field; the lock is held.
+ */
+/* Set the dirty bit (a no-op if set): write it, then sync the files, and
+ * only then say so in s->h.  A caller that wants earlier changes durable
+ * before the window opens flushes first. */
+int qcow2_header_mark_dirty(struct vimg_image *img);
+/* Clear the dirty bit (a no-op if clear): flush everything
+ * (qcow2_flush_locked, no I/O when nothing is pending), write the bit,
+ * sync the files. */
+int qcow2_header_clear_dirty(struct vimg_image *img);
+/* Corruption found: refuse further writes, and set the corrupt bit on a
+ * version 3 image (write, then flush the image file; best effort: the
+ * error the caller reports is the corruption). */
+void qcow2_header_mark_corrupt(struct vimg_image *img);
+/* A repair is done: clear the dirty and corrupt bits of a version 3 image
+ * (sync the files so the repair is durable, write, sync). */
+int qcow2_header_mark_clean(struct vimg_image *img);
+/* qcow2.txt: a writer clears the autoclear bits it does not know (they
+ * say that extra data it does not maintain is still valid): write, then
+ * flush the image file. */
+int qcow2_header_clear_unknown_autoclear(struct vimg_image *img);
 
 /* qcow2-cache.c: a bounded cache of tables (L2), keyed by file offset.
  * Not locked: the caller holds the driver lock. */
@@ -318,6 +342,26 @@ void qcow2_cache_stats(const struct qcow2_cache *c, uint64_t *hits,
 /* Record "FILE: corrupt qcow2 image: WHAT" and return -EIO. */
 int qcow2_corrupt(struct vimg_image *img, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* What the first 64 bits of an L2 entry say, subclusters aside. */
+struct qcow2_l2_desc {
+    bool is_compressed;
+    bool is_copied;       /* QCOW_OFLAG_COPIED */
+    bool is_zero;         /* the zero flag (plain L2 only: extended L2
+                           * images ignore bit 0) */
+    bool has_host;        /* a host cluster: a non-zero offset, or offset
+                           * 0 of an external data file marked COPIED */
+    uint64_t host;        /* the offset field (0 if compressed) */
+    uint64_t comp_offset; /* compressed: first byte of the data */
+    uint64_t comp_sectors; /* compressed: 512-byte sectors it touches */
+};
+/* The one decoder of L2 entries: every reader of the tables (mapping,
+ * writes, zeroing, preallocation, snapshots, check) classifies with it. */
+void qcow2_l2_decode(const struct qcow2_state *s, uint64_t entry,
+                     struct qcow2_l2_desc *out);
+/* The host clusters ENTRY holds a reference to: *first and *n (*n is 0
+ * if none; with an external data file only compressed clusters count). */
+void qcow2_l2_entry_clusters(const struct qcow2_state *s, uint64_t entry,
+                             uint64_t *first, uint64_t *n);
 /* Classify one (extended) L2 entry for subcluster SC (0 for plain L2). */
 enum qcow2_subcluster_type qcow2_l2_entry_type(const struct qcow2_state *s,
                                                uint64_t entry,
@@ -368,9 +412,6 @@ int qcow2_measure(const struct vimg_opts *opts, uint64_t virtual_size,
  * The *_locked functions and the helpers below expect the driver lock. */
 int qcow2_open_write(struct vimg_image *img);
 void qcow2_close_write(struct vimg_image *img);
-/* qcow2.txt: a writer clears the autoclear bits it does not know (they
- * say that extra data it does not maintain is still valid). */
-int qcow2_clear_unknown_autoclear(struct vimg_image *img);
 int qcow2_flush(struct vimg_image *img);
 /* Write data and refcounts, then L2 tables, then L1, then apply the
  * pending frees (each stage durable before the next points at it). */
@@ -392,7 +433,7 @@ int qcow2_zero_table(void *opaque, uint64_t file_offset, uint8_t *buf,
 int qcow2_check_writable(struct vimg_image *img);
 /* Set the dirty bit of a lazy-refcount image before its first metadata
  * change (no-op otherwise). */
-int qcow2_mark_dirty(struct vimg_image *img);
+int qcow2_lazy_mark_dirty(struct vimg_image *img);
 /* Both of the above: call before a metadata change. */
 int qcow2_begin_change(struct vimg_image *img);
 
@@ -411,6 +452,13 @@ int qcow2_set_refcount(struct vimg_image *img, uint64_t cluster,
                        uint64_t value);
 /* CLUSTER becomes a new, zeroed (dirty) refcount block. */
 int qcow2_new_refblock(struct vimg_image *img, uint64_t cluster);
+/* A new refcount table of ENTRIES entries (whole clusters, at most
+ * 8 MiB) holding the current one's entries. */
+int qcow2_reftable_copy(struct vimg_image *img, uint64_t entries,
+                        uint64_t **out);
+/* Point the header at the refcount table s->h names (one 12-byte write,
+ * not synced); the table and its blocks must be durable first. */
+int qcow2_write_reftable_pointer(struct vimg_image *img);
 /* Allocate N contiguous clusters (refcount 1); *offset_out is the first. */
 int qcow2_alloc_clusters(struct vimg_image *img, uint64_t n,
                          uint64_t *offset_out);
@@ -538,6 +586,14 @@ uint64_t qcow2_refcount_get(const uint8_t *block, uint64_t index,
                             unsigned order);
 void qcow2_refcount_set(uint8_t *block, uint64_t index, unsigned order,
                         uint64_t value);
+/* The refcount blocks and table clusters (*blocks_out, *table_out)
+ * that count CLUSTERS clusters and themselves: the fewest that do, for
+ * clusters of CLUSTER_SIZE bytes and refcounts of 1 << REFCOUNT_ORDER
+ * bits.  Create, measure, preallocation, amend and check's rebuild all
+ * lay out a new refcount structure with it. */
+void qcow2_refcount_layout(uint64_t clusters, uint64_t cluster_size,
+                           unsigned refcount_order, uint64_t *blocks_out,
+                           uint64_t *table_out);
 /* Was the image made with preallocation=metadata?  (QEMU's heuristic:
  * more clusters referenced than the file really occupies.) */
 int qcow2_detect_metadata_prealloc(struct vimg_image *img);
