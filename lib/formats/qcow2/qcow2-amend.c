@@ -47,6 +47,71 @@ static int check_refcount_width(struct vimg_image *img, unsigned bits)
     return 0;
 }
 
+/* BLOCKS (refcount blocks of width 1 << ORDER for clusters 0 on): the
+ * refcount of every cluster below START as it is now, except the old
+ * refcount structure, which the switch frees; then the new structure of
+ * NB_NEW clusters at START, which counts itself. */
+static int fill_new_refcounts(struct vimg_image *img, uint8_t *blocks,
+                              unsigned order, uint64_t start,
+                              uint64_t nb_new)
+{
+    struct qcow2_state *s = img->priv;
+    const uint64_t cs = s->cluster_size;
+    const uint64_t per_block = (cs * 8) >> order;
+    int ret = 0;
+
+    for (uint64_t c = 0; c < start && ret == 0; c++) {
+        uint64_t rc;
+        ret = qcow2_get_refcount_locked(img, c, &rc);
+        if (ret == 0 && rc) {
+            qcow2_refcount_set(blocks + (c / per_block) * cs, c % per_block,
+                               order, rc);
+        }
+    }
+    const uint64_t old_table = s->h.refcount_table_offset >> s->cluster_bits;
+    for (uint64_t c = old_table;
+         c < old_table + s->h.refcount_table_clusters && c < start; c++) {
+        qcow2_refcount_set(blocks + (c / per_block) * cs, c % per_block,
+                           order, 0);
+    }
+    for (uint64_t i = 0; i < s->reftable_entries; i++) {
+        const uint64_t c =
+            (s->reftable[i] & QCOW2_REFT_OFFSET_MASK) >> s->cluster_bits;
+        if (c && c < start) {
+            qcow2_refcount_set(blocks + (c / per_block) * cs, c % per_block,
+                               order, 0);
+        }
+    }
+    for (uint64_t c = start; c < start + nb_new; c++) {
+        qcow2_refcount_set(blocks + (c / per_block) * cs, c % per_block,
+                           order, 1);
+    }
+    return ret;
+}
+
+/* Point the header at the new table (TABLE_CLUSTERS at TABLE_OFF) and
+ * the new width in one write (bytes 48..99, one sector); the fields
+ * between keep their values.  Then sync. */
+static int switch_refcounts(struct vimg_image *img, uint64_t table_off,
+                            uint64_t table_clusters, unsigned order)
+{
+    struct qcow2_state *s = img->priv;
+    uint8_t hdr[QCOW2_HDR_REFCOUNT_ORDER + 4 - QCOW2_HDR_REFTABLE_OFFSET];
+    uint8_t *b = hdr - QCOW2_HDR_REFTABLE_OFFSET;
+
+    store_be64(b + QCOW2_HDR_REFTABLE_OFFSET, table_off);
+    store_be32(b + QCOW2_HDR_REFTABLE_CLUSTERS, (uint32_t)table_clusters);
+    store_be32(b + QCOW2_HDR_NB_SNAPSHOTS, s->h.nb_snapshots);
+    store_be64(b + QCOW2_HDR_SNAPSHOTS_OFFSET, s->h.snapshots_offset);
+    store_be64(b + QCOW2_HDR_INCOMPAT, s->h.incompatible_features);
+    store_be64(b + QCOW2_HDR_COMPAT, s->h.compatible_features);
+    store_be64(b + QCOW2_HDR_AUTOCLEAR, s->h.autoclear_features);
+    store_be32(b + QCOW2_HDR_REFCOUNT_ORDER, order);
+    int ret =
+        qcow2_write_meta(img, QCOW2_HDR_REFTABLE_OFFSET, hdr, sizeof(hdr));
+    return ret < 0 ? ret : qcow2_sync_files(img);
+}
+
 /*
  * Write a refcount structure of width 1 << ORDER bits for every cluster in
  * use, past the end of the file, and switch the header to it.  The old
@@ -56,7 +121,6 @@ static int rewrite_refcounts(struct vimg_image *img, unsigned order)
 {
     struct qcow2_state *s = img->priv;
     const uint64_t cs = s->cluster_size;
-    const uint64_t per_block = (cs * 8) >> order;
     const uint64_t start = s->end_cluster;
     uint64_t nb_blocks, table_clusters;
     int ret = 0;
@@ -75,38 +139,12 @@ static int rewrite_refcounts(struct vimg_image *img, unsigned order)
         ret = vimg_error(-ENOMEM, "out of memory");
         goto out;
     }
-    /* what is in use now... */
-    for (uint64_t c = 0; c < start && ret == 0; c++) {
-        uint64_t rc;
-        ret = qcow2_get_refcount_locked(img, c, &rc);
-        if (ret == 0 && rc) {
-            qcow2_refcount_set(blocks + (c / per_block) * cs, c % per_block,
-                               order, rc);
-        }
-    }
-    /* ...but the old structure, which the switch frees */
-    const uint64_t old_table = s->h.refcount_table_offset >> s->cluster_bits;
-    for (uint64_t c = old_table;
-         c < old_table + s->h.refcount_table_clusters && c < start; c++) {
-        qcow2_refcount_set(blocks + (c / per_block) * cs, c % per_block,
-                           order, 0);
-    }
-    for (uint64_t i = 0; i < s->reftable_entries; i++) {
-        const uint64_t c =
-            (s->reftable[i] & QCOW2_REFT_OFFSET_MASK) >> s->cluster_bits;
-        if (c && c < start) {
-            qcow2_refcount_set(blocks + (c / per_block) * cs, c % per_block,
-                               order, 0);
-        }
-    }
-    /* the new blocks and table count themselves */
-    for (uint64_t c = start; c < start + nb_blocks + table_clusters; c++) {
-        qcow2_refcount_set(blocks + (c / per_block) * cs, c % per_block,
-                           order, 1);
-    }
+    ret = fill_new_refcounts(img, blocks, order, start,
+                             nb_blocks + table_clusters);
     for (uint64_t i = 0; i < nb_blocks; i++) {
         store_be64(table + i * 8, (start + i) * cs);
     }
+    /* blocks and table durable, then the header switched to them */
     const uint64_t table_off = (start + nb_blocks) * cs;
     if (ret == 0) {
         ret = qcow2_flush_locked(img);
@@ -122,25 +160,8 @@ static int rewrite_refcounts(struct vimg_image *img, unsigned order)
     if (ret == 0) {
         ret = qcow2_sync_files(img);
     }
-    /* one write (bytes 48..99, one sector): table offset and size, and
-     * the width; the fields between keep their values */
-    uint8_t hdr[QCOW2_HDR_REFCOUNT_ORDER + 4 - QCOW2_HDR_REFTABLE_OFFSET];
     if (ret == 0) {
-        uint8_t *b = hdr - QCOW2_HDR_REFTABLE_OFFSET;
-        store_be64(b + QCOW2_HDR_REFTABLE_OFFSET, table_off);
-        store_be32(b + QCOW2_HDR_REFTABLE_CLUSTERS,
-                   (uint32_t)table_clusters);
-        store_be32(b + QCOW2_HDR_NB_SNAPSHOTS, s->h.nb_snapshots);
-        store_be64(b + QCOW2_HDR_SNAPSHOTS_OFFSET, s->h.snapshots_offset);
-        store_be64(b + QCOW2_HDR_INCOMPAT, s->h.incompatible_features);
-        store_be64(b + QCOW2_HDR_COMPAT, s->h.compatible_features);
-        store_be64(b + QCOW2_HDR_AUTOCLEAR, s->h.autoclear_features);
-        store_be32(b + QCOW2_HDR_REFCOUNT_ORDER, order);
-        ret = qcow2_write_meta(img, QCOW2_HDR_REFTABLE_OFFSET, hdr,
-                               sizeof(hdr));
-    }
-    if (ret == 0) {
-        ret = qcow2_sync_files(img);
+        ret = switch_refcounts(img, table_off, table_clusters, order);
     }
     if (ret == 0) {
         s->h.refcount_table_offset = table_off;

@@ -126,34 +126,22 @@ int qcow2_get_mapping(struct vimg_image *img, uint64_t offset, uint64_t bytes,
     return ret;
 }
 
-int qcow2_get_mapping_locked(struct vimg_image *img, uint64_t offset,
-                             uint64_t bytes, struct qcow2_mapping *out)
+/* The L2 table that maps L1_INDEX, in *OUT (0: none); -EIO if the L1
+ * entry points at something that cannot be an L2 table. */
+static int l2_table_of(struct vimg_image *img, uint64_t l1_index,
+                       uint64_t *out)
 {
     struct qcow2_state *s = img->priv;
-    const uint64_t cluster_mask = s->cluster_size - 1;
-    const uint64_t cluster_index = offset >> s->cluster_bits;
-    const uint64_t l1_index = cluster_index >> s->l2_bits;
-    const size_t l2_index =
-        (size_t)(cluster_index & ((1ull << s->l2_bits) - 1));
-    const uint64_t l2_cover_end = (l1_index + 1)
-                                  << (s->l2_bits + s->cluster_bits);
-    int ret = 0;
 
-    memset(out, 0, sizeof(*out));
-    bytes = VIMG_MIN(bytes, l2_cover_end - offset);
+    *out = 0;
     if (l1_index >= s->h.l1_size) {
-        out->type = QCOW2_SC_UNALLOCATED;
-        out->length = bytes;
         return 0;
     }
-    const uint64_t l1e = s->l1[l1_index];
-    const uint64_t l2_offset = l1e & QCOW2_L1E_OFFSET_MASK;
+    const uint64_t l2_offset = s->l1[l1_index] & QCOW2_L1E_OFFSET_MASK;
     if (l2_offset == 0) {
-        out->type = QCOW2_SC_UNALLOCATED;
-        out->length = bytes;
         return 0;
     }
-    if (l2_offset & cluster_mask) {
+    if (l2_offset & (s->cluster_size - 1)) {
         return qcow2_corrupt(img,
                           "L2 table offset 0x%llx "
                           "(L1 index %llu) is not cluster aligned",
@@ -169,19 +157,97 @@ int qcow2_get_mapping_locked(struct vimg_image *img, uint64_t offset,
                           (unsigned long long)l1_index,
                           (unsigned long long)s->file_size);
     }
+    *out = l2_offset;
+    return 0;
+}
 
+/* A host cluster (entry I of the table at L2_OFFSET, type T, for guest
+ * POS) that cannot be one: -EIO. */
+static int check_host_cluster(struct vimg_image *img,
+                              enum qcow2_subcluster_type t,
+                              uint64_t cluster_host, uint64_t pos,
+                              uint64_t l2_offset, size_t i)
+{
+    struct qcow2_state *s = img->priv;
+
+    if (cluster_host & (s->cluster_size - 1)) {
+        return qcow2_corrupt(img,
+                             "cluster offset 0x%llx (L2 table 0x%llx "
+                             "entry %zu) is not cluster aligned",
+                             (unsigned long long)cluster_host,
+                             (unsigned long long)l2_offset, i);
+    }
+    if (t == QCOW2_SC_NORMAL && s->data_io == img->io &&
+        cluster_host >= s->file_size) {
+        return qcow2_corrupt(img,
+                             "data cluster at 0x%llx (guest offset "
+                             "0x%llx) is past the end of the file "
+                             "(0x%llx)",
+                             (unsigned long long)cluster_host,
+                             (unsigned long long)pos,
+                             (unsigned long long)s->file_size);
+    }
+    return 0;
+}
+
+/* A compressed cluster (ENTRY, for the query at OFFSET) into OUT. */
+static int map_compressed(struct vimg_image *img, uint64_t entry,
+                          uint64_t offset, struct qcow2_mapping *out)
+{
+    struct qcow2_state *s = img->priv;
+    struct qcow2_l2_desc d;
+
+    qcow2_l2_decode(s, entry, &d);
+    if (d.comp_offset >= s->file_size) {
+        return qcow2_corrupt(img,
+                             "compressed cluster at 0x%llx (guest "
+                             "offset 0x%llx) is past the end of the "
+                             "file",
+                             (unsigned long long)d.comp_offset,
+                             (unsigned long long)offset);
+    }
+    out->type = QCOW2_SC_COMPRESSED;
+    out->comp_offset = d.comp_offset;
+    out->comp_bytes = d.comp_sectors * 512 - (d.comp_offset & 511);
+    return 0;
+}
+
+int qcow2_get_mapping_locked(struct vimg_image *img, uint64_t offset,
+                             uint64_t bytes, struct qcow2_mapping *out)
+{
+    struct qcow2_state *s = img->priv;
+    const uint64_t cluster_mask = s->cluster_size - 1;
+    const uint64_t cluster_index = offset >> s->cluster_bits;
+    const uint64_t l1_index = cluster_index >> s->l2_bits;
+    const uint64_t l2_cover_end = (l1_index + 1)
+                                  << (s->l2_bits + s->cluster_bits);
+    uint64_t l2_offset;
+
+    memset(out, 0, sizeof(*out));
+    bytes = VIMG_MIN(bytes, l2_cover_end - offset);
+    int ret = l2_table_of(img, l1_index, &l2_offset);
+    if (ret < 0) {
+        return ret;
+    }
+    if (l2_offset == 0) {
+        out->type = QCOW2_SC_UNALLOCATED;
+        out->length = bytes;
+        return 0;
+    }
     const uint8_t *table;
     ret = qcow2_cache_get(s->l2_cache, l2_offset, load_l2, img, &table);
     if (ret < 0) {
-        goto out;
+        return ret;
     }
 
+    /* one extent: entries of the same type, contiguous host offsets and
+     * the same COPIED flag */
     const unsigned sc_bits =
         s->has_subclusters ? s->subcluster_bits : s->cluster_bits;
     const uint64_t end = offset + bytes;
     uint64_t pos = offset;
     uint64_t expect_host = 0;
-    size_t i = l2_index;
+    size_t i = (size_t)(cluster_index & ((1ull << s->l2_bits) - 1));
     enum qcow2_subcluster_type first = QCOW2_SC_INVALID;
     bool is_copied = false;
     while (pos < end) {
@@ -202,52 +268,24 @@ int qcow2_get_mapping_locked(struct vimg_image *img, uint64_t offset,
             break;
         }
         if (t == QCOW2_SC_INVALID) {
-            ret = qcow2_corrupt(img,
-                                "invalid subcluster bitmap 0x%016llx in L2 "
-                                "table 0x%llx entry %zu",
-                                (unsigned long long)bitmap,
-                                (unsigned long long)l2_offset, i);
-            goto out;
+            return qcow2_corrupt(img,
+                                 "invalid subcluster bitmap 0x%016llx in L2 "
+                                 "table 0x%llx entry %zu",
+                                 (unsigned long long)bitmap,
+                                 (unsigned long long)l2_offset, i);
         }
         if (t == QCOW2_SC_COMPRESSED) {
-            struct qcow2_l2_desc d;
-            qcow2_l2_decode(s, entry, &d);
-            const uint64_t coff = d.comp_offset;
-            const uint64_t nb_sectors = d.comp_sectors;
-            if (coff >= s->file_size) {
-                ret = qcow2_corrupt(img,
-                                    "compressed cluster at 0x%llx (guest "
-                                    "offset 0x%llx) is past the end of the "
-                                    "file",
-                                    (unsigned long long)coff,
-                                    (unsigned long long)offset);
-                goto out;
+            ret = map_compressed(img, entry, offset, out);
+            if (ret < 0) {
+                return ret;
             }
-            out->type = t;
-            out->comp_offset = coff;
-            out->comp_bytes = nb_sectors * 512 - (coff & 511);
             pos = VIMG_MIN(end, (pos | cluster_mask) + 1);
             break; /* a compressed cluster is always its own extent */
         }
         if (type_has_host(t)) {
-            if (cluster_host & cluster_mask) {
-                ret = qcow2_corrupt(img,
-                                    "cluster offset 0x%llx (L2 table 0x%llx "
-                                    "entry %zu) is not cluster aligned",
-                                    (unsigned long long)cluster_host,
-                                    (unsigned long long)l2_offset, i);
-                goto out;
-            }
-            if (t == QCOW2_SC_NORMAL && s->data_io == img->io &&
-                cluster_host >= s->file_size) {
-                ret = qcow2_corrupt(img,
-                                    "data cluster at 0x%llx (guest offset "
-                                    "0x%llx) is past the end of the file "
-                                    "(0x%llx)",
-                                    (unsigned long long)cluster_host,
-                                    (unsigned long long)pos,
-                                    (unsigned long long)s->file_size);
-                goto out;
+            ret = check_host_cluster(img, t, cluster_host, pos, l2_offset, i);
+            if (ret < 0) {
+                return ret;
             }
         }
         if (pos == offset) {
@@ -268,8 +306,7 @@ int qcow2_get_mapping_locked(struct vimg_image *img, uint64_t offset,
     }
     out->length = pos - offset;
     out->is_copied = is_copied;
-out:
-    return ret;
+    return 0;
 }
 
 int qcow2_decompress_cluster(struct vimg_image *img, uint64_t comp_offset,

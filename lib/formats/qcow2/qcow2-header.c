@@ -25,40 +25,10 @@ static bool in_file(uint64_t offset, uint64_t bytes, uint64_t file_size)
     return !vimg_add_overflows(offset, bytes, &end) && end <= file_size;
 }
 
-int qcow2_header_decode(struct qcow2_header *h, const uint8_t *buf,
-                        size_t len, uint64_t file_size)
+/* Version 3 fields (version 2 has fixed values for them). */
+static int decode_v3_fields(struct qcow2_header *h, const uint8_t *buf,
+                            size_t len)
 {
-    memset(h, 0, sizeof(*h));
-    if (len < QCOW2_HDR_V2_LEN) {
-        return vimg_error(-EIO,
-                          "qcow2: corrupt header: file is truncated (%zu "
-                          "bytes, the header needs %d)",
-                          len, QCOW2_HDR_V2_LEN);
-    }
-    if (load_be32(buf + QCOW2_HDR_MAGIC) != QCOW2_MAGIC) {
-        return vimg_error(-EIO, "qcow2: bad magic: not a qcow2 image");
-    }
-    h->version = load_be32(buf + QCOW2_HDR_VERSION);
-    if (h->version < 2 || h->version > 3) {
-        return vimg_error(-ENOTSUP, "unsupported qcow2 version %u",
-                          h->version);
-    }
-    h->backing_file_offset = load_be64(buf + QCOW2_HDR_BACKING_OFFSET);
-    h->backing_file_size = load_be32(buf + QCOW2_HDR_BACKING_SIZE);
-    h->cluster_bits = load_be32(buf + QCOW2_HDR_CLUSTER_BITS);
-    h->size = load_be64(buf + QCOW2_HDR_SIZE);
-    h->crypt_method = load_be32(buf + QCOW2_HDR_CRYPT_METHOD);
-    h->l1_size = load_be32(buf + QCOW2_HDR_L1_SIZE);
-    h->l1_table_offset = load_be64(buf + QCOW2_HDR_L1_OFFSET);
-    h->refcount_table_offset = load_be64(buf + QCOW2_HDR_REFTABLE_OFFSET);
-    h->refcount_table_clusters = load_be32(buf + QCOW2_HDR_REFTABLE_CLUSTERS);
-    h->nb_snapshots = load_be32(buf + QCOW2_HDR_NB_SNAPSHOTS);
-    h->snapshots_offset = load_be64(buf + QCOW2_HDR_SNAPSHOTS_OFFSET);
-
-    if (h->cluster_bits < QCOW2_MIN_CLUSTER_BITS ||
-        h->cluster_bits > QCOW2_MAX_CLUSTER_BITS) {
-        return corrupt("cluster_bits out of range 9..21", h->cluster_bits);
-    }
     const uint64_t cluster_size = 1ull << h->cluster_bits;
 
     if (h->version == 2) {
@@ -84,6 +54,12 @@ int qcow2_header_decode(struct qcow2_header *h, const uint8_t *buf,
             h->compression_type = buf[QCOW2_HDR_COMPRESSION_TYPE];
         }
     }
+    return 0;
+}
+
+/* Refcount width, compression type, encryption, size: values we know. */
+static int check_features(const struct qcow2_header *h)
+{
     if (h->refcount_order > 6) {
         return corrupt("refcount_order above 6", h->refcount_order);
     }
@@ -110,6 +86,14 @@ int qcow2_header_decode(struct qcow2_header *h, const uint8_t *buf,
     if (h->size > QCOW2_MAX_VIRTUAL_SIZE) {
         return corrupt("virtual size too large", h->size);
     }
+    return 0;
+}
+
+/* The tables the header points at: aligned, inside the file, within
+ * limits. */
+static int check_tables(const struct qcow2_header *h, uint64_t file_size)
+{
+    const uint64_t cluster_size = 1ull << h->cluster_bits;
 
     /* L1: large enough for the virtual size, small enough to load */
     const unsigned l2_entry_bytes =
@@ -170,6 +154,13 @@ int qcow2_header_decode(struct qcow2_header *h, const uint8_t *buf,
                            h->snapshots_offset);
         }
     }
+    return 0;
+}
+
+/* Backing file name: inside the first cluster (LEN bytes of it read). */
+static int check_backing_name(const struct qcow2_header *h, size_t len)
+{
+    const uint64_t cluster_size = 1ull << h->cluster_bits;
 
     /* Backing file name: inside the first cluster */
     if (h->backing_file_offset != 0 || h->backing_file_size != 0) {
@@ -185,6 +176,50 @@ int qcow2_header_decode(struct qcow2_header *h, const uint8_t *buf,
         }
     }
     return 0;
+}
+
+int qcow2_header_decode(struct qcow2_header *h, const uint8_t *buf,
+                        size_t len, uint64_t file_size)
+{
+    memset(h, 0, sizeof(*h));
+    if (len < QCOW2_HDR_V2_LEN) {
+        return vimg_error(-EIO,
+                          "qcow2: corrupt header: file is truncated (%zu "
+                          "bytes, the header needs %d)",
+                          len, QCOW2_HDR_V2_LEN);
+    }
+    if (load_be32(buf + QCOW2_HDR_MAGIC) != QCOW2_MAGIC) {
+        return vimg_error(-EIO, "qcow2: bad magic: not a qcow2 image");
+    }
+    h->version = load_be32(buf + QCOW2_HDR_VERSION);
+    if (h->version < 2 || h->version > 3) {
+        return vimg_error(-ENOTSUP, "unsupported qcow2 version %u",
+                          h->version);
+    }
+    h->backing_file_offset = load_be64(buf + QCOW2_HDR_BACKING_OFFSET);
+    h->backing_file_size = load_be32(buf + QCOW2_HDR_BACKING_SIZE);
+    h->cluster_bits = load_be32(buf + QCOW2_HDR_CLUSTER_BITS);
+    h->size = load_be64(buf + QCOW2_HDR_SIZE);
+    h->crypt_method = load_be32(buf + QCOW2_HDR_CRYPT_METHOD);
+    h->l1_size = load_be32(buf + QCOW2_HDR_L1_SIZE);
+    h->l1_table_offset = load_be64(buf + QCOW2_HDR_L1_OFFSET);
+    h->refcount_table_offset = load_be64(buf + QCOW2_HDR_REFTABLE_OFFSET);
+    h->refcount_table_clusters = load_be32(buf + QCOW2_HDR_REFTABLE_CLUSTERS);
+    h->nb_snapshots = load_be32(buf + QCOW2_HDR_NB_SNAPSHOTS);
+    h->snapshots_offset = load_be64(buf + QCOW2_HDR_SNAPSHOTS_OFFSET);
+
+    if (h->cluster_bits < QCOW2_MIN_CLUSTER_BITS ||
+        h->cluster_bits > QCOW2_MAX_CLUSTER_BITS) {
+        return corrupt("cluster_bits out of range 9..21", h->cluster_bits);
+    }
+    int ret = decode_v3_fields(h, buf, len);
+    if (ret == 0) {
+        ret = check_features(h);
+    }
+    if (ret == 0) {
+        ret = check_tables(h, file_size);
+    }
+    return ret < 0 ? ret : check_backing_name(h, len);
 }
 
 int qcow2_header_encode(const struct qcow2_header *h, uint8_t *buf,
@@ -240,6 +275,102 @@ static int ext_corrupt(const char *what, uint32_t type, size_t offset)
                       type, offset, what);
 }
 
+static int no_memory(void)
+{
+    return vimg_error(-ENOMEM, "out of memory");
+}
+
+/* The feature name table: (type, bit, name) entries of 48 bytes. */
+static int decode_feature_table(struct qcow2_extensions *ext,
+                                const uint8_t *data, uint32_t len)
+{
+    const size_t n = len / 48;
+
+    free(ext->features);
+    ext->features = calloc(n ? n : 1, sizeof(*ext->features));
+    if (!ext->features) {
+        return no_memory();
+    }
+    ext->nb_features = n;
+    for (size_t i = 0; i < n; i++) {
+        ext->features[i].type = data[i * 48];
+        ext->features[i].bit = data[i * 48 + 1];
+        memcpy(ext->features[i].name, data + i * 48 + 2, 46);
+        ext->features[i].name[46] = '\0';
+    }
+    return 0;
+}
+
+/* An unknown extension: keep the bytes so a rewrite preserves them. */
+static int keep_unknown(struct qcow2_extensions *ext, uint32_t type,
+                        const uint8_t *data, uint32_t len)
+{
+    struct qcow2_ext *u =
+        realloc(ext->unknown, (ext->nb_unknown + 1) * sizeof(*ext->unknown));
+    if (!u) {
+        return no_memory();
+    }
+    ext->unknown = u;
+    u[ext->nb_unknown].type = type;
+    u[ext->nb_unknown].len = len;
+    u[ext->nb_unknown].data = malloc(len ? len : 1);
+    if (!u[ext->nb_unknown].data) {
+        return no_memory();
+    }
+    memcpy(u[ext->nb_unknown].data, data, len);
+    ext->nb_unknown++;
+    return 0;
+}
+
+/* One extension of TYPE, LEN bytes of DATA, whose header is at AT. */
+static int decode_extension(struct qcow2_extensions *ext, uint32_t type,
+                            const uint8_t *data, uint32_t len, size_t at)
+{
+    switch (type) {
+    case QCOW2_EXT_BACKING_FORMAT:
+        if (len == 0 || len >= 16 || memchr(data, 0, len)) {
+            return ext_corrupt("bad backing format name", type, at);
+        }
+        free(ext->backing_format);
+        ext->backing_format = dup_string(data, len);
+        return ext->backing_format ? 0 : no_memory();
+    case QCOW2_EXT_DATA_FILE:
+        if (len == 0 || memchr(data, 0, len)) {
+            return ext_corrupt("bad data file name", type, at);
+        }
+        free(ext->data_file);
+        ext->data_file = dup_string(data, len);
+        return ext->data_file ? 0 : no_memory();
+    case QCOW2_EXT_FEATURE_TABLE:
+        return decode_feature_table(ext, data, len);
+    case QCOW2_EXT_BITMAPS:
+        if (len != 24) {
+            return ext_corrupt("bitmaps extension length is not 24", type,
+                               at);
+        }
+        ext->has_bitmaps = true;
+        ext->nb_bitmaps = load_be32(data);
+        if (load_be32(data + 4) != 0) {
+            return ext_corrupt("bitmaps extension reserved field is set",
+                               type, at);
+        }
+        ext->bitmap_dir_size = load_be64(data + 8);
+        ext->bitmap_dir_offset = load_be64(data + 16);
+        return 0;
+    case QCOW2_EXT_CRYPTO:
+        if (len != 16) {
+            return ext_corrupt("crypto extension length is not 16", type,
+                               at);
+        }
+        ext->has_crypto = true;
+        ext->crypto_offset = load_be64(data);
+        ext->crypto_length = load_be64(data + 8);
+        return 0;
+    default:
+        return keep_unknown(ext, type, data, len);
+    }
+}
+
 int qcow2_extensions_decode(struct qcow2_extensions *ext, const uint8_t *buf,
                             size_t start, size_t end)
 {
@@ -255,105 +386,22 @@ int qcow2_extensions_decode(struct qcow2_extensions *ext, const uint8_t *buf,
         if (len > end - off) {
             ret = ext_corrupt("extends past the end of the header area", type,
                               at);
-            goto fail;
+            break;
         }
         if (type == QCOW2_EXT_END) {
             break; /* (any length it claims was checked above, as qemu) */
         }
-        const uint8_t *data = buf + off;
-        switch (type) {
-        case QCOW2_EXT_BACKING_FORMAT:
-            if (len == 0 || len >= 16 || memchr(data, 0, len)) {
-                ret = ext_corrupt("bad backing format name", type, at);
-                goto fail;
-            }
-            free(ext->backing_format);
-            ext->backing_format = dup_string(data, len);
-            if (!ext->backing_format) {
-                goto nomem;
-            }
+        ret = decode_extension(ext, type, buf + off, len, at);
+        if (ret < 0) {
             break;
-        case QCOW2_EXT_DATA_FILE:
-            if (len == 0 || memchr(data, 0, len)) {
-                ret = ext_corrupt("bad data file name", type, at);
-                goto fail;
-            }
-            free(ext->data_file);
-            ext->data_file = dup_string(data, len);
-            if (!ext->data_file) {
-                goto nomem;
-            }
-            break;
-        case QCOW2_EXT_FEATURE_TABLE: {
-            size_t n = len / 48;
-            free(ext->features);
-            ext->features = calloc(n ? n : 1, sizeof(*ext->features));
-            if (!ext->features) {
-                goto nomem;
-            }
-            ext->nb_features = n;
-            for (size_t i = 0; i < n; i++) {
-                ext->features[i].type = data[i * 48];
-                ext->features[i].bit = data[i * 48 + 1];
-                memcpy(ext->features[i].name, data + i * 48 + 2, 46);
-                ext->features[i].name[46] = '\0';
-            }
-            break;
-        }
-        case QCOW2_EXT_BITMAPS:
-            if (len != 24) {
-                ret = ext_corrupt("bitmaps extension length is not 24", type,
-                                  at);
-                goto fail;
-            }
-            ext->has_bitmaps = true;
-            ext->nb_bitmaps = load_be32(data);
-            if (load_be32(data + 4) != 0) {
-                ret = ext_corrupt("bitmaps extension reserved field is set",
-                                  type, at);
-                goto fail;
-            }
-            ext->bitmap_dir_size = load_be64(data + 8);
-            ext->bitmap_dir_offset = load_be64(data + 16);
-            break;
-        case QCOW2_EXT_CRYPTO:
-            if (len != 16) {
-                ret = ext_corrupt("crypto extension length is not 16", type,
-                                  at);
-                goto fail;
-            }
-            ext->has_crypto = true;
-            ext->crypto_offset = load_be64(data);
-            ext->crypto_length = load_be64(data + 8);
-            break;
-        default: {
-            /* Unknown: keep the bytes so a rewrite preserves them */
-            struct qcow2_ext *u = realloc(
-                ext->unknown, (ext->nb_unknown + 1) * sizeof(*ext->unknown));
-            if (!u) {
-                goto nomem;
-            }
-            ext->unknown = u;
-            u[ext->nb_unknown].type = type;
-            u[ext->nb_unknown].len = len;
-            u[ext->nb_unknown].data = malloc(len ? len : 1);
-            if (!u[ext->nb_unknown].data) {
-                goto nomem;
-            }
-            memcpy(u[ext->nb_unknown].data, data, len);
-            ext->nb_unknown++;
-            break;
-        }
         }
         /* data is padded to a multiple of 8 */
         const size_t padded = ((size_t)len + 7) & ~(size_t)7;
         off += VIMG_MIN(padded, end - off);
     }
-    return 0;
-nomem:
-    ret = vimg_error(-ENOMEM, "out of memory");
-fail:
-    qcow2_extensions_free(ext);
+    if (ret < 0) {
+        qcow2_extensions_free(ext);
+    }
     return ret;
 }
 

@@ -230,7 +230,7 @@ struct qcow2_state {
     struct qcow2_cache *l2_cache;
     int metadata_prealloc;    /* -1 unknown, 0, 1 */
 
-    /* writing (qcow2-write.c), only on read-write opens */
+    /* writing (qcow2-flush.c, qcow2-alloc.c), only on read-write opens */
     uint64_t *reftable;       /* decoded refcount table */
     uint64_t reftable_entries;
     bool is_reftable_dirty;
