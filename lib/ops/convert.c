@@ -692,14 +692,15 @@ int vimg_convert(vimg_image *const *srcs, size_t nb_srcs,
     }
     const bool is_raw = !opts->out_format ||
                         strcmp(opts->out_format, "raw") == 0;
-    if (!is_raw && strcmp(opts->out_format, "qcow2") != 0) {
-        return vimg_error(-ENOTSUP,
-                          "converting to %s is not supported yet (raw and "
-                          "qcow2 are)",
+    const unsigned caps =
+        vimg_format_capabilities(is_raw ? "raw" : opts->out_format);
+    if (!(caps & VIMG_CAN_CREATE)) {
+        return vimg_error(-ENOTSUP, "converting to %s is not supported yet",
                           opts->out_format);
     }
-    if (is_raw && opts->is_compressed) {
-        return vimg_error(-EINVAL, "raw images cannot be compressed");
+    if (opts->is_compressed && !(caps & VIMG_CAN_COMPRESS)) {
+        return vimg_error(-EINVAL, "%s images cannot be compressed",
+                          is_raw ? "raw" : opts->out_format);
     }
     if (is_raw && ((opts->create && opts->create->backing_file) ||
                    vimg_opts_get(opts->target_options, "backing_file"))) {
