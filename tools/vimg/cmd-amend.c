@@ -3,6 +3,7 @@
  * cmd-amend.c: `vimg amend`, qemu-img amend's flags, messages and exit
  * codes: change an image's options in place.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,23 +45,29 @@ static int print_options_help(const char *format, const char *file)
 
 /* Parse the -o lists into a new amend list for FORMAT, or, without one,
  * for the format FILE probes as (before FILE is opened for writing, so
- * that a bad option changes nothing).  Prints the error, -1. */
+ * that a bad option changes nothing; the probe takes no lock).  Prints
+ * the error, -1; -ENOTSUP (not printed) for a format without amendment,
+ * which the read-write open reports as qemu-img does. */
 static int parse_options(vimg_opts **out, const char *format,
                          const char *file, char **lists, int nb_lists)
 {
     vimg_image *probe = NULL;
 
     if (!format && cli_open(&probe, file, NULL,
-                            VIMG_OPEN_INFO_ONLY | VIMG_OPEN_NO_BACKING) < 0) {
+                            VIMG_OPEN_INFO_ONLY | VIMG_OPEN_NO_BACKING |
+                                VIMG_OPEN_NO_LOCK) < 0) {
         return -1;
     }
-    int ret = cli_new_options(out, format ? format : vimg_format(probe),
-                              VIMG_OPTS_AMEND);
+    int ret = vimg_opts_new(out, format ? format : vimg_format(probe),
+                            VIMG_OPTS_AMEND);
+    if (ret < 0 && ret != -ENOTSUP) {
+        cli_error("%s", vimg_last_error());
+    }
     for (int i = 0; ret == 0 && i < nb_lists; i++) {
         ret = cli_parse_options(*out, lists[i]);
     }
     vimg_close(probe);
-    return ret;
+    return ret == -ENOTSUP ? ret : ret < 0 ? -1 : 0;
 }
 
 int cmd_amend(int argc, char **argv)
@@ -123,7 +130,8 @@ int cmd_amend(int argc, char **argv)
     }
     const char *file = argv[optind];
     vimg_opts *opts = NULL;
-    if (parse_options(&opts, format, file, lists, nb_lists) < 0) {
+    const int parsed = parse_options(&opts, format, file, lists, nb_lists);
+    if (parsed == -1) {
         vimg_opts_free(opts);
         return 1;
     }
@@ -131,6 +139,12 @@ int cmd_amend(int argc, char **argv)
     if (cli_open(&img, file, format, VIMG_OPEN_RDWR | VIMG_OPEN_NO_BACKING) <
         0) {
         vimg_opts_free(opts);
+        return 1;
+    }
+    if (parsed < 0) {
+        cli_error("Format driver '%s' does not support option amendment",
+                  vimg_format(img));
+        vimg_close(img);
         return 1;
     }
     int ret = vimg_amend_ext(img, opts);
