@@ -102,6 +102,22 @@ def main(argv):
             what='installed vimg')
         run([exe, raw, qcow2, raw], env=run_env, what='use-vimg')
 
+        # the nbdkit plugin: installed into nbdkit's plugin directory,
+        # loading the installed libvimg, serving the qcow2 copy
+        plugins = [os.path.join(d, f) for d, _, fs in os.walk(dest)
+                   for f in fs if f == 'nbdkit-vimg-plugin.so']
+        if len(plugins) != 1 or '/nbdkit/plugins/' not in plugins[0]:
+            fail(f'nbdkit plugin installed as {plugins}')
+        where = loaded_from(plugins[0], run_env)
+        if where != installed_lib:
+            fail(f'{plugins[0]} loads {where}, not {installed_lib}')
+        if sanitize == 'none':  # nbdkit itself is not instrumented
+            out = run(['nbdkit', '-U', '-', plugins[0], qcow2, '--run',
+                       'nbdinfo --size "$uri"'], env=run_env,
+                      what='nbdkit with the installed plugin')
+            if out.split()[-1] != str(len(data)):
+                fail(f'the plugin serves {out!r}, not {len(data)} bytes')
+
         # the export map: the public API and nothing else
         names = [line.split()[-1] for line in
                  run(['nm', '-D', '--defined-only',
@@ -109,7 +125,8 @@ def main(argv):
         stray = [n for n in names if not n.startswith('vimg_')]
         if stray or 'vimg_open' not in names or 'vimg_error' in names:
             fail(f'libvimg exports {names}')
-    print('install: pkg-config, the shared library and the CLI work')
+    print('install: pkg-config, the shared library, the CLI and the nbdkit '
+          'plugin work')
     return 0
 
 

@@ -21,6 +21,7 @@ int cmd_measure(int argc, char **argv);
 int cmd_commit(int argc, char **argv);
 int cmd_rebase(int argc, char **argv);
 int cmd_check(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 static int cmd_help(int argc, char **argv);
 
 const struct cli_command cli_commands[] = {
@@ -66,6 +67,10 @@ const struct cli_command cli_commands[] = {
     {"check", cmd_check,
      "check [-f FMT] [--output=human|json] [-r leaks|all] [-q] FILE",
      "check (and with -r, repair) the consistency of an image"},
+    {"serve", cmd_serve,
+     "serve [-f FMT] [-r] [-s] [-t] [-k SOCKET | -p PORT [-b ADDR]] "
+     "[-e SHARED] [-x NAME] [-l SNAPSHOT] [--pid-file=FILE] [--fork] FILE",
+     "serve an image over NBD (qemu-nbd's flags; runs nbdkit)"},
     {"help", cmd_help, "help [COMMAND]", "show help"},
     {NULL, NULL, NULL, NULL},
 };
