@@ -354,9 +354,9 @@ static int vimg_plugin_extents(void *h, uint32_t count, uint64_t offset,
 
 static struct nbdkit_plugin plugin = {
     .name = "vimg",
-    .longname = "nbdkit libvimg plugin (raw, qcow2)",
+    .longname = "nbdkit libvimg plugin (every format libvimg opens)",
     .version = "0.1.0",
-    .description = "Serve virtual disk images (raw, qcow2) read-write.",
+    .description = "Serve virtual disk images read-write with libvimg.",
     .unload = vimg_plugin_unload,
     .config = vimg_plugin_config,
     .config_complete = vimg_plugin_config_complete,
