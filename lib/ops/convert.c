@@ -3,7 +3,9 @@
  * convert.c: copy the guest content of one or more images (concatenated)
  * into a new image.  The output space is cut into chunks that worker
  * threads take in turn; each chunk is read through block status so holes
- * and zero ranges are never read nor written.
+ * and zero ranges are never read nor written.  Chunks are read (and
+ * compressed) in parallel and written in order, one at a time: a file
+ * takes one writer at a time anyway, and waiting writers burn CPU.
  */
 #include <stdatomic.h>
 #include <stddef.h>
@@ -171,61 +173,6 @@ static int write_sparse(struct convert_job *job, const uint8_t *buf,
     return 0;
 }
 
-/* One chunk of a source into a raw output (chunks in any order) */
-static int copy_chunk_raw(void *opaque, uint8_t *buf, unsigned worker,
-                          uint64_t chunk)
-{
-    struct convert_job *job = opaque;
-    size_t s = 0;
-
-    (void)worker;
-    while (s + 1 < job->nb_srcs && job->chunk_start[s + 1] <= chunk) {
-        s++;
-    }
-    vimg_image *src = job->srcs[s];
-    const uint64_t src_off =
-        (chunk - job->chunk_start[s]) * CONVERT_CHUNK_BYTES;
-    const uint64_t end =
-        VIMG_MIN(vimg_size(src), src_off + CONVERT_CHUNK_BYTES);
-    const uint64_t out_base = job->src_start[s];
-    /* A fresh target reads as zeroes; an existing one (-n), a device or
-     * a fully allocated one (-S 0) gets its zeroes written. */
-    const bool must_write_zeroes =
-        !job->is_zero_init || job->opts->sparse_size == 0;
-
-    for (uint64_t off = src_off; off < end;) {
-        struct vimg_extent e;
-        int ret = vimg_block_status(src, off, end - off, &e);
-        if (ret < 0) {
-            return ret;
-        }
-        const uint64_t n = e.length;
-        if (e.flags & VIMG_EXTENT_ZERO) {
-            if (must_write_zeroes) {
-                ret = write_zeroes(job, n, out_base + off);
-            }
-        } else {
-            /* data is looked at in pieces of at most 2 MiB from the start
-             * of the extent, where qemu-img looks at it too */
-            for (uint64_t done = 0; done < n && ret == 0;) {
-                const size_t piece =
-                    (size_t)VIMG_MIN(n - done, (uint64_t)CONVERT_PIECE_BYTES);
-                ret = vimg_pread(src, buf, piece, off + done);
-                if (ret == 0) {
-                    ret = write_sparse(job, buf, piece, out_base + off + done);
-                }
-                done += piece;
-            }
-        }
-        if (ret < 0) {
-            return ret;
-        }
-        off += n;
-        atomic_fetch_add(&job->bytes_done, n);
-    }
-    return 0;
-}
-
 /* What a range of the output is, seen from the sources */
 enum seg_kind {
     SEG_DATA,    /* bytes to copy (may still be zeroes) */
@@ -235,7 +182,7 @@ enum seg_kind {
 };
 
 struct seg {
-    uint64_t off; /* in the output */
+    uint64_t off; /* in the output (raw outputs: in the chunk's source) */
     uint64_t len;
     enum seg_kind kind;
 };
@@ -250,10 +197,12 @@ struct chunk_buf {
     size_t nb_segs, cap_segs;
 };
 
+/* Note [off, off+len) of KIND in CB, merged into the last segment of the
+ * same kind if IS_MERGED. */
 static int add_seg(struct chunk_buf *cb, uint64_t off, uint64_t len,
-                   enum seg_kind kind)
+                   enum seg_kind kind, bool is_merged)
 {
-    if (cb->nb_segs && cb->segs[cb->nb_segs - 1].kind == kind) {
+    if (is_merged && cb->nb_segs && cb->segs[cb->nb_segs - 1].kind == kind) {
         cb->segs[cb->nb_segs - 1].len += len;
         return 0;
     }
@@ -268,6 +217,98 @@ static int add_seg(struct chunk_buf *cb, uint64_t off, uint64_t len,
     }
     cb->segs[cb->nb_segs++] = (struct seg){off, len, kind};
     return 0;
+}
+
+/* The source and its first output offset of raw chunk CHUNK */
+static size_t raw_chunk_source(const struct convert_job *job, uint64_t chunk,
+                               uint64_t *src_off)
+{
+    size_t s = 0;
+
+    while (s + 1 < job->nb_srcs && job->chunk_start[s + 1] <= chunk) {
+        s++;
+    }
+    *src_off = (chunk - job->chunk_start[s]) * CONVERT_CHUNK_BYTES;
+    return s;
+}
+
+/* One chunk of a source into a raw output, first step (in parallel): read
+ * its data into BUF and note its extents in the worker's segments, one per
+ * block status extent (not merged: data is looked at in pieces from the
+ * start of each extent, as qemu-img does). */
+static int read_chunk_raw(void *opaque, uint8_t *buf, unsigned worker,
+                          uint64_t chunk)
+{
+    struct convert_job *job = opaque;
+    struct chunk_buf *cb = &job->bufs[worker];
+    uint64_t src_off;
+    vimg_image *src = job->srcs[raw_chunk_source(job, chunk, &src_off)];
+    const uint64_t end =
+        VIMG_MIN(vimg_size(src), src_off + CONVERT_CHUNK_BYTES);
+
+    cb->nb_segs = 0;
+    for (uint64_t off = src_off; off < end;) {
+        struct vimg_extent e;
+        int ret = vimg_block_status(src, off, end - off, &e);
+        if (ret < 0) {
+            return ret;
+        }
+        const enum seg_kind kind =
+            e.flags & VIMG_EXTENT_ZERO ? SEG_ZERO : SEG_DATA;
+        if (kind == SEG_DATA) {
+            ret = vimg_pread(src, buf + (off - src_off), (size_t)e.length,
+                             off);
+        }
+        if (ret == 0) {
+            ret = add_seg(cb, off, e.length, kind, false);
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        off += e.length;
+    }
+    return 0;
+}
+
+/* Second step, in chunk order, so one thread at a time writes the file
+ * (the kernel serialises writers of a file; a waiting one only spins):
+ * write what read_chunk_raw() read, leaving holes as -S says. */
+static int write_chunk_raw(void *opaque, uint8_t *buf, unsigned worker,
+                           uint64_t chunk)
+{
+    struct convert_job *job = opaque;
+    const struct chunk_buf *cb = &job->bufs[worker];
+    uint64_t src_off;
+    const uint64_t out_base = job->src_start[raw_chunk_source(job, chunk,
+                                                              &src_off)];
+    /* A fresh target reads as zeroes; an existing one (-n), a device or
+     * a fully allocated one (-S 0) gets its zeroes written. */
+    const bool must_write_zeroes =
+        !job->is_zero_init || job->opts->sparse_size == 0;
+    int ret = 0;
+
+    for (size_t i = 0; i < cb->nb_segs && ret == 0; i++) {
+        const struct seg *g = &cb->segs[i];
+        if (g->kind == SEG_ZERO) {
+            if (must_write_zeroes) {
+                ret = write_zeroes(job, g->len, out_base + g->off);
+            }
+        } else {
+            /* data is looked at in pieces of at most 2 MiB from the start
+             * of the extent, where qemu-img looks at it too */
+            for (uint64_t done = 0; done < g->len && ret == 0;) {
+                const size_t piece = (size_t)VIMG_MIN(
+                    g->len - done, (uint64_t)CONVERT_PIECE_BYTES);
+                ret = write_sparse(job, buf + (g->off + done - src_off),
+                                   piece, out_base + g->off + done);
+                done += piece;
+            }
+        }
+        if (ret == 0) {
+            atomic_fetch_add(&job->bytes_done, g->len);
+        }
+    }
+    return ret;
 }
 
 /*
@@ -347,7 +388,7 @@ static int read_output_range(struct convert_job *job, struct chunk_buf *cb,
                 memset(buf + pos, 0, (size_t)e.length);
             }
             if (ret == 0) {
-                ret = add_seg(cb, off + pos, e.length, kind);
+                ret = add_seg(cb, off + pos, e.length, kind, true);
             }
             if (ret < 0) {
                 return ret;
@@ -557,8 +598,8 @@ static int run_chunks(struct convert_job *job)
         return ret;
     }
     const unsigned workers = vimg_pool_workers(job->pool);
+    job->bufs = calloc(workers, sizeof(*job->bufs));
     if (!job->is_raw) {
-        job->bufs = calloc(workers, sizeof(*job->bufs));
         for (unsigned i = 0; job->bufs && i < workers; i++) {
             job->bufs[i].zdata = malloc(CONVERT_CHUNK_BYTES);
             job->bufs[i].zlen = calloc(CONVERT_CHUNK_BYTES / 512, sizeof(int));
@@ -566,15 +607,15 @@ static int run_chunks(struct convert_job *job)
                 ret = vimg_error(-ENOMEM, "out of memory");
             }
         }
-        if (!job->bufs) {
-            ret = vimg_error(-ENOMEM, "out of memory");
-        }
+    }
+    if (!job->bufs) {
+        ret = vimg_error(-ENOMEM, "out of memory");
     }
     const struct vimg_pool_job pj = {
         .nb_items = job->nb_chunks,
         .buf_bytes = CONVERT_CHUNK_BYTES,
-        .fn = job->is_raw ? copy_chunk_raw : read_chunk_image,
-        .ordered_fn = job->is_raw ? NULL : write_chunk_image,
+        .fn = job->is_raw ? read_chunk_raw : read_chunk_image,
+        .ordered_fn = job->is_raw ? write_chunk_raw : write_chunk_image,
         .opaque = job,
         .progress = opts->progress ? report_progress : NULL,
         .progress_opaque = job,

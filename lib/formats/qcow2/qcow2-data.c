@@ -240,6 +240,65 @@ static int write_in_cluster(struct vimg_image *img, const uint8_t *buf,
     return ret;
 }
 
+/* At most this many clusters in one allocating write */
+#define FRESH_RUN_MAX 64
+
+/*
+ * Write whole clusters from OFFSET (a cluster boundary) that have no host
+ * cluster yet (unallocated or zero, not compressed) with one allocation
+ * and one write, up to COUNT bytes and within one L2 table; plain L2
+ * entries in the image file only.  *DONE gets the bytes written: 0 when
+ * the first cluster does not qualify.  The caller holds the lock.
+ */
+static int write_fresh_clusters(struct vimg_image *img, const uint8_t *buf,
+                                size_t count, uint64_t offset, size_t *done)
+{
+    struct qcow2_state *s = img->priv;
+    const uint64_t cs = s->cluster_size;
+    const uint64_t l2_mask = (1ull << s->l2_bits) - 1;
+    struct cluster_write w[FRESH_RUN_MAX];
+    size_t k = 0;
+
+    *done = 0;
+    if (s->has_subclusters || s->has_data_file || (offset & (cs - 1))) {
+        return 0;
+    }
+    while (k < FRESH_RUN_MAX && (k + 1) * cs <= count) {
+        const uint64_t at = offset + k * cs;
+        if (k > 0 && ((at >> s->cluster_bits) & l2_mask) == 0) {
+            break; /* the next L2 table: its own run */
+        }
+        int ret = cw_lookup(img, at, (size_t)cs, &w[k]);
+        if (ret < 0) {
+            return ret;
+        }
+        if (w[k].has_host || w[k].is_compressed) {
+            break;
+        }
+        k++;
+    }
+    if (k == 0) {
+        return 0;
+    }
+    uint64_t host;
+    int ret = qcow2_alloc_clusters(img, k, &host);
+    if (ret == 0) {
+        ret = vimg_io_pwrite(s->data_io, buf, (size_t)(k * cs), host);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    s->is_unsynced = true;
+    for (size_t i = 0; i < k && ret == 0; i++) {
+        w[i].host = host + i * cs;
+        w[i].w_start = 0;
+        w[i].w_end = cs;
+        ret = cw_update_entry(img, &w[i]);
+    }
+    *done = (size_t)(k * cs);
+    return ret;
+}
+
 int qcow2_pwrite(struct vimg_image *img, const void *buf, size_t count,
                  uint64_t offset)
 {
@@ -254,7 +313,7 @@ int qcow2_pwrite(struct vimg_image *img, const void *buf, size_t count,
     }
     while (ret == 0 && count > 0) {
         const uint64_t room = s->cluster_size - (offset & (s->cluster_size - 1));
-        const size_t n = (size_t)VIMG_MIN((uint64_t)count, room);
+        size_t n = (size_t)VIMG_MIN((uint64_t)count, room);
         struct qcow2_mapping m;
         ret = s->nb_flush_waiters ? 1
                                   : qcow2_get_mapping_locked(img, offset, n, &m);
@@ -270,10 +329,15 @@ int qcow2_pwrite(struct vimg_image *img, const void *buf, size_t count,
                 pthread_cond_broadcast(&s->inflight_done);
             }
         } else if (ret >= 0) {
+            size_t done = 0;
             ret = qcow2_lazy_mark_dirty(img);
             if (ret == 0) {
+                ret = write_fresh_clusters(img, p, count, offset, &done);
+            }
+            if (ret == 0 && done == 0) {
                 ret = write_in_cluster(img, p, n, offset);
             }
+            n = VIMG_MAX(n, done);
         }
         p += n;
         offset += n;
