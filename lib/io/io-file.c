@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <linux/fs.h>
@@ -23,7 +24,24 @@ struct io_file {
     unsigned held_perm;
     unsigned held_unshared;
     bool has_no_ofd_locks; /* the file system refused them: never lock */
+    /*
+     * The last data region SEEK_HOLE found, [data_lo, data_hi) (empty if
+     * equal): SEEK_HOLE looks for the next hole wherever it is, past the
+     * range asked, so a dense file read chunk by chunk would be scanned
+     * to its end for every chunk.  Only data is remembered, as qemu's
+     * block-status cache does: data that became a hole meanwhile still
+     * reads right.  Our own hole punching and truncation forget it.
+     */
+    pthread_mutex_t data_lock;
+    uint64_t data_lo, data_hi;
 };
+
+static void forget_data_region(struct io_file *f)
+{
+    pthread_mutex_lock(&f->data_lock);
+    f->data_lo = f->data_hi = 0;
+    pthread_mutex_unlock(&f->data_lock);
+}
 
 static int file_pread(struct vimg_io *io, void *buf, size_t count,
                       uint64_t off)
@@ -129,6 +147,7 @@ static int file_truncate(struct vimg_io *io, uint64_t size)
         }
         return ret;
     }
+    forget_data_region(f);
     if (ftruncate(f->fd, (off_t)size) < 0) {
         int err = -errno;
         return vimg_error(err, "%s: cannot resize to %llu bytes: %s", f->path,
@@ -141,8 +160,15 @@ static int file_data_status(struct vimg_io *io, uint64_t off, uint64_t len,
                             uint64_t *len_out)
 {
     struct io_file *f = (struct io_file *)io;
-    off_t data = lseek(f->fd, (off_t)off, SEEK_DATA);
 
+    pthread_mutex_lock(&f->data_lock);
+    const uint64_t lo = f->data_lo, hi = f->data_hi;
+    pthread_mutex_unlock(&f->data_lock);
+    if (off >= lo && off < hi) {
+        *len_out = VIMG_MIN(len, hi - off);
+        return 1;
+    }
+    off_t data = lseek(f->fd, (off_t)off, SEEK_DATA);
     if (data < 0) {
         if (errno == ENXIO) {
             /* OFF is in a hole that runs to the end of the file */
@@ -161,6 +187,10 @@ static int file_data_status(struct vimg_io *io, uint64_t off, uint64_t len,
         *len_out = len;
         return 1;
     }
+    pthread_mutex_lock(&f->data_lock);
+    f->data_lo = off;
+    f->data_hi = (uint64_t)hole;
+    pthread_mutex_unlock(&f->data_lock);
     *len_out = VIMG_MIN(len, (uint64_t)hole - off);
     return 1;
 }
@@ -201,6 +231,7 @@ static int file_punch_hole(struct vimg_io *io, uint64_t off, uint64_t len)
 {
     struct io_file *f = (struct io_file *)io;
 
+    forget_data_region(f);
     if (fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                   (off_t)off, (off_t)len) == 0) {
         return 0;
@@ -270,6 +301,7 @@ static void file_close(struct vimg_io *io)
     struct io_file *f = (struct io_file *)io;
 
     close(f->fd);
+    pthread_mutex_destroy(&f->data_lock);
     free(f->path);
     free(f);
 }
@@ -486,6 +518,7 @@ int vimg_io_file_open(struct vimg_io **out, const char *path, bool writable,
     f->io.is_device = fstat(fd, &st) == 0 && S_ISBLK(st.st_mode);
     f->fd = fd;
     f->path = copy;
+    pthread_mutex_init(&f->data_lock, NULL);
     f->io.lock_shared = VIMG_PERM_ALL;
     if (create) {
         /* as qemu-img create: write and resize, nobody else resizing */
