@@ -22,6 +22,7 @@ int cmd_commit(int argc, char **argv);
 int cmd_rebase(int argc, char **argv);
 int cmd_check(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
+int cmd_mount(int argc, char **argv);
 static int cmd_help(int argc, char **argv);
 
 const struct cli_command cli_commands[] = {
@@ -71,9 +72,21 @@ const struct cli_command cli_commands[] = {
      "serve [-f FMT] [-r] [-s] [-t] [-k SOCKET | -p PORT [-b ADDR]] "
      "[-e SHARED] [-x NAME] [-l SNAPSHOT] [--pid-file=FILE] [--fork] FILE",
      "serve an image over NBD (qemu-nbd's flags; runs nbdkit)"},
+    {"mount", cmd_mount,
+     "mount [-f FMT] [-r] [--foreground] [--allow-other] IMAGE MOUNTPOINT",
+     "mount the guest disk as one regular file (FUSE)"},
     {"help", cmd_help, "help [COMMAND]", "show help"},
     {NULL, NULL, NULL, NULL},
 };
+
+#ifndef VIMG_HAVE_FUSE
+int cmd_mount(int argc, char **argv)
+{
+    cli_error("this vimg was built without FUSE (libfuse3-dev): "
+              "'mount' is not available");
+    return 1;
+}
+#endif
 
 static void print_version(void)
 {
