@@ -25,15 +25,6 @@ static bool has_prefix(const struct vimg_probe_data *d, size_t off,
     return d->head_len >= off + n && memcmp(d->head + off, magic, n) == 0;
 }
 
-/* QCOW version 1: "QFI\xfb", big-endian version 1 (2 and 3 are qcow2). */
-static int probe_qcow(const struct vimg_probe_data *d)
-{
-    return d->head_len >= 8 && load_be32(d->head) == 0x514649fbu &&
-                   load_be32(d->head + 4) == 1
-               ? SCORE_HEAD
-               : 0;
-}
-
 /* VHDX: the file type identifier "vhdxfile" at offset 0. */
 static int probe_vhdx(const struct vimg_probe_data *d)
 {
@@ -200,7 +191,7 @@ static int probe_cloop(const struct vimg_probe_data *d)
 }
 
 const struct vimg_foreign_format vimg_foreign_formats[] = {
-    {"qcow", probe_qcow},       {"vhdx", probe_vhdx},
+    {"vhdx", probe_vhdx},
     {"vmdk", probe_vmdk},       {"vdi", probe_vdi},
     {"vpc", probe_vpc},         {"qed", probe_qed},
     {"parallels", probe_parallels}, {"dmg", probe_dmg},

@@ -17,6 +17,7 @@
  */
 #define VIMG_FORMATS(X)                                                    \
     X(qcow2)                                                               \
+    X(qcow)                                                                \
     VIMG_TEST_FORMATS(X)                                                   \
     X(raw) /* last: accepts anything with the lowest score */
 

@@ -36,7 +36,7 @@ CREATED = {
     'luks': ['--object', 'secret,id=s0,data=secret', '-o',
              'key-secret=s0,iter-time=10'],
 }
-FOREIGN = ['qcow', 'vhdx', 'vmdk', 'vmdk-flat', 'vmdk-stream', 'vdi', 'vpc',
+FOREIGN = ['vhdx', 'vmdk', 'vmdk-flat', 'vmdk-stream', 'vdi', 'vpc',
            'qed', 'parallels', 'luks', 'bochs', 'cloop', 'dmg', 'vpc-fixed',
            'dmg-koly']
 
@@ -179,7 +179,7 @@ def test_foreign_refused_unchanged(tmp_path, kind):
     assert digest(path) == before
 
 
-@pytest.mark.parametrize('kind', ['qcow2', 'raw'])
+@pytest.mark.parametrize('kind', ['qcow', 'qcow2', 'raw'])
 def test_supported_open(tmp_path, kind):
     path, fmt = make(tmp_path, kind)
     assert qemu_format(path) == fmt
