@@ -9,12 +9,14 @@ DEPS = meson ninja-build pkg-config gcc clang zlib1g-dev libzstd-dev \
        libssl-dev libdeflate-dev libisal-dev libjson-c-dev libcmocka-dev \
        python3 python3-pytest python3-pytest-xdist python3-libqcow qemu-utils libqcow-utils libnbd-bin \
        nbdkit nbdkit-plugin-dev python3-libnbd libfuse3-dev fuse3
+DEPS += libvhdi-utils
 
 all: $(BUILD)/build.ninja
 	meson compile -C $(BUILD)
 
 deps:
 	@./scripts/install-deps.sh $(DEPS)
+	@./tests/data/vhdx/fetch-samples.sh
 
 $(BUILD)/build.ninja: | deps
 	meson setup $(BUILD) -Dtests=enabled -Dwerror=true

@@ -18,6 +18,7 @@
 #define VIMG_FORMATS(X)                                                    \
     X(qcow2)                                                               \
     X(qcow)                                                                \
+    X(vhdx)                                                                \
     VIMG_TEST_FORMATS(X)                                                   \
     X(raw) /* last: accepts anything with the lowest score */
 

@@ -36,7 +36,7 @@ CREATED = {
     'luks': ['--object', 'secret,id=s0,data=secret', '-o',
              'key-secret=s0,iter-time=10'],
 }
-FOREIGN = ['vhdx', 'vmdk', 'vmdk-flat', 'vmdk-stream', 'vdi', 'vpc',
+FOREIGN = ['vmdk', 'vmdk-flat', 'vmdk-stream', 'vdi', 'vpc',
            'qed', 'parallels', 'luks', 'bochs', 'cloop', 'dmg', 'vpc-fixed',
            'dmg-koly']
 
@@ -192,21 +192,21 @@ def test_supported_open(tmp_path, kind):
 def test_foreign_backing_file_named(tmp_path):
     """A backing file in a foreign format with no stored format is refused
     by name, not read as raw under the overlay."""
-    base, _ = make(tmp_path, 'vhdx')
+    base, _ = make(tmp_path, 'vdi')
     top = tmp_path / 'top.qcow2'
     qemu('qemu-img', 'create', '-q', '-f', 'qcow2', '-b', base.name,
-         '-F', 'vhdx', top)
+         '-F', 'vdi', top)
     top2 = tmp_path / 'top2.qcow2'
     qemu('cp', top, top2)
     strip_backing_format(top)
     p = run([VIMG, 'convert', '-O', 'raw', top, tmp_path / 'o.raw'])
     assert p.returncode == 1
-    assert 'vhdx format' in p.stderr, p.stderr
+    assert 'vdi format' in p.stderr, p.stderr
     assert not (tmp_path / 'o.raw').exists()
     # with the format stored, the refusal names it too
     p = run([VIMG, 'map', top2])
     assert p.returncode == 1
-    assert 'vimg does not support the vhdx format' in p.stderr, p.stderr
+    assert 'vimg does not support the vdi format' in p.stderr, p.stderr
 
 
 def test_explicit_raw_reads_foreign(tmp_path):

@@ -235,11 +235,11 @@ static void test_open_refuses_by_name(void **state)
 {
     (void)state;
     static uint8_t file[4096];
-    memcpy(file, "vhdxfile", 8);
+    memcpy(file, "QED", 4);
     vimg_image *img = NULL;
     vimg_error_clear();
     assert_error(vimg_open_memory(&img, file, sizeof(file), NULL, "x.img"),
-                 -ENOTSUP, "vhdx format");
+                 -ENOTSUP, "qed format");
     assert_null(img);
     assert_int_equal(vimg_open_memory(&img, file, sizeof(file), "raw",
                                       "x.img"),
