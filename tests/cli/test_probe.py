@@ -179,7 +179,7 @@ def test_foreign_refused_unchanged(tmp_path, kind):
     assert digest(path) == before
 
 
-@pytest.mark.parametrize('kind', ['qcow', 'qcow2', 'raw'])
+@pytest.mark.parametrize('kind', ['qcow', 'qcow2', 'vhdx', 'raw'])
 def test_supported_open(tmp_path, kind):
     path, fmt = make(tmp_path, kind)
     assert qemu_format(path) == fmt
