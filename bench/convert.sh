@@ -4,7 +4,7 @@
 # compressed outputs.
 #
 # See bench/README.md.  Environment: as read.sh (bench/lib.sh), and
-#   BENCH_CASES     default "raw-qcow2 qcow2-qcow2 raw-raw"; also raw-zlib,
+#   BENCH_CASES     default "raw-qcow2 qcow2-qcow2"; also raw-raw, raw-zlib,
 #                   raw-zstd (convert -c)
 #   BENCH_STATES    page-cache states (default "new replace uncached"; all
 #                   but new only for raw-qcow2 and raw-raw of BENCH_STATE_SETS)
@@ -18,7 +18,7 @@ script=convert.sh
 # shellcheck source=bench/lib.sh
 . "$bench_here/lib.sh"
 bench_setup
-BENCH_CASES=${BENCH_CASES:-raw-qcow2 qcow2-qcow2 raw-raw}
+BENCH_CASES=${BENCH_CASES:-raw-qcow2 qcow2-qcow2}
 BENCH_STATE_SETS=${BENCH_STATE_SETS:-bin}
 for c in $BENCH_CASES; do
     case $c in raw-qcow2|qcow2-qcow2|raw-raw|raw-zlib|raw-zstd) ;; *) die "unknown case '$c'" ;; esac
