@@ -435,3 +435,45 @@ def test_serve_errors(tmp_path):
     assert p.returncode == 1 and '--socket' in p.stderr
     p = vimg('serve', '-e', 'many', img)
     assert p.returncode == 1 and 'Invalid shared device number' in p.stderr
+
+
+def test_full_disk(tmp_path):
+    """A server whose image file cannot grow (RLIMIT_FSIZE: the disk is
+    full for it) fails the writes that need new clusters with an error the
+    client sees, keeps serving, and leaves an image qemu-img finds clean
+    with every write that succeeded in it."""
+    import resource
+    img = tmp_path / 'full.qcow2'
+    qemu('qemu-img', 'create', '-q', '-f', 'qcow2', img, '64M')
+    limit = os.path.getsize(img) + 2 * MiB
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    sock = str(tmp_path / 'f.sock')
+    proc = subprocess.Popen([VIMG, 'serve', '-t', '-k', sock, '--pid-file',
+                             sock + '.pid', '-f', 'qcow2', img],
+                            stderr=subprocess.PIPE, env=server_env(),
+                            preexec_fn=small_disk)
+    wait_for_socket(proc, sock, 'vimg serve')
+    h = nbd.NBD()
+    h.connect_uri(uri(sock))
+    written, failed = [], 0
+    for i in range(8):
+        try:
+            h.pwrite(bytes([i + 1]) * MiB, i * 4 * MiB)
+            written.append(i)
+        except nbd.Error:
+            failed += 1
+    assert written and failed, (written, failed)
+    h.flush()
+    assert h.pread(4096, 0) == b'\x01' * 4096   # still serving
+    h.shutdown()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    p = run(['qemu-img', 'check', img])
+    assert p.returncode in (0, 3), p.stdout + p.stderr   # leaks at most
+    for i in written:
+        p = run(['qemu-io', '-f', 'qcow2', '-c',
+                 f'read -P {i + 1} {i * 4 * MiB} 1M', img], check=True)
+        assert 'Pattern verification failed' not in p.stdout
