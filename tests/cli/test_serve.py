@@ -113,6 +113,12 @@ def make_images(d):
         qemu('qemu-img', 'convert', '-q', '-O', 'qcow2', '-o',
              f'compat={compat}', data, p)
         imgs[f'qcow2-{compat}'] = (p, 'qcow2')
+    for fmt, opts in (('vhdx', 'subformat=dynamic'), ('vhdx', 'subformat=fixed'),
+                      ('qcow', None)):
+        p = d / f'{fmt}-{opts or "v1"}.{fmt}'.replace('subformat=', '')
+        qemu('qemu-img', 'convert', '-q', '-O', fmt,
+             *(['-o', opts] if opts else []), data, p)
+        imgs[p.name] = (p, fmt)
     z = d / 'zlib.qcow2'
     qemu('qemu-img', 'convert', '-q', '-c', '-O', 'qcow2', data, z)
     imgs['compressed'] = (z, 'qcow2')
@@ -131,7 +137,8 @@ def images(tmp_path_factory):
 
 
 @pytest.mark.parametrize('name', ['raw', 'qcow2-0.10', 'qcow2-1.1',
-                                  'compressed', 'chain'])
+                                  'compressed', 'chain', 'vhdx-dynamic.vhdx',
+                                  'vhdx-fixed.vhdx', 'qcow-v1.qcow'])
 def test_nbdcopy_matches_qemu_img(tmp_path, images, name):
     path, fmt = images[name]
     ref = tmp_path / 'ref.raw'
