@@ -33,6 +33,9 @@ int vimg_reopen_rw(vimg_image *img);
 /* Make every cluster of IMG unallocated (driver make_empty); -ENOTSUP for
  * formats without it. */
 int vimg_make_empty(vimg_image *img);
+/* The level vimg_compress_cluster() uses on IMG (a format's
+ * "compression_level" create option, checked there; 0: the default). */
+void vimg_set_compression_level(vimg_image *img, int level);
 /* Directory part of PATH joined with NAME (absolute NAME is kept). */
 char *vimg_path_join_dir(const char *path, const char *name);
 

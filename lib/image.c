@@ -70,6 +70,11 @@ static const struct vimg_format vimg_format_dead = {
     .block_status = dead_block_status,
 };
 
+void vimg_set_compression_level(vimg_image *img, int level)
+{
+    img->compression_level = level;
+}
+
 char *vimg_path_join_dir(const char *path, const char *name)
 {
     if (name[0] == '/') {

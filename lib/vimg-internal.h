@@ -34,6 +34,7 @@ struct vimg_image {
     bool is_writable;
     bool is_probed;          /* format guessed: see vimg_is_format_probed */
     uint64_t size;           /* virtual size, set by the driver's open */
+    int compression_level;   /* vimg_set_compression_level(); 0: default */
 
     /* Backing chain: the driver fills backing_name/backing_fmt on open,
      * the image layer opens the backing image. */

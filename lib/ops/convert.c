@@ -682,10 +682,16 @@ static int open_target(struct convert_job *job, const char *out_path)
         return ret;
     }
     job->has_target_backing = vimg_opts_get(target, "backing_file") != NULL;
+    /* checked by the format as the list was made */
+    const char *level = vimg_opts_get(target, "compression_level");
+    const int compression_level = level ? atoi(level) : 0;
     if (opts->is_existing_target) {
         vimg_opts_free(target);
         ret = vimg_open(&job->out_img, out_path, format,
                         VIMG_OPEN_RDWR | unsafe);
+        if (ret == 0) {
+            vimg_set_compression_level(job->out_img, compression_level);
+        }
         return ret == 0 ? check_target_size(job) : ret;
     }
     char size[32];
@@ -704,6 +710,9 @@ static int open_target(struct convert_job *job, const char *out_path)
         struct stat st;
         if (ret < 0 && stat(out_path, &st) == 0 && S_ISREG(st.st_mode)) {
             unlink(out_path); /* ours, and useless; never a device */
+        }
+        if (ret == 0) {
+            vimg_set_compression_level(job->out_img, compression_level);
         }
     }
     /* a device keeps its old bytes: "created" or not, a raw one gets its

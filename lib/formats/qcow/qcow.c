@@ -605,7 +605,7 @@ static int qcow_compress_cluster(struct vimg_image *img, const void *data,
     }
     memcpy(cluster, data, len);
     int ret = vimg_deflate_raw(cluster, s->cluster_size, out,
-                               VIMG_MIN(out_cap, s->cluster_size - 1u));
+                               VIMG_MIN(out_cap, s->cluster_size - 1u), 0);
     free(cluster);
     return ret;
 }

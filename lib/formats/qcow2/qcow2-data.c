@@ -528,9 +528,16 @@ int qcow2_compress_cluster(struct vimg_image *img, const void *data,
     }
     /* worth it only if it saves at least a byte of the cluster */
     const size_t cap = VIMG_MIN(out_cap, cs - 1);
-    int ret = s->h.compression_type == QCOW2_COMPRESSION_ZSTD
-                  ? vimg_zstd_compress(in, cs, out, cap)
-                  : vimg_deflate_raw(in, cs, out, cap);
+    const bool is_zstd = s->h.compression_type == QCOW2_COMPRESSION_ZSTD;
+    const int level = img->compression_level;
+    if (level < 0 ||
+        level > (is_zstd ? VIMG_ZSTD_LEVEL_MAX : VIMG_DEFLATE_LEVEL_MAX)) {
+        free(padded);
+        return vimg_error(-EINVAL, "%s: compression level %d is out of range",
+                          img->filename, level);
+    }
+    int ret = is_zstd ? vimg_zstd_compress(in, cs, out, cap, level)
+                      : vimg_deflate_raw(in, cs, out, cap, level);
     free(padded);
     return ret;
 }

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec/codec.h"
 #include "formats/qcow2/qcow2.h"
 
 /* In the order `vimg create -f qcow2 -o help` lists them */
@@ -26,6 +27,11 @@ const struct vimg_option qcow2_options[] = {
     {"compat", VIMG_OPTION_STRING, "1.1", "0.10 (v2) or 1.1 (v3)",
      VIMG_OPTION_AMENDABLE},
     {"compression_type", VIMG_OPTION_STRING, "zlib", "zlib or zstd", 0},
+    {"compression_level", VIMG_OPTION_NUMBER, NULL,
+     "vimg only: effort of convert -c, zlib 1\n"
+     "(fastest) to 9, zstd 1 to 19; default:\n"
+     "output no larger than qemu-img's",
+     0},
     {"data_file", VIMG_OPTION_STRING, NULL,
      "File name of an external data file", VIMG_OPTION_AMENDABLE},
     {"data_file_raw", VIMG_OPTION_BOOL, "off",
@@ -122,6 +128,20 @@ int qcow2_params_from_opts(const struct vimg_opts *o,
     p->data_file_raw = vimg_opts_bool(o, "data_file_raw", false);
     p->data_file_keep = vimg_opts_bool(o, "data_file_keep", false);
     p->compression_type = vimg_opts_get(o, "compression_type");
+    const char *level = vimg_opts_get(o, "compression_level");
+    if (level) {
+        const bool is_zstd =
+            p->compression_type && !strcmp(p->compression_type, "zstd");
+        const uint64_t max =
+            is_zstd ? VIMG_ZSTD_LEVEL_MAX : VIMG_DEFLATE_LEVEL_MAX;
+        const uint64_t v = vimg_opts_number(o, "compression_level", 0);
+        if (v < 1 || v > max) {
+            return vimg_error(-EINVAL,
+                              "compression_level must be 1 to %u for "
+                              "compression_type %s, not '%s'",
+                              (unsigned)max, is_zstd ? "zstd" : "zlib", level);
+        }
+    }
     p->preallocation = vimg_opts_get(o, "preallocation");
     p->backing_file = vimg_opts_get(o, "backing_file");
     p->backing_format = vimg_opts_get(o, "backing_fmt");
