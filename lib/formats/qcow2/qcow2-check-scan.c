@@ -62,8 +62,8 @@ static inline bool count_inc(struct check_state *ck, uint64_t k)
  * of the file (it may be partly written); anything further is a corruption
  * the caller describes: returns false then (counted here).
  */
-static bool count_range(struct check_state *ck, struct check_part *p,
-                        uint64_t offset, uint64_t size)
+static bool count_range_as(struct check_state *ck, struct check_part *p,
+                           uint64_t offset, uint64_t size, bool is_copied)
 {
     uint64_t end;
 
@@ -80,6 +80,10 @@ static bool count_range(struct check_state *ck, struct check_part *p,
     if (last + 1 > p->used_end) {
         p->used_end = last + 1;
     }
+    if (ck->is_fast) {
+        qcow2_check_run_add(ck, p, first, last + 1, is_copied);
+        return true;
+    }
     for (uint64_t k = first; k <= last; k++) {
         assert(k < ck->nb_counts);
         if (!count_inc(ck, k)) {
@@ -94,6 +98,31 @@ static bool count_range(struct check_state *ck, struct check_part *p,
         }
     }
     return true;
+}
+
+static bool count_range(struct check_state *ck, struct check_part *p,
+                        uint64_t offset, uint64_t size)
+{
+    return count_range_as(ck, p, offset, size, false);
+}
+
+/*
+ * The fast check counts a cluster an active table entry references
+ * (ENTRY: an L1 or L2 entry; not compressed) and notes that its refcount
+ * must be 1, which the COPIED flag says (else it gives up: the exact
+ * check says what is wrong).  The exact check counts it only.
+ */
+static bool count_entry_cluster(struct check_state *ck, struct check_part *p,
+                                const struct check_table *t, uint64_t entry,
+                                uint64_t offset)
+{
+    const bool is_copied = entry & QCOW2_OFLAG_COPIED;
+
+    if (ck->is_fast && t->is_active && !is_copied) {
+        qcow2_check_fast_fail(ck);
+    }
+    return count_range_as(ck, p, offset, ck->cluster_size,
+                          ck->is_fast && t->is_active);
 }
 
 /* ------------------------------------------------------ L1 and L2 scan */
@@ -287,8 +316,12 @@ static void check_allocated_entry(struct check_state *ck,
         }
         at->next_contiguous = offset + ck->cluster_size;
     }
-    if (!ck->s->has_data_file &&
-        !count_range(ck, p, offset, ck->cluster_size)) {
+    if (ck->s->has_data_file) {
+        if (ck->is_fast && at->table->is_active &&
+            !(entry & QCOW2_OFLAG_COPIED)) {
+            qcow2_check_fast_fail(ck); /* refcount 1 wants COPIED */
+        }
+    } else if (!count_entry_cluster(ck, p, at->table, entry, offset)) {
         say_entry(ck, p, at, "ERROR",
                   "points at data at 0x%llx, past the end of the file",
                   (unsigned long long)offset);
@@ -330,6 +363,36 @@ static void check_l2_entry(struct check_state *ck, struct check_part *p,
     }
 }
 
+/*
+ * The fast check's loop over the common entries of an active table: data
+ * clusters with the COPIED flag, each right after the one before (what a
+ * preallocated image is made of).  Counts entries [J, ...) of the N in
+ * BUF while they are such, in one run; returns the index of the first
+ * entry that is not (the caller checks it entry by entry).
+ */
+static uint64_t count_contiguous(struct check_state *ck, struct check_part *p,
+                                 struct l2_scan *at, const uint8_t *buf,
+                                 uint64_t j, uint64_t n)
+{
+    const uint64_t start = at->next_contiguous;
+    uint64_t next = start;
+    uint64_t k = j;
+
+    while (k < n && load_be64(buf + k * 8) == (QCOW2_OFLAG_COPIED | next)) {
+        next += ck->cluster_size;
+        k++;
+    }
+    /* past the end of the file: entry by entry, to say so */
+    if (k == j || (next > ck->file_size &&
+                   next - ck->file_size >= ck->cluster_size)) {
+        return j;
+    }
+    count_range_as(ck, p, start, next - start, true);
+    p->result.allocated_clusters += k - j;
+    at->next_contiguous = next;
+    return k;
+}
+
 /* Check the L2 table at L2_OFF, entry L1_INDEX of table T. */
 static int check_l2(struct check_state *ck, struct check_part *p,
                     const struct check_table *t, uint64_t l1_index,
@@ -357,7 +420,15 @@ static int check_l2(struct check_state *ck, struct check_part *p,
         .l1_index = l1_index,
         .l2_offset = l2_off,
     };
+    const bool is_fast = ck->is_fast && t->is_active && entry_bytes == 8 &&
+                         !s->has_data_file;
     for (uint64_t j = 0; j < n; j++) {
+        if (is_fast && at.next_contiguous) {
+            j = count_contiguous(ck, p, &at, buf, j, n);
+            if (j == n) {
+                break;
+            }
+        }
         const uint8_t *e = buf + j * entry_bytes;
         const uint64_t entry = load_be64(e);
         const uint64_t bitmap = s->has_subclusters ? load_be64(e + 8) : 0;
@@ -411,7 +482,10 @@ static int check_l1_range(struct check_state *ck, struct check_part *p,
             say_l1_entry(ck, p, t, i, "has reserved bits set: 0x%016llx",
                          (unsigned long long)entry);
         }
-        if (!count_range(ck, p, l2_off, ck->cluster_size)) {
+        if (ck->is_fast && qcow2_check_fast_has_failed(ck)) {
+            return 0; /* the exact check does it all again */
+        }
+        if (!count_entry_cluster(ck, p, t, entry, l2_off)) {
             say_l1_entry(ck, p, t, i,
                          "points at an L2 table at 0x%llx, past the end of "
                          "the file",
@@ -694,6 +768,9 @@ static void check_refblocks(struct check_state *ck, struct check_part *p)
             continue;
         }
         count_range(ck, p, off, ck->cluster_size);
+        if (ck->is_fast) {
+            continue; /* its count is looked at once all are counted */
+        }
         const uint64_t n = count_get(ck, c);
         if (n != 1) {
             p->result.corruptions++;
@@ -847,7 +924,9 @@ static void count_fixed_metadata(struct check_state *ck, struct check_part *p)
 /* Count every reference into ck->counts (qemu's calculate_refcounts). */
 int qcow2_check_count_references(struct check_state *ck, struct check_part *p)
 {
-    memset(ck->counts, 0, (size_t)ck->nb_counts * sizeof(uint16_t));
+    if (ck->counts) {
+        memset(ck->counts, 0, (size_t)ck->nb_counts * sizeof(uint16_t));
+    }
     ck->nb_overflow = 0;
     p->used_end = 0;
     ck->is_rebuild_needed = false;

@@ -11,9 +11,15 @@
  * codes agree.  Repairs (qcow2-check-repair.c) are made in a crash-safe
  * order.
  *
- * Memory: two bytes per cluster of the image file (counters that would
- * pass 0xffff on wide-refcount images go to a small side table), plus one
- * cluster-sized buffer per worker thread.
+ * A check that may not repair, of an image without snapshots, first tries
+ * the fast check (qcow2-check-fast.c): references counted as runs of
+ * clusters, which proves a clean image clean in memory that does not grow
+ * with the image; on anything else it says nothing and the exact check
+ * below runs.
+ *
+ * Memory of the exact check: two bytes per cluster of the image file
+ * (counters that would pass 0xffff on wide-refcount images go to a small
+ * side table), plus one cluster-sized buffer per worker thread.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -32,6 +38,11 @@ void qcow2_check_say(struct check_state *ck, struct check_part *p,
     char line[512];
     va_list ap;
 
+    if (ck->is_fast) {
+        /* the fast check only proves an image clean */
+        qcow2_check_fast_fail(ck);
+        return;
+    }
     va_start(ap, fmt);
     vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
@@ -84,6 +95,7 @@ void qcow2_check_merge_part(struct check_state *ck, struct check_part *p,
     }
     free(w->messages.buf);
     w->messages.buf = NULL;
+    qcow2_check_runs_merge(ck, p, w);
     add_result(&p->result, &w->result);
     p->used_end = VIMG_MAX(p->used_end, w->used_end);
     if (w->err < 0 && p->err == 0) {
@@ -461,13 +473,82 @@ static int repair_refcounts(struct check_state *ck, struct check_part *p,
     return 0;
 }
 
+/* The size of the file, in bytes and clusters. */
+static int read_file_size(struct check_state *ck, struct check_part *p)
+{
+    struct qcow2_state *s = ck->s;
+    int ret = vimg_io_get_size(ck->img->io, &s->file_size);
+
+    if (ret < 0) {
+        p->result.check_errors++;
+        return ret;
+    }
+    ck->file_size = s->file_size;
+    ck->nb_clusters = VIMG_DIV_ROUND_UP(ck->file_size, ck->cluster_size);
+    return 0;
+}
+
+/* One counter per cluster of the file (and two more: a reference may
+ * reach one cluster past the end, and the rebuild grows it anyway). */
+static int alloc_counts(struct check_state *ck, struct check_part *p)
+{
+    ck->nb_counts = ck->nb_clusters + 2;
+    ck->counts = calloc((size_t)ck->nb_counts, sizeof(uint16_t));
+    if (!ck->counts) {
+        p->result.check_errors++;
+        return vimg_error(-ENOMEM, "%s: out of memory for %llu refcounts",
+                          ck->img->filename,
+                          (unsigned long long)ck->nb_clusters);
+    }
+    return 0;
+}
+
+/*
+ * The fast check (qcow2-check-fast.c) of an image without snapshots, when
+ * nothing may be repaired: true when it proved the image clean (and P
+ * holds what a clean check reports), false when the exact check must run;
+ * nothing is said either way.
+ */
+static bool check_fast(struct check_state *ck, struct check_part *p)
+{
+    struct check_part fp;
+
+    if (ck->repair_flags || ck->s->nb_snapshots) {
+        return false;
+    }
+    memset(&fp, 0, sizeof(fp));
+    ck->is_fast = true;
+    ck->is_fast_failed = false;
+    ck->nb_runs = 0;
+    /* a few long runs make a preallocated or sequentially written image;
+     * more than that, and the counters of the exact check are cheaper */
+    ck->max_runs = VIMG_MAX(ck->nb_clusters / 256, (uint64_t)4096);
+    const bool is_clean = read_reftable(ck, &fp) == 0 &&
+                          !ck->has_broken_block && qcow2_check_fast(ck, &fp);
+    ck->is_fast = false;
+    free(fp.runs.v);
+    free(fp.messages.buf);
+    if (is_clean) {
+        add_result(&p->result, &fp.result);
+        p->used_end = VIMG_MAX(p->used_end, fp.used_end);
+    }
+    return is_clean;
+}
+
 /* Count, compare (and repair) the refcounts, then the COPIED flags. */
 static int check_refcounts(struct check_state *ck, struct check_part *p)
 {
     /* errors reading the old refcount structure end with a rebuild */
     const uint64_t base_errors = p->result.check_errors;
-    int ret = read_reftable(ck, p);
 
+    if (check_fast(ck, p)) {
+        return 0;
+    }
+    int ret = alloc_counts(ck, p);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = read_reftable(ck, p);
     if (ret < 0) {
         return ret;
     }
@@ -525,30 +606,6 @@ static void free_state(struct check_state *ck)
     pthread_mutex_destroy(&ck->overflow_lock);
 }
 
-/* One counter per cluster of the file (and two more: a reference may
- * reach one cluster past the end, and the rebuild grows it anyway). */
-static int alloc_counts(struct check_state *ck, struct check_part *p)
-{
-    struct qcow2_state *s = ck->s;
-    int ret = vimg_io_get_size(ck->img->io, &s->file_size);
-
-    if (ret < 0) {
-        p->result.check_errors++;
-        return ret;
-    }
-    ck->file_size = s->file_size;
-    ck->nb_clusters = VIMG_DIV_ROUND_UP(ck->file_size, ck->cluster_size);
-    ck->nb_counts = ck->nb_clusters + 2;
-    ck->counts = calloc((size_t)ck->nb_counts, sizeof(uint16_t));
-    if (!ck->counts) {
-        p->result.check_errors++;
-        return vimg_error(-ENOMEM, "%s: out of memory for %llu refcounts",
-                          ck->img->filename,
-                          (unsigned long long)ck->nb_clusters);
-    }
-    return 0;
-}
-
 /* Say what the header bits tell before anything is counted. */
 static void say_header_notes(struct check_state *ck, struct check_part *p)
 {
@@ -596,7 +653,7 @@ static int check_locked(struct check_state *ck, struct check_part *p)
 {
     struct qcow2_state *s = ck->s;
     const unsigned flags = ck->repair_flags;
-    int ret = alloc_counts(ck, p);
+    int ret = read_file_size(ck, p);
 
     if (ret < 0) {
         return ret;

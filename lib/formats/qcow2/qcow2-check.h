@@ -10,6 +10,8 @@
  *                            structure, crypto header, bitmaps
  *   qcow2-check-refcounts.c  the counters, and counted against stored
  *                            refcounts
+ *   qcow2-check-fast.c       the fast check of a clean image: references
+ *                            as runs of clusters, no counter per cluster
  *   qcow2-check-repair.c     fixes: refcounts, COPIED flags, rebuilding the
  *                            refcount structure, the snapshot table
  */
@@ -47,6 +49,20 @@ enum check_entry_type {
     ENTRY_COMPRESSED,
 };
 
+/* Clusters [FIRST, END) referenced once more each.  IS_COPIED: referenced
+ * by an active table entry with the COPIED flag set, so the clusters must
+ * end up with a refcount of exactly 1. */
+struct check_run {
+    uint64_t first, end;
+    bool is_copied;
+};
+
+/* The runs one worker (or the main thread) counted, in the order seen. */
+struct check_runs {
+    struct check_run *v;
+    size_t len, cap;
+};
+
 /* Messages of one worker, in order, '\0'-separated. */
 struct check_messages {
     char *buf;
@@ -61,6 +77,7 @@ struct check_part {
     int err;
     char err_msg[256]; /* a worker's error message (thread local there) */
     uint64_t used_end; /* highest cluster this part referenced, + 1 */
+    struct check_runs runs; /* the fast check's references */
 };
 
 /* A counter past COUNT_SATURATED: the rest of it. */
@@ -111,6 +128,14 @@ struct check_state {
 
     unsigned nb_threads;
     struct vimg_pool *pool; /* for tables split over threads, made once */
+
+    /* The fast check (qcow2-check-fast.c): references are counted as runs
+     * (ck->counts stays NULL); any message, error or doubt sets
+     * is_fast_failed (atomically), and the exact check runs instead. */
+    bool is_fast;
+    bool is_fast_failed;
+    uint64_t nb_runs;       /* runs in every part (atomic) */
+    uint64_t max_runs;      /* more than this: not worth it, fail */
 
     /* clusters whose refcount is too low, whose users get named */
     struct check_suspect *suspects;
@@ -234,6 +259,32 @@ int qcow2_check_stored_refcount(struct check_state *ck, uint64_t c,
  */
 int qcow2_check_compare_refcounts(struct check_state *ck, struct check_part *p,
                                   unsigned fix, bool is_final);
+
+/* qcow2-check-fast.c */
+/* Give up the fast check (any thread): the exact check runs instead. */
+static inline void qcow2_check_fast_fail(struct check_state *ck)
+{
+    __atomic_store_n(&ck->is_fast_failed, true, __ATOMIC_RELAXED);
+}
+
+static inline bool qcow2_check_fast_has_failed(const struct check_state *ck)
+{
+    return __atomic_load_n(&ck->is_fast_failed, __ATOMIC_RELAXED);
+}
+
+/* Count clusters [FIRST, END) once more into P's runs (fast check). */
+void qcow2_check_run_add(struct check_state *ck, struct check_part *p,
+                         uint64_t first, uint64_t end, bool is_copied);
+/* Move W's runs to the end of P's. */
+void qcow2_check_runs_merge(struct check_state *ck, struct check_part *p,
+                            struct check_part *w);
+/*
+ * The whole refcount check of an image without snapshots, when nothing
+ * may be repaired, without a counter per cluster: true when the image is
+ * proven clean (and P holds the counts a clean check reports; nothing is
+ * said), false when the exact check must run (nothing was said either).
+ */
+bool qcow2_check_fast(struct check_state *ck, struct check_part *p);
 
 /* qcow2-check-repair.c */
 /* Make the entry at [L2_OFF + J * entry size] read as zeroes
