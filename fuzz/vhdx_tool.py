@@ -185,6 +185,60 @@ def add_log(img, start, entries):
         set_log_guid(f, guid)
 
 
+def _metadata(f):
+    """(block size, logical sector size, has parent) of the image."""
+    off = regions(f)["meta"][0]
+    f.seek(off)
+    t = f.read(64 << 10)
+    want = {"caa16737-fa36-4d43-b3b6-33f0aa44e76b": "params",
+            "8141bf1d-a96f-4709-ba47-f233a8faab5f": "sector"}
+    got = {}
+    for i in range(struct.unpack_from("<H", t, 10)[0]):
+        e = t[32 + 32 * i:64 + 32 * i]
+        name = want.get(str(uuid.UUID(bytes_le=e[:16])))
+        if name:
+            f.seek(off + struct.unpack_from("<I", e, 16)[0])
+            got[name] = f.read(8)
+    bs, flags = struct.unpack("<II", got["params"])
+    return bs, struct.unpack("<I", got["sector"][:4])[0], bool(flags & 2)
+
+
+def store_block(img, block, data, sectors=None):
+    """Store DATA (the whole block) as payload block BLOCK of IMG at the
+    end of the file: fully present, or with SECTORS (a list of logical
+    sector numbers within the block) partially present through the
+    chunk's sector bitmap (allocated when missing)."""
+    with open(img, "r+b") as f:
+        bs, lss, _ = _metadata(f)
+        ratio = (1 << 23) * lss // bs
+        bat = regions(f)["bat"][0]
+        end = (os.fstat(f.fileno()).st_size + MiB - 1) // MiB * MiB
+        f.seek(end)
+        f.write(data)
+        state = 6
+        if sectors is not None:
+            state = 7
+            sb_index = (block // ratio) * (ratio + 1) + ratio
+            f.seek(bat + 8 * sb_index)
+            sb = struct.unpack("<Q", f.read(8))[0]
+            if sb & 7 != 6:
+                sb = ((end + len(data) + MiB - 1) // MiB * MiB)
+                f.seek(sb + MiB - 1)
+                f.write(b"\0")
+                f.seek(bat + 8 * sb_index)
+                f.write(struct.pack("<Q", sb | 6))
+            sb &= ~0xFFFFF
+            first = (block % ratio) * (bs // lss)
+            for s in sectors:
+                bit = first + s
+                f.seek(sb + bit // 8)
+                byte = f.read(1)[0]
+                f.seek(sb + bit // 8)
+                f.write(bytes([byte | 1 << (bit % 8)]))
+        f.seek(bat + 8 * (block + block // ratio))
+        f.write(struct.pack("<Q", end | state))
+
+
 PATTERN = bytes(range(256)) * 16
 # name -> (ring start, entries)
 LOGS = {

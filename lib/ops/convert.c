@@ -744,7 +744,7 @@ int vimg_convert(vimg_image *const *srcs, size_t nb_srcs,
                         strcmp(opts->out_format, "raw") == 0;
     const unsigned caps =
         vimg_format_capabilities(is_raw ? "raw" : opts->out_format);
-    if (!(caps & VIMG_CAN_CREATE)) {
+    if (!(caps & VIMG_CAN_CREATE) || !(caps & VIMG_CAN_WRITE)) {
         return vimg_error(-ENOTSUP, "converting to %s is not supported yet",
                           opts->out_format);
     }

@@ -64,6 +64,21 @@ void vhdx_guid_format(const uint8_t g[16], char out[37])
              g[13], g[14], g[15]);
 }
 
+void vhdx_guid_parse(const char *text, uint8_t out[16])
+{
+    unsigned v[11];
+    sscanf(text, "%8x-%4x-%4x-%2x%2x-%2x%2x%2x%2x%2x%2x", &v[0], &v[1],
+           &v[2], &v[3], &v[4], &v[5], &v[6], &v[7], &v[8], &v[9], &v[10]);
+    store_le32(out, v[0]);
+    out[4] = (uint8_t)v[1];
+    out[5] = (uint8_t)(v[1] >> 8);
+    out[6] = (uint8_t)v[2];
+    out[7] = (uint8_t)(v[2] >> 8);
+    for (int i = 0; i < 8; i++) {
+        out[8 + i] = (uint8_t)v[3 + i];
+    }
+}
+
 /* Is the on-disk GUID G the one TEXT spells? */
 static bool guid_is(const uint8_t g[16], const char *text)
 {
@@ -72,15 +87,6 @@ static bool guid_is(const uint8_t g[16], const char *text)
     return strcmp(s, text) == 0;
 }
 
-#define GUID_BAT "2dc27766-f623-4200-9d64-115e9bfd4a08"
-#define GUID_METADATA "8b7ca206-4790-4b9a-b8fe-575f050f886e"
-#define GUID_FILE_PARAMETERS "caa16737-fa36-4d43-b3b6-33f0aa44e76b"
-#define GUID_VIRTUAL_DISK_SIZE "2fa54224-cd1b-4876-b211-5dbed83bf4b8"
-#define GUID_PAGE83 "beca12ab-b2e6-4523-93ef-c309e000c746"
-#define GUID_LOGICAL_SECTOR "8141bf1d-a96f-4709-ba47-f233a8faab5f"
-#define GUID_PHYSICAL_SECTOR "cda348c7-445d-4471-9cc9-e9885251c556"
-#define GUID_PARENT_LOCATOR "a8d35f2d-b30b-454d-abf7-d3d84834ab0c"
-#define GUID_LOCATOR_VHDX "b04aefb7-d19e-4a81-b789-25b8e9445913"
 
 /* A structure vimg does not know that the reader must understand */
 static int unknown_required(const uint8_t guid[16], const char *what)

@@ -2,8 +2,9 @@
 /*
  * vhdx.c: the VHDX driver ([MS-VHDX] v1.0): probing, open (headers, log
  * replay, region table, metadata, BAT, parent locator), reads, block
- * status with true host offsets, and info.  Writes, create, resize and
- * check are not implemented yet (docs/formats/vhdx.md).
+ * status with true host offsets, and info (create: vhdx-create.c).
+ * Writes, resize and check are not implemented yet
+ * (docs/formats/vhdx.md).
  *
  * After open the state is immutable, so reads run in parallel without a
  * lock.
@@ -339,4 +340,8 @@ const struct vimg_format vimg_format_vhdx = {
     .block_status = vhdx_block_status,
     .cluster_size = vhdx_cluster_size,
     .info = vhdx_info,
+    .create = vhdx_create,
+    .options = vhdx_options,
+    .check_option = vhdx_check_option,
+    .describe_options = vhdx_describe_options,
 };

@@ -40,6 +40,17 @@
 #define VHDX_SECTORS_PER_BITMAP (UINT64_C(1) << 23)
 #define VHDX_BITMAP_BLOCK_SIZE VHDX_MiB
 
+/* The GUIDs of the regions, metadata items and locator type vimg knows */
+#define GUID_BAT "2dc27766-f623-4200-9d64-115e9bfd4a08"
+#define GUID_METADATA "8b7ca206-4790-4b9a-b8fe-575f050f886e"
+#define GUID_FILE_PARAMETERS "caa16737-fa36-4d43-b3b6-33f0aa44e76b"
+#define GUID_VIRTUAL_DISK_SIZE "2fa54224-cd1b-4876-b211-5dbed83bf4b8"
+#define GUID_PAGE83 "beca12ab-b2e6-4523-93ef-c309e000c746"
+#define GUID_LOGICAL_SECTOR "8141bf1d-a96f-4709-ba47-f233a8faab5f"
+#define GUID_PHYSICAL_SECTOR "cda348c7-445d-4471-9cc9-e9885251c556"
+#define GUID_PARENT_LOCATOR "a8d35f2d-b30b-454d-abf7-d3d84834ab0c"
+#define GUID_LOCATOR_VHDX "b04aefb7-d19e-4a81-b789-25b8e9445913"
+
 /* Payload BAT entry states (2.5.1.1); 4 and 5 are reserved, qemu reads
  * 5 (UNMAPPED of the 0.95 draft) as zeroes. */
 enum {
@@ -137,6 +148,8 @@ uint32_t vhdx_crc32c(uint32_t crc, const void *buf, size_t len);
 /* The CRC-32C of LEN bytes at BUF with the 4 bytes at CSUM_OFF as zero. */
 uint32_t vhdx_checksum(const uint8_t *buf, size_t len, size_t csum_off);
 bool vhdx_guid_is_zero(const uint8_t guid[16]);
+/* TEXT, a GUID "xxxxxxxx-xxxx-...", as its on-disk bytes */
+void vhdx_guid_parse(const char *text, uint8_t out[16]);
 /* GUID as text, "xxxxxxxx-xxxx-..." (37 bytes with the NUL) */
 void vhdx_guid_format(const uint8_t guid[16], char out[37]);
 /* BUF: the 4 KiB of a header; -EIO (message names WHICH) if invalid. */
@@ -175,6 +188,12 @@ void vhdx_overlay_free(struct vhdx_overlay *o);
 /* Read the file as after the log replay (the overlay applied). */
 int vhdx_file_read(struct vimg_image *img, void *buf, size_t count,
                    uint64_t offset);
+
+/* vhdx-create.c */
+extern const struct vimg_option vhdx_options[];
+int vhdx_check_option(const char *key, const char *value, unsigned purpose);
+void vhdx_describe_options(const struct vimg_opts *o, FILE *out);
+int vhdx_create(const char *path, const struct vimg_opts *o);
 
 /* vhdx-bat.c */
 /* Chunk ratio, block counts and BAT size from the metadata;
