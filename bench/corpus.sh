@@ -68,7 +68,7 @@ make_ext4_raw() {
     # fixed UUID and hash seed: the same image on every machine with the same /usr/share
     E2FSPROGS_FAKE_TIME=1700000000 mke2fs -q -F -t ext4 -U 5eed2024-0000-4000-8000-000000000001 \
         -E hash_seed=5eed2024-0000-4000-8000-000000000002 -d /usr/share "$out.tmp" ||
-        die "mke2fs -d /usr/share failed (BENCH_SIZE too small for /usr/share?)"
+        die "mke2fs -d /usr/share failed (the ext4 set needs BENCH_SIZE of about 2G or more: /usr/share holds ~1 GiB)"
     mv "$out.tmp" "$out"
     log "made $out in $(since "$t0") s ($(du -h "$out" | cut -f1) allocated)"
 }
