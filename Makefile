@@ -10,6 +10,7 @@ DEPS = meson ninja-build pkg-config gcc clang zlib1g-dev libzstd-dev \
        python3 python3-pytest python3-pytest-xdist python3-libqcow qemu-utils libqcow-utils libnbd-bin \
        nbdkit nbdkit-plugin-dev python3-libnbd libfuse3-dev fuse3
 DEPS += libvhdi-utils
+DEPS += time
 
 all: $(BUILD)/build.ninja
 	meson compile -C $(BUILD)
