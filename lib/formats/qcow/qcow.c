@@ -280,14 +280,26 @@ static int get_run(struct vimg_image *img, uint64_t offset, uint64_t max,
 {
     struct qcow_state *s = img->priv;
     const uint64_t cs = s->cluster_size;
+    const unsigned table_shift = s->h.cluster_bits + s->h.l2_bits;
     uint64_t index = offset >> s->h.cluster_bits;
+    /* bounded work per call (a damaged L1 table may repeat one table
+     * millions of times); callers ask again for the rest */
+    unsigned budget = 1u << 16;
 
     pthread_mutex_lock(&s->lock);
     int ret = qcow_get_mapping_locked(img, index, m);
     uint64_t n = VIMG_MIN(max, cs - (offset & (cs - 1)));
-    while (ret == 0 && n < max && m->kind != QCOW_CLUSTER_COMPRESSED) {
+    while (ret == 0 && n < max && m->kind != QCOW_CLUSTER_COMPRESSED &&
+           budget--) {
         struct qcow_mapping next;
-        ret = qcow_get_mapping_locked(img, ++index, &next);
+        index = (offset + n) >> s->h.cluster_bits;
+        const uint64_t l1_index = index >> s->h.l2_bits;
+        if (m->kind == QCOW_CLUSTER_UNALLOCATED && !s->l1[l1_index]) {
+            /* a whole table's span without a table: one step */
+            n = VIMG_MIN(max, ((l1_index + 1) << table_shift) - offset);
+            continue;
+        }
+        ret = qcow_get_mapping_locked(img, index, &next);
         if (ret < 0 || next.kind != m->kind ||
             (m->kind == QCOW_CLUSTER_NORMAL &&
              next.offset != m->offset + ((index << s->h.cluster_bits) -
