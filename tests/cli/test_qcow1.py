@@ -188,3 +188,17 @@ def test_refused_as_qemu_refuses(tmp_path):
     assert p.returncode == 1 and "Invalid parameter 'cluster_size'" in p.stderr
     p = run([VIMG, 'create', '-f', 'qcow', tmp_path / 'n.qcow', '0'])
     assert p.returncode == 1 and 'cannot be zero length' in p.stderr
+
+
+def test_commit_as_qemu(tmp_path):
+    """commit writes the overlay into its backing file and empties it as
+    qemu-img does (L1 zeroed, file cut after it): the same bytes."""
+    q, v = tmp_path / 'q', tmp_path / 'v'
+    q.mkdir()
+    qcow_with_data(q, 'top.qcow', backing=True)
+    shutil.copytree(q, v)
+    for tool, d in (('qemu-img', q), (VIMG, v)):
+        p = run([tool, 'commit', d / 'top.qcow'])
+        assert p.returncode == 0, p.stderr
+    for name in ('top.qcow', 'base.raw'):
+        assert (q / name).read_bytes() == (v / name).read_bytes(), name

@@ -677,6 +677,38 @@ static int qcow_block_status(struct vimg_image *img, uint64_t offset,
     return 0;
 }
 
+/* commit's emptying, as qemu's qcow does it: a zeroed L1 table, then the
+ * file cut right after it */
+static int qcow_make_empty(struct vimg_image *img)
+{
+    struct qcow_state *s = img->priv;
+    uint8_t *zero = calloc(1, s->l1_bytes ? (size_t)s->l1_bytes : 1);
+
+    if (!zero) {
+        return vimg_error(-ENOMEM, "out of memory");
+    }
+    pthread_mutex_lock(&s->lock);
+    int ret = vimg_io_pwrite(img->io, zero, (size_t)s->l1_bytes,
+                             s->h.l1_table_offset);
+    if (ret == 0) {
+        memset(s->l1, 0, (size_t)s->l1_bytes);
+        for (size_t i = 0; i < QCOW_L2_CACHE_SLOTS; i++) {
+            s->l2_cache[i].offset = 0;
+        }
+        ret = vimg_io_flush(img->io);
+    }
+    if (ret == 0) {
+        s->file_end = s->h.l1_table_offset + s->l1_bytes;
+        ret = vimg_io_truncate(img->io, s->file_end);
+    }
+    if (ret == 0) {
+        ret = vimg_io_flush(img->io);
+    }
+    pthread_mutex_unlock(&s->lock);
+    free(zero);
+    return ret;
+}
+
 const struct vimg_format vimg_format_qcow = {
     .name = "qcow",
     .probe = qcow_probe,
@@ -690,6 +722,7 @@ const struct vimg_format vimg_format_qcow = {
     .compress_cluster = qcow_compress_cluster,
     .pwrite_compressed = qcow_pwrite_compressed,
     .block_status = qcow_block_status,
+    .make_empty = qcow_make_empty,
     .info = qcow_info,
     .check = qcow_check,
     .create = qcow_create,
