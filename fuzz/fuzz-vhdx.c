@@ -13,7 +13,8 @@
  * if any, is replayed in memory), its block status walked and its first
  * MiBs read.  Flag 2 also opens a copy read-write (the log replayed into
  * the copy) and requires it to read exactly as the read-only open did:
- * the in-memory replay and the durable one must agree.  Besides crashes
+ * the in-memory replay and the durable one must agree; then writes
+ * 4 KiB through the log and reads them back.  Besides crashes
  * and sanitizer reports, it aborts on an error that is not a negative
  * errno with a one-line message, an extent of a wrong length, and
  * disagreeing replays.
@@ -173,6 +174,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                        0);
             }
             free(got);
+            /* and a write through the log, read back */
+            static uint8_t pattern[4096 + 5];
+            memset(pattern, 0x5a, sizeof(pattern));
+            const uint64_t at = vimg_size(rw) / 2;
+            if (vimg_size(rw) >= sizeof(pattern) * 2) {
+                uint8_t back[sizeof(pattern)];
+                ret = vimg_pwrite(rw, pattern, sizeof(pattern), at);
+                check_error(ret, "vimg_pwrite");
+                if (ret == 0) {
+                    ret = vimg_pread(rw, back, sizeof(back), at);
+                    check_error(ret, "vimg_pread after write");
+                    if (ret == 0 && memcmp(back, pattern, sizeof(back))) {
+                        broken("a write does not read back", 0);
+                    }
+                }
+            }
             vimg_close(rw);
         }
     }

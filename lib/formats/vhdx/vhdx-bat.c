@@ -57,6 +57,13 @@ static bool overlaps_metadata(const struct vhdx_state *s, uint64_t off,
     return false;
 }
 
+bool vhdx_block_offset_ok(const struct vhdx_state *s, uint64_t off,
+                          uint64_t len)
+{
+    return off != 0 && off % VHDX_MiB == 0 && off <= VHDX_MAX_SIZE &&
+           !overlaps_metadata(s, off, len);
+}
+
 static int check_entry(struct vimg_image *img, const struct vhdx_state *s,
                        uint64_t i, bool is_bitmap)
 {

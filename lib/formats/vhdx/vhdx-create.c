@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 
 #include "formats/vhdx/vhdx.h"
@@ -164,24 +163,6 @@ static int get_params(const char *path, const struct vimg_opts *o,
     return 0;
 }
 
-static void random_guid(uint8_t g[16])
-{
-    size_t got = 0;
-    while (got < 16) {
-        const ssize_t n = getrandom(g + got, 16 - got, 0);
-        if (n <= 0) {
-            /* no entropy source: a time-derived GUID is still unique */
-            for (size_t i = got; i < 16; i++) {
-                g[i] = (uint8_t)(rand() >> 7);
-            }
-            break;
-        }
-        got += (size_t)n;
-    }
-    g[7] = (uint8_t)((g[7] & 0x0f) | 0x40); /* version 4 */
-    g[8] = (uint8_t)((g[8] & 0x3f) | 0x80); /* variant */
-}
-
 /* UTF-8 (ASCII expected) S as UTF-16LE at OUT; returns the bytes */
 static size_t put_utf16(uint8_t *out, const char *s)
 {
@@ -316,7 +297,7 @@ static int put_metadata(uint8_t *m, const char *path,
     put_item(m, n++, GUID_FILE_PARAMETERS, off, 8, 4);
     store_le64(item + 8, p->size);
     put_item(m, n++, GUID_VIRTUAL_DISK_SIZE, off + 8, 8, 6);
-    random_guid(item + 16);
+    vhdx_guid_random(item + 16);
     put_item(m, n++, GUID_PAGE83, off + 16, 16, 6);
     store_le32(item + 32, p->sector);
     put_item(m, n++, GUID_LOGICAL_SECTOR, off + 32, 4, 6);
@@ -348,8 +329,8 @@ static void put_first_mib(uint8_t *b, const struct create_params *p,
 
     memcpy(b, "vhdxfile", 8);
     put_utf16(b + 8, "vimg");
-    random_guid(h.file_write_guid);
-    random_guid(h.data_write_guid);
+    vhdx_guid_random(h.file_write_guid);
+    vhdx_guid_random(h.data_write_guid);
     vhdx_header_encode(&h, b + VHDX_HEADER1_OFFSET);
     h.seq = 2;
     vhdx_header_encode(&h, b + VHDX_HEADER2_OFFSET);

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "formats/vhdx/vhdx.h"
 #include "vimg-endian.h"
@@ -52,6 +53,24 @@ bool vhdx_guid_is_zero(const uint8_t guid[16])
 {
     static const uint8_t zero[16];
     return memcmp(guid, zero, 16) == 0;
+}
+
+void vhdx_guid_random(uint8_t g[16])
+{
+    size_t got = 0;
+    while (got < 16) {
+        const ssize_t n = getrandom(g + got, 16 - got, 0);
+        if (n <= 0) {
+            /* no entropy source: still unique enough within a process */
+            for (size_t i = got; i < 16; i++) {
+                g[i] = (uint8_t)(rand() >> 7);
+            }
+            break;
+        }
+        got += (size_t)n;
+    }
+    g[7] = (uint8_t)((g[7] & 0x0f) | 0x40); /* version 4 */
+    g[8] = (uint8_t)((g[8] & 0x3f) | 0x80); /* RFC 4122 variant */
 }
 
 /* The on-disk bytes of a GUID: Data1..3 little-endian, Data4 as is */

@@ -349,30 +349,6 @@ static int apply_write(void *opaque, uint64_t offset, uint64_t length,
     return vimg_io_pwrite(c->img->io, data, length, offset);
 }
 
-/* After a durable replay: both headers without the log GUID, one after
- * the other, each flushed (2.2.2.1: the update of a header) */
-static int clear_log_guid(struct vimg_image *img, struct vhdx_state *s)
-{
-    uint8_t buf[VHDX_HEADER_SIZE];
-
-    memset(s->h.log_guid, 0, sizeof(s->h.log_guid));
-    for (int i = 0; i < 2; i++) {
-        const int slot = i == 0 ? 1 - s->cur_header : s->cur_header;
-        s->h.seq++;
-        vhdx_header_encode(&s->h, buf);
-        int ret = vimg_io_pwrite(img->io, buf, sizeof(buf),
-                                 slot ? VHDX_HEADER2_OFFSET
-                                      : VHDX_HEADER1_OFFSET);
-        if (ret == 0) {
-            ret = vimg_io_flush(img->io);
-        }
-        if (ret < 0) {
-            return ret;
-        }
-    }
-    return 0;
-}
-
 static int replay_durably(struct vimg_image *img, struct vhdx_state *s,
                           const uint8_t *log, const struct vhdx_log_seq *seq)
 {
@@ -432,7 +408,9 @@ int vhdx_log_open(struct vimg_image *img, struct vhdx_state *s,
         ret = vhdx_log_replay(log, h->log_length, &seq, apply_write, &c);
     }
     if (ret == 0 && writable) {
-        ret = clear_log_guid(img, s);
+        /* both headers without the log GUID (2.2.2.1) */
+        memset(s->h.log_guid, 0, sizeof(s->h.log_guid));
+        ret = vhdx_update_headers(img, s);
     }
     s->log_replayed = ret == 0 && seq.found;
     free(log);

@@ -2,12 +2,11 @@
 /*
  * vhdx.c: the VHDX driver ([MS-VHDX] v1.0): probing, open (headers, log
  * replay, region table, metadata, BAT, parent locator), reads, block
- * status with true host offsets, and info (create: vhdx-create.c).
- * Writes, resize and check are not implemented yet
+ * status with true host offsets, and info (create: vhdx-create.c,
+ * writes: vhdx-write.c).  Resize and check are not implemented yet
  * (docs/formats/vhdx.md).
  *
- * After open the state is immutable, so reads run in parallel without a
- * lock.
+ * Reads look the BAT up under s->lock and read data without it.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -178,6 +177,10 @@ static void vhdx_close(struct vimg_image *img)
     if (!s) {
         return;
     }
+    if (img->is_writable) {
+        vhdx_close_writes(img, s);
+    }
+    pthread_mutex_destroy(&s->lock);
     vhdx_metadata_free(&s->m);
     vhdx_overlay_free(&s->overlay);
     free(s->bat);
@@ -195,6 +198,7 @@ static int vhdx_open(struct vimg_image *img, unsigned flags)
         return vimg_error(-ENOMEM, "out of memory");
     }
     img->priv = s;
+    pthread_mutex_init(&s->lock, NULL);
     int ret = vimg_io_get_size(img->io, &s->file_size);
     if (ret == 0) {
         ret = read_headers(img, s);
@@ -234,8 +238,11 @@ static int vhdx_pread(struct vimg_image *img, void *buf, size_t count,
     uint8_t *p = buf;
 
     while (count > 0) {
+        struct vhdx_state *s = img->priv;
         struct vhdx_run run;
+        pthread_mutex_lock(&s->lock);
         int ret = vhdx_get_run(img, offset, count, &run);
+        pthread_mutex_unlock(&s->lock);
         if (ret < 0) {
             return ret;
         }
@@ -264,10 +271,12 @@ static int vhdx_pread(struct vimg_image *img, void *buf, size_t count,
 static int vhdx_block_status(struct vimg_image *img, uint64_t offset,
                              uint64_t count, struct vimg_layer_status *out)
 {
-    const struct vhdx_state *s = img->priv;
+    struct vhdx_state *s = img->priv;
     struct vhdx_run run;
-    int ret = vhdx_get_run(img, offset, count, &run);
 
+    pthread_mutex_lock(&s->lock);
+    int ret = vhdx_get_run(img, offset, count, &run);
+    pthread_mutex_unlock(&s->lock);
     if (ret < 0) {
         return ret;
     }
@@ -337,6 +346,8 @@ const struct vimg_format vimg_format_vhdx = {
     .open = vhdx_open,
     .close = vhdx_close,
     .pread = vhdx_pread,
+    .pwrite = vhdx_pwrite,
+    .flush = vhdx_flush,
     .block_status = vhdx_block_status,
     .cluster_size = vhdx_cluster_size,
     .info = vhdx_info,

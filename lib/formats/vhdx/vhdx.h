@@ -13,6 +13,7 @@
 #ifndef VIMG_VHDX_H
 #define VIMG_VHDX_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -141,6 +142,14 @@ struct vhdx_state {
     uint64_t *bat;               /* bat_entries entries, host order */
     bool log_replayed;           /* a log was replayed on open */
     struct vhdx_overlay overlay; /* read-only replay of the log */
+
+    /* Writes (vhdx-write.c): the lock guards the BAT, allocation, the
+     * log position and file_size. */
+    pthread_mutex_t lock;
+    bool is_log_open;  /* this open's log GUID is in the headers */
+    bool is_broken;    /* a metadata update failed: no more writes */
+    uint32_t log_pos;  /* ring offset of the next entry */
+    uint64_t log_seq;  /* its sequence number */
 };
 
 /* vhdx-header.c */
@@ -148,6 +157,8 @@ uint32_t vhdx_crc32c(uint32_t crc, const void *buf, size_t len);
 /* The CRC-32C of LEN bytes at BUF with the 4 bytes at CSUM_OFF as zero. */
 uint32_t vhdx_checksum(const uint8_t *buf, size_t len, size_t csum_off);
 bool vhdx_guid_is_zero(const uint8_t guid[16]);
+/* A new random (version 4) GUID */
+void vhdx_guid_random(uint8_t g[16]);
 /* TEXT, a GUID "xxxxxxxx-xxxx-...", as its on-disk bytes */
 void vhdx_guid_parse(const char *text, uint8_t out[16]);
 /* GUID as text, "xxxxxxxx-xxxx-..." (37 bytes with the NUL) */
@@ -195,6 +206,13 @@ int vhdx_check_option(const char *key, const char *value, unsigned purpose);
 void vhdx_describe_options(const struct vimg_opts *o, FILE *out);
 int vhdx_create(const char *path, const struct vimg_opts *o);
 
+/* vhdx-write.c */
+int vhdx_update_headers(struct vimg_image *img, struct vhdx_state *s);
+int vhdx_pwrite(struct vimg_image *img, const void *buf, size_t count,
+                uint64_t offset);
+int vhdx_flush(struct vimg_image *img);
+void vhdx_close_writes(struct vimg_image *img, struct vhdx_state *s);
+
 /* vhdx-bat.c */
 /* Chunk ratio, block counts and BAT size from the metadata;
  * -EIO if the BAT region is too small. */
@@ -222,7 +240,12 @@ struct vhdx_run {
     uint64_t length;
     uint64_t host_offset; /* VHDX_RUN_DATA */
 };
-/* The run starting at OFFSET, at most COUNT bytes (COUNT > 0). */
+/* May a block of LEN bytes live at host offset OFF (1 MiB aligned, clear
+ * of every metadata area)? */
+bool vhdx_block_offset_ok(const struct vhdx_state *s, uint64_t off,
+                          uint64_t len);
+/* The run starting at OFFSET, at most COUNT bytes (COUNT > 0); the
+ * caller holds s->lock. */
 int vhdx_get_run(struct vimg_image *img, uint64_t offset, uint64_t count,
                  struct vhdx_run *out);
 
