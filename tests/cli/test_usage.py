@@ -119,7 +119,7 @@ def test_convert_refuses_output_that_is_an_input(tmp_path):
 def test_convert_unsupported_output_format(tmp_path):
     img = tmp_path / 'x.raw'
     img.write_bytes(b'\1' * 4096)
-    p = run([VIMG, 'convert', '-O', 'vhdx', img, tmp_path / 'o'])
+    p = run([VIMG, 'convert', '-O', 'vmdk', img, tmp_path / 'o'])
     assert p.returncode == 1
     assert 'not supported' in p.stderr
     assert not (tmp_path / 'o').exists()
