@@ -440,6 +440,9 @@ def test_serve_errors(tmp_path):
     assert p.returncode == 1 and 'nbdkit is not installed' in p.stderr
     p = vimg('serve', '-k', 's', '-p', '10809', img)
     assert p.returncode == 1 and '--socket' in p.stderr
+    p = run([VIMG, 'serve', '--fork', '-k', tmp_path / 'no' / 'x.sock', img],
+            env=server_env())
+    assert p.returncode == 1 and 'x.sock' in p.stderr   # nbdkit's reason
     p = vimg('serve', '-e', 'many', img)
     assert p.returncode == 1 and 'Invalid shared device number' in p.stderr
 

@@ -13,19 +13,27 @@
  *   -e SHARED (default 1, 0: no limit)       --filter=limit limit=SHARED
  *                                    (multi-conn advertised unless 1)
  *   no -t: exit when the last client leaves  --filter=exitlast
- *   --fork: return once the server listens    nbdkit's own daemonising
- *   no --fork: stay in the foreground         -f
  *   --pid-file=FILE                  -P FILE
+ *   --fork: return once the server listens    (see below)
  *
- * vimg execs nbdkit, so signals and the exit status are nbdkit's.
+ * nbdkit always runs in the foreground (-f).  Without --fork vimg execs
+ * it, so signals and the exit status are nbdkit's.  With --fork vimg
+ * starts it in a new session (under a small waiting parent, since nbdkit
+ * exits with its parent) and returns only once it accepts connections,
+ * which nbdkit tells by writing its PID file (a temporary one when
+ * --pid-file is not given); nbdkit's own daemonising returns before that.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -94,6 +102,98 @@ static void add_param(char **args, int *n, struct params *p, const char *key,
     args[(*n)++] = s;
 }
 
+/* Tell why nbdkit could not be started. */
+static void exec_failed(int err)
+{
+    if (err == ENOENT) {
+        cli_error("nbdkit is not installed: vimg serve runs the nbdkit NBD "
+                  "server with the vimg plugin (Debian: apt-get install "
+                  "nbdkit)");
+    } else {
+        cli_error("cannot run nbdkit: %s", strerror(err));
+    }
+}
+
+/* Copy what FD (a file) holds to stderr, and close it. */
+static void show_log(int fd)
+{
+    char buf[4096];
+    ssize_t n;
+    off_t at = 0;
+
+    while ((n = pread(fd, buf, sizeof(buf), at)) > 0) {
+        fwrite(buf, 1, (size_t)n, stderr);
+        at += n;
+    }
+    close(fd);
+}
+
+/*
+ * --fork: run nbdkit (ARGS, whose PID file is PID_FILE) in a new session
+ * and return once its PID file has content: 0, or 1 when it exited first
+ * (its messages went to our stderr) or did not come up in 60 s.
+ */
+static int fork_server(char **args, const char *pid_file)
+{
+    /* The server's messages go to a file, shown if it fails to start:
+     * once it runs, nothing may hold our caller's stderr open. */
+    char log_path[] = "/tmp/vimg-serve-XXXXXX";
+    int log_fd = mkstemp(log_path);
+    int status;
+
+    if (log_fd < 0) {
+        cli_error("cannot create a temporary file: %s", strerror(errno));
+        return 1;
+    }
+    unlink(log_path);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        cli_error("fork: %s", strerror(errno));
+        close(log_fd);
+        return 1;
+    }
+    if (pid == 0) {
+        /* nbdkit ends itself when its parent dies (PR_SET_PDEATHSIG):
+         * its parent is this child, which waits for it in a new session */
+        setsid();
+        int fd = open("/dev/null", O_RDWR);
+        if (fd >= 0) {
+            dup2(fd, STDIN_FILENO);
+            dup2(fd, STDOUT_FILENO);
+            close(fd);
+        }
+        dup2(log_fd, STDERR_FILENO);
+        close(log_fd);
+        pid_t server = fork();
+        if (server == 0) {
+            execvp(args[0], args);
+            exec_failed(errno);
+            _exit(1);
+        }
+        if (server < 0 || waitpid(server, &status, 0) < 0) {
+            _exit(1);
+        }
+        _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 1);
+    }
+    for (int i = 0; i < 6000; i++) {
+        struct stat st;
+        if (stat(pid_file, &st) == 0 && st.st_size > 0) {
+            close(log_fd);
+            return 0;
+        }
+        if (waitpid(pid, &status, WNOHANG) == pid) {
+            show_log(log_fd); /* why nbdkit (or its exec) failed */
+            return 1;
+        }
+        usleep(10000);
+    }
+    show_log(log_fd);
+    cli_error("nbdkit did not start listening within 60 s");
+    kill(pid, SIGTERM);
+    return 1;
+}
+
 static int run_nbdkit(const struct serve_args *a, const char *image)
 {
     static struct params p;
@@ -102,9 +202,7 @@ static int run_nbdkit(const struct serve_args *a, const char *image)
     int n = 0;
 
     args[n++] = "nbdkit";
-    if (!a->is_fork) {
-        args[n++] = "-f";
-    }
+    args[n++] = "-f";
     if (a->is_verbose) {
         args[n++] = "-v";
     }
@@ -152,14 +250,11 @@ static int run_nbdkit(const struct serve_args *a, const char *image)
     args[n] = NULL;
 
     fflush(NULL);
-    execvp(args[0], args);
-    if (errno == ENOENT) {
-        cli_error("nbdkit is not installed: vimg serve runs the nbdkit NBD "
-                  "server with the vimg plugin (Debian: apt-get install "
-                  "nbdkit)");
-    } else {
-        cli_error("cannot run nbdkit: %s", strerror(errno));
+    if (a->is_fork) {
+        return fork_server(args, a->pid_file);
     }
+    execvp(args[0], args);
+    exec_failed(errno);
     return 1;
 }
 
@@ -267,6 +362,14 @@ int cmd_serve(int argc, char **argv)
         return 1;
     }
     vimg_close(img);
+    char tmp_pid[64];
+    if (a.is_fork && !a.pid_file) {
+        /* the readiness signal; nbdkit removes it when it exits */
+        snprintf(tmp_pid, sizeof(tmp_pid), "/tmp/vimg-serve-%ld.pid",
+                 (long)getpid());
+        unlink(tmp_pid);
+        a.pid_file = tmp_pid;
+    }
     if (a.snapshot && !a.is_cow) {
         a.is_readonly = true; /* qemu-nbd -l exports read-only */
     }

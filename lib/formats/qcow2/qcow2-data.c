@@ -7,10 +7,18 @@
  *
  * Concurrency: a write into a cluster that is already allocated and ours
  * alone (COPIED) only looks up the mapping under the driver lock and
- * writes without it, so such writes run in parallel.  Every other write
- * holds the lock for its whole duration, so allocating writes never race.
- * A flush waits for in-place writes in flight, so their clusters cannot
- * be freed and reused under them.  Reads only hold the lock for lookups.
+ * writes without it, so such writes run in parallel.  A write that needs
+ * fresh clusters with nothing to copy into them (whole clusters, or a
+ * cluster that reads as zeroes) allocates them under the lock, records
+ * the guest range as in flight, writes the data without the lock, and
+ * links the L2 entries under the lock again: allocating writes run in
+ * parallel too.  Anything else that would change an in-flight range
+ * (another write, zeroing, discard, a compressed write) waits for it, so
+ * a cluster is never allocated twice; a crash before the link only leaks
+ * the new clusters.  Every other write holds the lock for its whole
+ * duration.  A flush waits for all data writes in flight, so their
+ * clusters cannot be freed and reused under them.  Reads only hold the
+ * lock for lookups.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -243,32 +251,73 @@ static int write_in_cluster(struct vimg_image *img, const uint8_t *buf,
 /* At most this many clusters in one allocating write */
 #define FRESH_RUN_MAX 64
 
-/*
- * Write whole clusters from OFFSET (a cluster boundary) that have no host
- * cluster yet (unallocated or zero, not compressed) with one allocation
- * and one write, up to COUNT bytes and within one L2 table; plain L2
- * entries in the image file only.  *DONE gets the bytes written: 0 when
- * the first cluster does not qualify.  The caller holds the lock.
- */
-static int write_fresh_clusters(struct vimg_image *img, const uint8_t *buf,
-                                size_t count, uint64_t offset, size_t *done)
+/* Does a change to [OFFSET, OFFSET+COUNT) touch a cluster whose
+ * allocating write is in flight?  The caller holds the lock. */
+static bool alloc_inflight_overlaps(const struct qcow2_state *s,
+                                    uint64_t offset, uint64_t count)
+{
+    for (unsigned i = 0; i < s->nb_alloc_inflight; i++) {
+        if (offset < s->alloc_inflight[i].end &&
+            s->alloc_inflight[i].start < offset + count) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Wait (the lock held) until no allocating write in flight touches
+ * [OFFSET, OFFSET+COUNT). */
+static void wait_alloc_inflight(struct qcow2_state *s, uint64_t offset,
+                                uint64_t count)
+{
+    while (alloc_inflight_overlaps(s, offset, count)) {
+        pthread_cond_wait(&s->inflight_done, &s->lock);
+    }
+}
+
+/* Before the write, the cluster reads as zeroes and has no host cluster:
+ * a zero cluster, or unallocated with no backing file. */
+static bool cw_reads_zero(const struct vimg_image *img,
+                          const struct cluster_write *w)
+{
+    return !w->has_host && !w->is_compressed &&
+           (w->is_zero || img->backing_name == NULL);
+}
+
+/* Find the run of fresh clusters from OFFSET: whole clusters without a
+ * host cluster (up to COUNT bytes, within one L2 table, none in flight),
+ * or one partial cluster that reads as zeroes.  Returns the number of
+ * clusters (0: none qualifies) and the bytes of BUF they take in *BYTES. */
+static int fresh_run(struct vimg_image *img, size_t count, uint64_t offset,
+                     struct cluster_write *w, size_t *bytes)
 {
     struct qcow2_state *s = img->priv;
     const uint64_t cs = s->cluster_size;
+    const uint64_t in = offset & (cs - 1);
     const uint64_t l2_mask = (1ull << s->l2_bits) - 1;
-    struct cluster_write w[FRESH_RUN_MAX];
     size_t k = 0;
+    int ret;
 
-    *done = 0;
-    if (s->has_subclusters || s->has_data_file || (offset & (cs - 1))) {
-        return 0;
+    *bytes = 0;
+    if (in != 0 || count < cs) {
+        const size_t n = (size_t)VIMG_MIN((uint64_t)count, cs - in);
+        ret = cw_lookup(img, offset, n, &w[0]);
+        if (ret < 0) {
+            return ret;
+        }
+        if (!cw_reads_zero(img, &w[0])) {
+            return 0;
+        }
+        *bytes = n;
+        return 1;
     }
     while (k < FRESH_RUN_MAX && (k + 1) * cs <= count) {
         const uint64_t at = offset + k * cs;
-        if (k > 0 && ((at >> s->cluster_bits) & l2_mask) == 0) {
-            break; /* the next L2 table: its own run */
+        if (k > 0 && (((at >> s->cluster_bits) & l2_mask) == 0 ||
+                      alloc_inflight_overlaps(s, at, cs))) {
+            break; /* the next L2 table, or someone else's cluster */
         }
-        int ret = cw_lookup(img, at, (size_t)cs, &w[k]);
+        ret = cw_lookup(img, at, (size_t)cs, &w[k]);
         if (ret < 0) {
             return ret;
         }
@@ -277,25 +326,98 @@ static int write_fresh_clusters(struct vimg_image *img, const uint8_t *buf,
         }
         k++;
     }
-    if (k == 0) {
+    *bytes = (size_t)(k * cs);
+    return (int)k;
+}
+
+/* Write the data of a fresh run to HOST: BUF for whole clusters, else one
+ * cluster of zeroes with BUF at its place. */
+static int fresh_write_data(struct qcow2_state *s, const uint8_t *buf,
+                            size_t bytes, uint64_t offset, size_t k,
+                            uint64_t host)
+{
+    const size_t cs = (size_t)s->cluster_size;
+    const size_t in = (size_t)(offset & (cs - 1));
+
+    if (in == 0 && bytes == k * cs) {
+        return vimg_io_pwrite(s->data_io, buf, bytes, host);
+    }
+    uint8_t *whole = calloc(1, cs);
+    if (!whole) {
+        return vimg_error(-ENOMEM, "out of memory");
+    }
+    memcpy(whole + in, buf, bytes);
+    int ret = vimg_io_pwrite(s->data_io, whole, cs, host);
+    free(whole);
+    return ret;
+}
+
+/*
+ * Write fresh clusters from OFFSET (fresh_run()) with one allocation and
+ * one write; plain L2 entries in the image file only.  The data is
+ * written without the lock unless a flush is waiting or too many such
+ * writes are in flight; the L2 entries are linked afterwards, looked up
+ * again since the tables may have moved meanwhile.  *DONE gets the bytes
+ * written: 0 when the first cluster does not qualify.  The caller holds
+ * the lock.
+ */
+static int write_fresh_clusters(struct vimg_image *img, const uint8_t *buf,
+                                size_t count, uint64_t offset, size_t *done)
+{
+    struct qcow2_state *s = img->priv;
+    const uint64_t cs = s->cluster_size;
+    const uint64_t cstart = offset & ~(cs - 1);
+    struct cluster_write w[FRESH_RUN_MAX];
+    size_t bytes;
+    uint64_t host;
+
+    *done = 0;
+    if (s->has_subclusters || s->has_data_file) {
         return 0;
     }
-    uint64_t host;
-    int ret = qcow2_alloc_clusters(img, k, &host);
-    if (ret == 0) {
-        ret = vimg_io_pwrite(s->data_io, buf, (size_t)(k * cs), host);
+    int k = fresh_run(img, count, offset, w, &bytes);
+    if (k <= 0) {
+        return k;
     }
+    int ret = qcow2_alloc_clusters(img, (uint64_t)k, &host);
     if (ret < 0) {
         return ret;
     }
-    s->is_unsynced = true;
-    for (size_t i = 0; i < k && ret == 0; i++) {
-        w[i].host = host + i * cs;
-        w[i].w_start = 0;
-        w[i].w_end = cs;
-        ret = cw_update_entry(img, &w[i]);
+    const bool is_unlocked = s->nb_flush_waiters == 0 &&
+                             s->nb_alloc_inflight < QCOW2_MAX_ALLOC_INFLIGHT;
+    if (is_unlocked) {
+        s->alloc_inflight[s->nb_alloc_inflight++] =
+            (struct qcow2_alloc_inflight){cstart, cstart + (uint64_t)k * cs};
+        s->nb_inflight++;
+        pthread_mutex_unlock(&s->lock);
     }
-    *done = (size_t)(k * cs);
+    ret = fresh_write_data(s, buf, bytes, offset, (size_t)k, host);
+    if (is_unlocked) {
+        pthread_mutex_lock(&s->lock);
+    }
+    s->is_unsynced = true;
+    for (int i = 0; i < k && ret == 0; i++) {
+        struct cluster_write now;
+        ret = cw_lookup(img, cstart + (uint64_t)i * cs, (size_t)cs, &now);
+        if (ret == 0) {
+            now.host = host + (uint64_t)i * cs;
+            now.w_start = 0;
+            now.w_end = cs;
+            ret = cw_update_entry(img, &now);
+        }
+    }
+    if (is_unlocked) {
+        for (unsigned i = 0; i < s->nb_alloc_inflight; i++) {
+            if (s->alloc_inflight[i].start == cstart) {
+                s->alloc_inflight[i] =
+                    s->alloc_inflight[--s->nb_alloc_inflight];
+                break;
+            }
+        }
+        s->nb_inflight--;
+        pthread_cond_broadcast(&s->inflight_done);
+    }
+    *done = bytes;
     return ret;
 }
 
@@ -331,6 +453,11 @@ int qcow2_pwrite(struct vimg_image *img, const void *buf, size_t count,
         } else if (ret >= 0) {
             size_t done = 0;
             ret = qcow2_lazy_mark_dirty(img);
+            if (ret == 0 && alloc_inflight_overlaps(s, offset, n)) {
+                /* another write is filling this cluster: wait, look again */
+                pthread_cond_wait(&s->inflight_done, &s->lock);
+                continue;
+            }
             if (ret == 0) {
                 ret = write_fresh_clusters(img, p, count, offset, &done);
             }
@@ -485,6 +612,7 @@ static int zero_range(struct vimg_image *img, uint64_t offset,
     while (ret == 0 && count > 0) {
         const uint64_t room = s->cluster_size - (offset & (s->cluster_size - 1));
         const size_t n = (size_t)VIMG_MIN(count, room);
+        wait_alloc_inflight(s, offset, n);
         ret = qcow2_zero_in_cluster(img, n, offset, is_unmap, is_discard);
         offset += n;
         count -= n;
@@ -559,6 +687,7 @@ int qcow2_pwrite_compressed(struct vimg_image *img, const void *data,
         /* LEN is the compressed size: the whole guest cluster changes */
         ret = qcow2_dirty_note_locked(img, offset, s->cluster_size);
     }
+    wait_alloc_inflight(s, offset, s->cluster_size);
     const uint64_t cluster_index = offset >> s->cluster_bits;
     const uint64_t l1_index = cluster_index >> s->l2_bits;
     const size_t i = (size_t)(cluster_index & ((1ull << s->l2_bits) - 1));

@@ -195,6 +195,9 @@ struct qcow2_mapping {
 
 struct qcow2_cache;
 
+/* Allocating writes that may write their data at once without the lock */
+#define QCOW2_MAX_ALLOC_INFLIGHT 64
+
 struct qcow2_state {
     struct qcow2_header h;
     struct qcow2_extensions ext;
@@ -251,9 +254,16 @@ struct qcow2_state {
     uint64_t *meta;           /* sorted: refcount blocks and L2 tables */
     size_t nb_meta, cap_meta;
     bool has_meta_index;
-    unsigned nb_inflight;     /* in-place writes running without the lock */
+    unsigned nb_inflight;     /* data writes running without the lock */
     unsigned nb_flush_waiters;
     pthread_cond_t inflight_done;
+    /* Guest ranges (whole clusters) whose new host clusters are allocated
+     * and being written without the lock, not yet linked into L2: other
+     * changes to them wait (qcow2-data.c). */
+    struct qcow2_alloc_inflight {
+        uint64_t start, end;
+    } alloc_inflight[QCOW2_MAX_ALLOC_INFLIGHT];
+    unsigned nb_alloc_inflight;
 
     /* persistent dirty bitmaps held in memory (qcow2-dirty.c) */
     struct qcow2_dirty *dirty;
