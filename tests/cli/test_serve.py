@@ -440,9 +440,12 @@ def test_serve_errors(tmp_path):
     assert p.returncode == 1 and 'nbdkit is not installed' in p.stderr
     p = vimg('serve', '-k', 's', '-p', '10809', img)
     assert p.returncode == 1 and '--socket' in p.stderr
-    p = run([VIMG, 'serve', '--fork', '-k', tmp_path / 'no' / 'x.sock', img],
-            env=server_env())
-    assert p.returncode == 1 and 'x.sock' in p.stderr   # nbdkit's reason
+    if 'LD_PRELOAD' not in server_env():
+        # (not with a sanitizer build's plugin: nbdkit may then hang at
+        # exit after an error, see test_full_disk)
+        p = run([VIMG, 'serve', '--fork', '-k', tmp_path / 'no' / 'x.sock',
+                 img])
+        assert p.returncode == 1 and 'x.sock' in p.stderr  # nbdkit's reason
     p = vimg('serve', '-e', 'many', img)
     assert p.returncode == 1 and 'Invalid shared device number' in p.stderr
 
@@ -480,7 +483,15 @@ def test_full_disk(tmp_path):
     assert h.pread(4096, 0) == b'\x01' * 4096   # still serving
     h.shutdown()
     proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        # Seen only with a sanitizer build's plugin: nbdkit, having logged
+        # errors, hangs at exit in libp11-kit's destructor (glibc's locale
+        # lock) under the preloaded ASan runtime.  The writes were flushed.
+        assert 'LD_PRELOAD' in server_env(), 'server did not stop'
+        proc.kill()
+        proc.wait()
     p = run(['qemu-img', 'check', img])
     assert p.returncode in (0, 3), p.stdout + p.stderr   # leaks at most
     for i in written:
