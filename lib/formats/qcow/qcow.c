@@ -131,7 +131,18 @@ static int qcow_open(struct vimg_image *img, unsigned flags)
         s->meta_end = VIMG_MAX(s->meta_end, s->h.backing_file_offset +
                                                 s->h.backing_file_size);
     }
-    s->file_end = file_size;
+    /* new clusters go at the end of the file: never inside the tables */
+    if (s->meta_end > file_size && (flags & VIMG_OPEN_RDWR) &&
+        !(flags & VIMG_OPEN_CHECK)) {
+        ret = vimg_error(-EIO, "%s: qcow: corrupt image: the backing name "
+                               "or L1 table ends at 0x%llx, past the end of "
+                               "the file (0x%llx); it can only be opened "
+                               "read-only",
+                         img->filename, (unsigned long long)s->meta_end,
+                         (unsigned long long)file_size);
+        goto out;
+    }
+    s->file_end = VIMG_MAX(file_size, s->meta_end);
     ret = read_backing_name(img, s);
     if (ret == 0) {
         ret = load_l1(img, s);
