@@ -51,7 +51,7 @@ start() { # start SERVER IMAGE: serve IMAGE on $SOCK with SERVER
     for _ in $(seq 500); do [ -s "$SOCK.pid" ] && return; sleep 0.01; done
     echo "bench/nbd.sh: $1 did not start" >&2; exit 1
 }
-stop() { kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null || true; }
+stop() { [ -z "$PID" ] || kill "$PID" 2>/dev/null || true; [ -z "$PID" ] || wait "$PID" 2>/dev/null || true; PID=; }
 trap 'stop; fusermount3 -u "$DIR/mnt" 2>/dev/null || true' EXIT
 
 # fio RW BS DEPTH: one number, IOPS (4k) or MiB/s (1M)
