@@ -7,6 +7,7 @@
 #ifndef VIMG_ENDIAN_H
 #define VIMG_ENDIAN_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 static inline uint16_t load_be16(const uint8_t *p)
@@ -23,6 +24,15 @@ static inline uint32_t load_be32(const uint8_t *p)
 static inline uint64_t load_be64(const uint8_t *p)
 {
     return (uint64_t)load_be32(p) << 32 | load_be32(p + 4);
+}
+
+/* Turn N big-endian 64-bit words read from a file into host order, in
+ * place (L1, L2 and refcount tables). */
+static inline void load_be64_array(uint64_t *t, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        t[i] = load_be64((const uint8_t *)&t[i]);
+    }
 }
 
 static inline void store_be16(uint8_t *p, uint16_t v)

@@ -84,9 +84,7 @@ static int load_l1(struct vimg_image *img, struct qcow_state *s)
     if (ret < 0) {
         return ret;
     }
-    for (uint64_t i = 0; i < n; i++) {
-        s->l1[i] = load_be64((const uint8_t *)&s->l1[i]);
-    }
+    load_be64_array(s->l1, n);
     return 0;
 }
 
@@ -174,9 +172,7 @@ int qcow_read_l2(struct vimg_image *img, uint64_t offset, uint64_t *entries)
     if (ret < 0) {
         return ret;
     }
-    for (size_t i = 0; i < n; i++) {
-        entries[i] = load_be64((const uint8_t *)&entries[i]);
-    }
+    load_be64_array(entries, n);
     return 0;
 }
 

@@ -658,9 +658,7 @@ int qcow2_check_load_table(struct check_state *ck, struct check_part *p,
         free(l1);
         return ret;
     }
-    for (uint64_t i = 0; i < n; i++) {
-        l1[i] = load_be64((const uint8_t *)&l1[i]);
-    }
+    load_be64_array(l1, n);
     *out = l1;
     *nb_out = n;
     return 0;

@@ -229,9 +229,7 @@ int qcow2_snapshot_view(struct vimg_image *img, const char *id,
         free(l1);
         return ret;
     }
-    for (uint32_t i = 0; i < sn->l1_size; i++) {
-        l1[i] = load_be64((const uint8_t *)&l1[i]);
-    }
+    load_be64_array(l1, sn->l1_size);
     /* L2 tables are cached by file offset and never change in a
      * read-only image, so the cache stays valid. */
     pthread_mutex_lock(&s->lock);

@@ -410,9 +410,7 @@ static int load_active_l1(struct vimg_image *img, struct qcow2_state *s)
     if (ret < 0) {
         return ret;
     }
-    for (uint64_t i = 0; i < n; i++) {
-        s->l1[i] = load_be64((const uint8_t *)&s->l1[i]);
-    }
+    load_be64_array(s->l1, n);
     return 0;
 }
 
